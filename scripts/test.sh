@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The project's test command (README, CI). Uses the active Python environment.
+# The project's test command (README, CI): sets up .venv if needed, then runs the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup.sh
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"
 export FLOWGMM_DATA="${FLOWGMM_DATA:-$(cd .. && pwd)/shared/data}"
 export FLOWGMM_HOME="${FLOWGMM_HOME:-$(mktemp -d -t flowgmm-test-home.XXXXXX)}"
-exec python -m pytest -q --timeout=900 "$@"
+export PATH="$PWD/.venv/bin:$PATH"
+exec .venv/bin/python -m pytest -q --timeout=1200 "$@"

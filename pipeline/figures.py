@@ -1,0 +1,125 @@
+"""Pictures for a run, rendered to PNG bytes (matplotlib, Agg backend): reliability diagrams, OOD log-likelihood
+histograms, a confusion matrix, class-mean images, class-conditional samples and the 2-D data/latent picture
+(the paper's Figure 2)."""
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def reliability(before: dict, after: dict) -> bytes:
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.8), sharey=True)
+    for ax, bins, title in ((axes[0], before, "before calibration"), (axes[1], after, "after variance scaling")):
+        conf, acc, count = (np.asarray(bins[k], dtype=float) for k in ("confidence", "accuracy", "count"))
+        edges = np.asarray(bins.get("edges", np.linspace(0, 1, len(conf) + 1)))
+        centers = (edges[:-1] + edges[1:]) / 2
+        mask = count > 0
+        ax.bar(centers[mask], acc[mask], width=np.diff(edges)[mask], edgecolor="k", alpha=0.7, label="accuracy")
+        ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect")
+        ax.plot(conf[mask], acc[mask], "o", ms=3, color="C3", label="mean confidence")
+        ax.set_title(title)
+        ax.set_xlabel("confidence")
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(loc="upper left", fontsize=8)
+    return _png(fig)
+
+
+def confusion(pred: np.ndarray, y: np.ndarray, names: Sequence[str]) -> bytes:
+    k = len(names)
+    cm = np.zeros((k, k), dtype=int)
+    np.add.at(cm, (y, pred), 1)
+    fig, ax = plt.subplots(figsize=(0.45 * k + 2.5, 0.45 * k + 2))
+    ax.imshow(cm, cmap="Blues")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_xticks(range(k), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(k), names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    return _png(fig)
+
+
+def ood_histogram(in_scores: np.ndarray, out_scores: dict[str, np.ndarray], threshold: float, dim: int) -> bytes:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    allv = np.concatenate([in_scores, *out_scores.values()])
+    lo, hi = np.percentile(allv, [0.5, 99.9])
+    bins = np.linspace(lo, hi, 80)
+    ax.hist(np.clip(in_scores, lo, hi), bins=bins, alpha=0.6, density=True, label="test (in-domain)")
+    for name, s in out_scores.items():
+        ax.hist(np.clip(s, lo, hi), bins=bins, alpha=0.5, density=True, label=name)
+    ax.axvline(threshold, color="k", ls="--", lw=1, label="OOD threshold")
+    ax.set_xlabel(f"log p(x)  (nats, D={dim})")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _grid(images: np.ndarray, rows: int, cols: int, titles: Sequence[str] | None = None) -> bytes:
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 0.9 + (0.3 if titles else 0)), squeeze=False)
+    for idx, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if idx < len(images):
+            img = images[idx]
+            ax.imshow(img.squeeze(0) if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap="gray",
+                      vmin=0, vmax=1)
+            if titles and idx < cols:
+                ax.set_title(str(titles[idx])[:10], fontsize=7)
+    return _png(fig)
+
+
+def _to_pixels(x: torch.Tensor) -> np.ndarray:
+    """Flow-input space (dequantized [0,1]) -> clipped [0,1] pixels."""
+    return x.detach().float().clamp(0, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def class_means(model, names: Sequence[str]) -> bytes:
+    means = model.mixture.means.detach().float()
+    x = model.flow.inverse(means)
+    return _grid(_to_pixels(x), 1, len(names), names)
+
+
+@torch.no_grad()
+def class_samples(model, names: Sequence[str], temperature: float, per_class: int = 8) -> bytes:
+    k = len(names)
+    torch.manual_seed(0)
+    rows = [model.sample(per_class, y=c, temperature=temperature) for c in range(k)]
+    x = torch.stack(rows, 1).reshape(per_class * k, *rows[0].shape[1:])   # row r: r-th sample of each class
+    return _grid(_to_pixels(x), per_class, k, names)
+
+
+@torch.no_grad()
+def two_d(model, x: np.ndarray, y: np.ndarray) -> bytes:
+    """Data space and latent space with the decision boundary (the paper's Figure 2)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    z, _ = model(xt)
+    lo, hi = x.min(0) - 0.5, x.max(0) + 0.5
+    gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], 200), np.linspace(lo[1], hi[1], 200))
+    grid = torch.as_tensor(np.stack([gx.ravel(), gy.ravel()], 1), dtype=torch.float32)
+    pred = model.predict(grid).numpy().reshape(gx.shape)
+    axes[0].contourf(gx, gy, pred, alpha=0.25, cmap="coolwarm")
+    axes[0].scatter(x[:, 0], x[:, 1], c=y, s=4, cmap="coolwarm")
+    axes[0].set_title("data space, decision regions")
+    zn = z.numpy()
+    axes[1].scatter(zn[:, 0], zn[:, 1], c=y, s=4, cmap="coolwarm")
+    mu = model.mixture.means.detach().numpy()
+    axes[1].scatter(mu[:, 0], mu[:, 1], c="k", marker="x", s=60, label="class means")
+    axes[1].set_title("latent space")
+    axes[1].legend(fontsize=8)
+    return _png(fig)

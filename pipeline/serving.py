@@ -1,0 +1,95 @@
+"""The served FlowGMM: an MLflow pyfunc "model from code".
+
+It takes raw inputs (images as uint8 pixels ``[N, C, H, W]``, or a table with the training feature columns),
+applies the training preprocessing (pixels / 255 and a fixed dequantization u = 0.5), and returns, per row, the
+predicted ``label``, the calibrated class probabilities ``prob_<class>``, ``log_px`` (log p(x) in the data space)
+and ``is_ood`` (log p(x) below the threshold chosen on validation).
+
+    model = mlflow.pyfunc.load_model("runs:/<run_id>/model")
+    out = model.predict(images_uint8)          # pandas DataFrame
+
+The weights are a state dict read with ``torch.load(weights_only=True)``; the architecture comes from a JSON
+spec, so loading never unpickles arbitrary objects.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+
+def signature(spec: dict[str, Any]):
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    names = spec.get("class_names") or [str(i) for i in range(spec["num_classes"])]
+    outputs = Schema([ColSpec("long", "label"), *[ColSpec("double", f"prob_{n}") for n in names],
+                      ColSpec("double", "log_px"), ColSpec("boolean", "is_ood")])
+    if spec["kind"] == "image":
+        inputs = Schema([TensorSpec(np.dtype("uint8"), (-1, *spec["shape"]))])
+    else:
+        inputs = Schema([ColSpec("double", c) for c in feature_names(spec)])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def feature_names(spec: dict[str, Any]) -> list[str]:
+    return list(spec.get("feature_columns") or [f"x{i}" for i in range(spec["shape"][0])])
+
+
+class FlowGMMModel(PythonModel):
+    def load_context(self, context) -> None:
+        import torch
+
+        from flowgmm.spec import load
+
+        torch.set_grad_enabled(False)
+        self.model, self.spec = load(context.artifacts["model_dir"])
+        self.model.set_variance_scale(float(self.spec.get("variance_scale", 1.0)))
+        self.threshold = float(self.spec.get("ood_threshold", -np.inf))
+        self.names = self.spec.get("class_names") or [str(i) for i in range(self.spec["num_classes"])]
+
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        return predict_frame(self.model, self.spec, self.names, self.threshold, model_input)
+
+
+def predict_frame(model, spec: dict[str, Any], names: list[str], threshold: float, model_input: Any,
+                  batch_size: int = 1024) -> pd.DataFrame:
+    import torch
+
+    from flowgmm import dequantize
+
+    if isinstance(model_input, pd.DataFrame):
+        cols = feature_names(spec)
+        missing = [c for c in cols if c not in model_input.columns]
+        if missing:
+            raise ValueError(f"input is missing feature columns {missing}")
+        x = model_input[cols].to_numpy(np.float32)
+    elif isinstance(model_input, dict):
+        x = np.asarray(next(iter(model_input.values())))
+    else:
+        x = np.asarray(model_input)
+    x = x.reshape(len(x), *spec["shape"])
+    labels, probs, logps = [], [], []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            xb = torch.as_tensor(x[i:i + batch_size])
+            xb = dequantize(xb.float() / 255.0, noise="mid") if spec["kind"] == "image" else xb.float()
+            z, logdet = model(xb)
+            z, logdet = z.float(), logdet.float()
+            p = model.mixture.posterior(z, calibrated=True)
+            probs.append(p.numpy())
+            labels.append(p.argmax(1).numpy())
+            logps.append((model.mixture.log_prob(z, calibrated=False) + logdet).numpy())
+    p = np.concatenate(probs) if probs else np.zeros((0, len(names)))
+    logp = np.concatenate(logps) if logps else np.zeros(0)
+    out = {"label": np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)}
+    out.update({f"prob_{n}": p[:, k].astype(np.float64) for k, n in enumerate(names)})
+    out["log_px"] = logp.astype(np.float64)
+    out["is_ood"] = logp < threshold
+    return pd.DataFrame(out)
+
+
+mlflow.models.set_model(FlowGMMModel())
