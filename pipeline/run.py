@@ -107,8 +107,9 @@ class Job:
         print(f"[flowgmm] data: {prepared.root} counts {json.dumps(prepared.manifest.get('counts'))}", flush=True)
         address = self.args.address or os.environ.get("RAY_ADDRESS")
         if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=None if address else False,
-                     log_to_driver=True, configure_logging=True, logging_level="WARNING")
+            # a local Ray gets its dashboard on 127.0.0.1: Train V2 cleans up placement groups through it
+            local = {} if address else {"include_dashboard": True, "dashboard_host": "127.0.0.1"}
+            ray.init(address=address, log_to_driver=True, configure_logging=True, logging_level="WARNING", **local)
         handle = self._start_tracking(prepared)
         status = "FAILED"
         try:
@@ -227,9 +228,9 @@ def model_spec(cfg: Config, prepared) -> dict[str, Any]:
                             "seed": cfg.train.seed}
     if prepared.kind == "vector":
         spec["feature_mean"], spec["feature_std"] = man["feature_mean"], man["feature_std"]
-        if man.get("feature_columns"):
-            spec["feature_columns"] = list(man["feature_columns"])
-    counts = man.get("counts", {}).get("labeled_per_class") or man.get("class_counts", {}).get("labeled")
+        if man.get("feature_names"):
+            spec["feature_columns"] = list(man["feature_names"])
+    counts = man.get("class_counts", {}).get("labeled")
     if counts is not None:
         spec["class_counts"] = list(counts)
     return spec

@@ -1,0 +1,73 @@
+"""Shared fixtures.
+
+``ray_local``: one local Ray instance per test session (2 CPUs, no dashboard, 512 MiB object store). Train workers
+must ask for ``resources_per_worker={"CPU": 0.5}`` so that Ray Data keeps a CPU for its read tasks.
+``shared_data_dir``: the offline MNIST-family files ($FLOWGMM_DATA, else <repo>/../shared/data); missing files
+fail the test under CI=true and skip it otherwise.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Before anything imports ray: a local test cluster without token auth, and the repo importable in Ray workers.
+os.environ["RAY_AUTH_MODE"] = "disabled"
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+_pp = os.environ.get("PYTHONPATH", "")
+if str(REPO) not in _pp.split(os.pathsep):
+    os.environ["PYTHONPATH"] = str(REPO) + (os.pathsep + _pp if _pp else "")
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    if ray.is_initialized():
+        yield ray
+        return
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=512 * 1024**2,
+             log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    try:
+        from ray.data import DataContext
+        DataContext.get_current().enable_progress_bars = False
+    except Exception:  # noqa: BLE001
+        pass
+    yield ray
+    ray.shutdown()
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_mnist_dir() -> Path:
+    """The shared data directory with the MNIST IDX files: pytest.fail under CI=true, pytest.skip otherwise."""
+    d = Path(os.environ.get("FLOWGMM_DATA") or (REPO.parent / "shared" / "data")).expanduser()
+    needed = [d / "MNIST" / "raw" / f"{s}-{k}-ubyte.gz" for s in ("train", "t10k")
+              for k in ("images-idx3", "labels-idx1")]
+    missing = [str(p) for p in needed if not p.is_file()]
+    if missing:
+        msg = f"MNIST files missing under {d} (set FLOWGMM_DATA): {missing[0]}"
+        if _in_ci():
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return d
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    return require_mnist_dir()
+
+
+@pytest.fixture(scope="session")
+def data_home(tmp_path_factory) -> Path:
+    """A FLOWGMM_HOME shared by the data tests of a session (prepared sets are reused across tests)."""
+    return tmp_path_factory.mktemp("flowgmm_home")

@@ -1,0 +1,82 @@
+"""`ray job submit --working-dir .` of the smoke configuration to a `ray start --head` cluster on 127.0.0.1.
+
+The cluster is started with `--block` in its own process group and stopped by signalling exactly the processes it
+started (never `ray stop`, which would stop every Ray instance on the host)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray_bin() -> str:
+    return str(Path(sys.executable).parent / "ray")
+
+
+@pytest.fixture
+def head_cluster(tmp_path):
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    gcs, dash = _free_port(), _free_port()
+    tmp_ray = Path("/tmp") / f"rayjob{os.getpid()}"       # short: Ray's socket paths have a length limit
+    proc = subprocess.Popen(
+        [_ray_bin(), "start", "--head", "--block", f"--port={gcs}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dash}", "--num-cpus=2", "--object-store-memory=400000000", "--disable-usage-stats",
+         f"--temp-dir={tmp_ray}", "--include-dashboard=true"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{dash}"
+    deadline = time.time() + 120
+    import urllib.request
+
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/api/version", timeout=2)
+            break
+        except Exception:
+            if proc.poll() is not None:
+                raise RuntimeError(proc.stdout.read().decode()[-3000:])
+            time.sleep(1)
+    else:
+        raise RuntimeError("ray head did not come up")
+    try:
+        yield url, env
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_ray_job_submit_smoke(head_cluster, tmp_path):
+    url, env = head_cluster
+    home = tmp_path / "home"
+    runtime_env = {"env_vars": {"FLOWGMM_HOME": str(home), "FLOWGMM_DATA": os.environ.get("FLOWGMM_DATA", ""),
+                                "RAY_AUTH_MODE": "disabled"}}
+    cmd = [_ray_bin(), "job", "submit", "--address", url, "--working-dir", str(REPO),
+           "--runtime-env-json", json.dumps(runtime_env), "--",
+           "python", "pipeline/run.py", "--config", "moons", "--smoke", "--run-name", "submitted",
+           "eval.baselines=false"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-4000:]
+    assert "succeeded" in log.lower(), log[-2000:]
+    # the job wrote into FLOWGMM_HOME, not into its temporary working directory
+    assert (home / "mlflow.db").exists()
+    assert (home / "runs" / "submitted" / "flowgmm_run.json").exists()
