@@ -26,12 +26,14 @@ import ray.train
 import ray.train.torch
 import torch
 
-from flowgmm import dequantize, metrics as M, objectives
+from flowgmm import metrics as M
 from flowgmm.model import FlowGMM
 from flowgmm.spec import build_model, save as save_model
 from pipeline.config import Config
+from pipeline.evaluate import bits_per_dim, encode
 from pipeline.ingest import SSLStream, build_datasets, data_config, steps_per_epoch
 from pipeline.prepare import Prepared
+from pipeline.step import apply_gradients, compute_loss
 
 STATE_FILE = "train_state.pt"
 
@@ -123,45 +125,18 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     while state.epoch < t.epochs:
         epoch = state.epoch
         ddp.train()
-        sums = torch.zeros(5, device=device)   # loss, labeled, unlabeled, consistency, logdet/dim
+        sums = torch.zeros(4, device=device)   # loss, labeled, unlabeled, consistency
         steps_this_epoch = 0
         for batch in stream.epoch(epoch):
             _maybe_inject_failure(t, state.step, rank, loop.get("failure_marker"))
-            x_lab, x_unl = batch.x_lab, batch.x_unl
-            if image:
-                x_lab, x_unl = dequantize(x_lab, noise="uniform"), dequantize(x_unl, noise="uniform")
-            n_lab = x_lab.shape[0]
-            cons_w = 0.0
-            if t.method == "flowgmm_cons":
-                cons_w = objectives.linear_ramp(state.step, t.consistency_ramp_steps, t.consistency_weight)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=t.bf16):
-                targets = None
-                if cons_w > 0 and batch.x_unl2 is not None:
-                    with torch.no_grad():
-                        x2 = dequantize(batch.x_unl2, noise="uniform") if image else batch.x_unl2
-                        z2, _ = ddp(x2)
-                        targets = objectives.consistency_targets(model.mixture, z2.float())
-                x = x_lab if t.method == "supervised" else torch.cat([x_lab, x_unl])
-                z, logdet = ddp(x)
-            z, logdet = z.float(), logdet.float()
-            if t.method == "supervised":
-                loss, parts = _supervised_loss(model, z, logdet, batch.y_lab, cfg)
-            else:
-                loss, parts = objectives.semi_supervised_loss(
-                    model.mixture, z[:n_lab], logdet[:n_lab], batch.y_lab, z[n_lab:], logdet[n_lab:],
-                    form=t.loss_form, label_weight=t.label_weight, unlabeled_weight=t.unlabeled_weight,
-                    consistency_weight=cons_w, cons_targets=targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            optimizer.step()
-            scheduler.step()
+            loss, parts = compute_loss(ddp, model, batch, t, state.step, image)
+            apply_gradients(loss, model, optimizer, scheduler, t.grad_clip)
             # non-finite guard without a host sync per step: remember the first bad step on the device
             bad = ~torch.isfinite(loss.detach())
             first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, state.step), first_bad)
             lv = loss.detach()
             sums += torch.stack([lv, _part(parts, lv, "labeled_nll", "ce"), _part(parts, lv, "unlabeled_nll"),
-                                 _part(parts, lv, "consistency"), logdet.detach().mean() / z.shape[1]])
+                                 _part(parts, lv, "consistency")])
             state.step += 1
             steps_this_epoch += 1
             if state.step % t.log_every == 0:
@@ -203,33 +178,14 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
 @torch.no_grad()
 def validate(model: FlowGMM, x: np.ndarray, y: np.ndarray, *, image: bool, device: torch.device,
              batch_size: int = 512) -> dict[str, float]:
-    """Accuracy, NLL of p(y|x) and bits/dim on a labeled split, deterministic (u = 0.5), eval mode."""
+    """Accuracy, NLL of p(y|x) and bits/dim on a labeled split: deterministic (u = 0.5), eval mode, uncalibrated."""
     was_training = model.training
     model.eval()
-    probs, logps = [], []
-    for i in range(0, len(x), batch_size):
-        xb = torch.as_tensor(x[i:i + batch_size], device=device)
-        xb = dequantize(xb.float() / 255.0, noise="mid") if image else xb.float()
-        z, logdet = model(xb)
-        z, logdet = z.float(), logdet.float()
-        probs.append(model.mixture.posterior(z).cpu())
-        logps.append((model.mixture.log_prob(z) + logdet).cpu())
+    enc = encode(model, x, y, image=image, device=device, batch_size=batch_size)
+    probs = model.mixture.posterior(enc.z.to(device)).cpu().numpy()
     model.train(was_training)
-    p = torch.cat(probs).numpy()
-    logp = torch.cat(logps)
-    dim = int(np.prod(x.shape[1:]))
-    bpd = objectives.bits_per_dim(logp, dim, num_bins=256) if image else -logp / (dim * math.log(2))
-    return {"accuracy": M.accuracy(p, y), "nll": M.nll(p, y), "bpd": float(torch.as_tensor(bpd).mean())}
-
-
-def _supervised_loss(model: FlowGMM, z: torch.Tensor, logdet: torch.Tensor, y: torch.Tensor,
-                     cfg: Config) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    if cfg.train.loss_form == "ce":
-        ce = objectives.cross_entropy(model.mixture, z, y)
-        loss = cfg.train.label_weight * ce + objectives.unlabeled_nll(model.mixture, z, logdet)
-        return loss, {"ce": ce.detach(), "loss": loss.detach()}
-    nll = objectives.labeled_nll(model.mixture, z, logdet, y)
-    return nll, {"labeled_nll": nll.detach(), "loss": nll.detach()}
+    return {"accuracy": M.accuracy(probs, y), "nll": M.nll(probs, y),
+            "bpd": bits_per_dim(enc.log_px, int(np.prod(x.shape[1:])), image)}
 
 
 def _part(parts: dict[str, torch.Tensor], like: torch.Tensor, *names: str) -> torch.Tensor:
