@@ -129,7 +129,7 @@ def _digits() -> Config:
         data=DataSpec(source="digits", n_labeled=100, n_val=200, seed=0, shard_rows=512),
         ingest=IngestSpec(labeled_batch=32, unlabeled_batch=32, translate=1),
         model=ModelConfig(num_scales=2, mid_channels=16, num_blocks=1, means_scale=1.0),
-        train=TrainConfig(method="flowgmm", loss_form="ce", label_weight=10.0, epochs=12, lr=2e-3,
+        train=TrainConfig(method="flowgmm", loss_form="ce", label_weight=64.0, epochs=12, lr=2e-3,
                           warmup_steps=20, consistency_ramp_steps=150, log_every=50),
         eval=EvalConfig(sample_temperature=0.25),
     )

@@ -101,9 +101,10 @@ def evaluate_model(model_dir: str, prepared: Prepared, cfg: Config, *, device: s
             m = classification_metrics(posterior(model, enc[split].z, s), enc[split].y, bins)
             table.append({"split": split, "model": label, "variance_scale": s, **m})
             suffix = "" if label == "uncalibrated" else "_calibrated"
+            name = "final_val" if split == "val" else split   # per-epoch "val_*" metrics are logged in training
             for k, v in m.items():
-                out[f"{split}_{k}{suffix}"] = v
-        out[f"{split}_bpd"] = bits_per_dim(enc[split].log_px, dim, image)
+                out[f"{name}_{k}{suffix}"] = v
+        out[f"{'final_val' if split == 'val' else split}_bpd"] = bits_per_dim(enc[split].log_px, dim, image)
     out["variance_scale"] = scale
 
     # out-of-domain: log p(x) and max p(y|x) (calibrated), in-domain = test split

@@ -102,12 +102,12 @@ def build_datasets(prepared: Prepared, seed: int = 0, shuffle_files: bool = True
 
     if verify:
         prepared.verify()  # DataError naming a corrupt/truncated shard, before Ray sees it
-    lab = ray.data.read_parquet(str(prepared.split_dir("labeled")), columns=["id", "x", "y"]).materialize()
+    lab = ray.data.read_parquet(str(prepared.split_dir("labeled"))).select_columns(["id", "x", "y"]).materialize()
     shuffle = FileShuffleConfig(seed=seed, reseed_after_execution=True) if shuffle_files else None
-    unl = ray.data.read_parquet(str(prepared.split_dir("unlabeled")), columns=["x"], shuffle=shuffle)
+    unl = ray.data.read_parquet(str(prepared.split_dir("unlabeled")), shuffle=shuffle).select_columns(["x"])
     out = {"labeled": lab, "unlabeled": unl}
     if with_val and "val" in prepared.counts:
-        out["val"] = ray.data.read_parquet(str(prepared.split_dir("val")), columns=["x", "y"]).materialize()
+        out["val"] = ray.data.read_parquet(str(prepared.split_dir("val"))).select_columns(["x", "y"]).materialize()
     return out
 
 

@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="shrink the experiment to seconds")
     p.add_argument("--home", default=None, help="where everything is written (default $FLOWGMM_HOME or ~/.flowgmm)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: SQLite in the home)")
+    p.add_argument("--storage-path", default=None, help="checkpoint storage, shared by all nodes on a cluster "
+                   "(a path or a URI such as s3://bucket/flowgmm; default <home>/ray_results)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--run-name", default=None, help="name of this run (default: <config>-<timestamp>)")
     p.add_argument("--resume", default=None, metavar="NAME", help="continue the interrupted run NAME")
@@ -92,7 +94,7 @@ class Job:
                  resume_info: dict[str, Any] | None):
         self.cfg, self.home, self.run_name, self.args, self.resume_info = cfg, home, run_name, args, resume_info
         self.run_dir = home / "runs" / run_name
-        self.storage = str(home / "ray_results")
+        self.storage = args.storage_path or (resume_info or {}).get("storage_path") or str(home / "ray_results")
         self.t0 = time.time()
 
     def run(self) -> int:
@@ -132,7 +134,7 @@ class Job:
                            resume_run_id=resume_id, tags={"config_name": self.cfg.name, "method": self.cfg.train.method,
                                                           "n_labeled": str(self.cfg.data.n_labeled)})
         record = {"run_id": handle.run_id, "tracking_uri": handle.tracking_uri, "config": self.cfg.to_dict(),
-                  "run_name": self.run_name}
+                  "run_name": self.run_name, "storage_path": self.storage}
         _atomic_write_text(self.run_dir / "flowgmm_run.json", json.dumps(record, indent=2, default=str))
         if not resume_id:
             handle.log_params(self.cfg.flat())
@@ -143,7 +145,6 @@ class Job:
     def _train_and_evaluate(self, prepared, handle) -> dict[str, Any]:
         import ray
 
-        from pipeline.evaluate import evaluate_model
         from pipeline.prepare import load_split
         from pipeline.train import make_trainer
 
@@ -155,23 +156,21 @@ class Job:
         t_train = time.time()
         result = trainer.fit()
         train_seconds = time.time() - t_train
-        best_dir = _best_checkpoint_dir(result)
-        device = "cuda" if cfg.train.use_gpu else "cpu"
-        remote_eval = ray.remote(num_cpus=min(1, cfg.train.cpus_per_worker * max(1, cfg.train.num_workers)),
-                                 num_gpus=1 if cfg.train.use_gpu else 0)(evaluate_model)
-        ev = ray.get(remote_eval.remote(best_dir, prepared, cfg, device=device))
+        best = best_checkpoint(result)
+        ev = ray.get(_remote(evaluate_checkpoint, cfg).remote(best, prepared, cfg))
         metrics = {**ev.metrics, "train_seconds": train_seconds,
                    "train_steps": float((result.metrics or {}).get("step", 0)),
                    "restored_from_step": float((result.metrics or {}).get("restored_from_step", -1))}
 
         if cfg.eval.baselines and cfg.train.method != "supervised":
-            metrics.update(self._supervised_baseline(prepared, spec, val, device))
+            metrics.update(self._supervised_baseline(prepared, spec, val))
         metrics["wall_seconds"] = time.time() - self.t0
 
         # the served model: best weights + calibration scale + OOD threshold
         from flowgmm.spec import load as load_model, save as save_model
 
-        model, _ = load_model(best_dir)
+        with best.as_directory() as best_dir:
+            model, _ = load_model(best_dir)
         model.set_variance_scale(ev.variance_scale)
         served_spec = {**spec, "variance_scale": ev.variance_scale, "ood_threshold": ev.ood_threshold}
         model_dir = self.home / "models" / self.run_name
@@ -185,25 +184,23 @@ class Job:
             handle.log_bytes(png, path)
         from pipeline.tracking import log_model
 
-        metrics["model_uri"] = log_model(handle, model_dir, served_spec)
-        handle.set_tags({"model_dir": str(model_dir), "best_checkpoint": best_dir})
+        model_uri = log_model(handle, model_dir, served_spec)
+        handle.set_tags({"model_uri": model_uri, "model_dir": str(model_dir), "best_checkpoint": best.path})
         return {"metrics": metrics, "calibration": ev.calibration_table, "ood": ev.ood_table,
-                "model_dir": str(model_dir)}
+                "model_dir": str(model_dir), "model_uri": model_uri}
 
-    def _supervised_baseline(self, prepared, spec, val, device) -> dict[str, float]:
+    def _supervised_baseline(self, prepared, spec, val) -> dict[str, float]:
         """The same flow and budget trained on the labeled rows only; evaluated like the main model."""
         import ray
 
-        from pipeline.evaluate import evaluate_accuracy_only
         from pipeline.train import make_trainer
 
         cfg = replace(self.cfg, train=replace(self.cfg.train, method="supervised", inject_failure_at_step=-1))
         trainer = make_trainer(cfg, prepared, spec, run_name=f"{self.run_name}-supervised",
                                storage_path=self.storage, mlflow_info=None, val=val)
         result = trainer.fit()
-        remote_eval = ray.remote(num_cpus=min(1, cfg.train.cpus_per_worker * max(1, cfg.train.num_workers)),
-                                 num_gpus=1 if cfg.train.use_gpu else 0)(evaluate_accuracy_only)
-        m = ray.get(remote_eval.remote(_best_checkpoint_dir(result), prepared, cfg, device=device))
+        m = ray.get(_remote(evaluate_checkpoint, cfg).remote(best_checkpoint(result), prepared, cfg,
+                                                             accuracy_only=True))
         return {f"baseline_supervised_flow_{k}": v for k, v in m.items()}
 
     def _print_summary(self, result: dict[str, Any]) -> None:
@@ -218,7 +215,7 @@ class Job:
         for row in result["ood"]:
             print(f"  OOD {row['ood_set']:>15s} by {row['score']:8s} AUROC {row['auroc']:.4f} "
                   f"AUPR {row['aupr']:.4f} FPR95 {row['fpr95']:.4f}")
-        print(f"  model: {m.get('model_uri')} (weights in {result['model_dir']})", flush=True)
+        print(f"  model: {result['model_uri']} (weights in {result['model_dir']})", flush=True)
 
 
 def model_spec(cfg: Config, prepared) -> dict[str, Any]:
@@ -236,15 +233,32 @@ def model_spec(cfg: Config, prepared) -> dict[str, Any]:
     return spec
 
 
-def _best_checkpoint_dir(result) -> str:
+def best_checkpoint(result):
+    """The checkpoint with the best validation score (Ray keeps the best two and the latest)."""
     best = result.best_checkpoints or []
-    if best:
-        ckpt = max(best, key=lambda cm: cm[1].get("score", float("-inf")))[0]
-    else:
-        ckpt = result.checkpoint
+    ckpt = max(best, key=lambda cm: cm[1].get("score", float("-inf")))[0] if best else result.checkpoint
     if ckpt is None:
         raise RuntimeError("training reported no checkpoint")
-    return ckpt.path
+    return ckpt
+
+
+def evaluate_checkpoint(checkpoint, prepared, cfg: Config, accuracy_only: bool = False):
+    """Runs as a Ray task (on a GPU when training used GPUs): fetch the checkpoint, wherever it is stored, and
+    evaluate it."""
+    from pipeline.evaluate import evaluate_accuracy_only, evaluate_model
+
+    device = "cuda" if cfg.train.use_gpu else "cpu"
+    with checkpoint.as_directory() as d:
+        if accuracy_only:
+            return evaluate_accuracy_only(d, prepared, cfg, device=device)
+        return evaluate_model(d, prepared, cfg, device=device)
+
+
+def _remote(fn, cfg: Config):
+    import ray
+
+    return ray.remote(num_cpus=min(1.0, cfg.train.cpus_per_worker * max(1, cfg.train.num_workers)),
+                      num_gpus=1 if cfg.train.use_gpu else 0)(fn)
 
 
 def _table_text(rows: list[dict[str, Any]]) -> str:

@@ -530,14 +530,13 @@ def load_table(path: str | os.PathLike, test_path: str | os.PathLike | None, fea
         if not features:
             raise DataError(f"{p}: no feature columns besides '{label_column}'")
 
-    allowed = set(features) | {label_column, "id"} | ({image_column} if image_column else set())
-
     def check_columns(tab, where: Path):
-        for c in tab.column_names:
-            if c not in allowed:
-                raise DataError(f"{where}: unexpected extra column '{c}' (not a feature, label or id column)")
         if len(set(tab.column_names)) != len(tab.column_names):
             raise DataError(f"{where}: duplicate column names")
+        if tab is not table:  # the test table must have the train table's columns, no more
+            for c in tab.column_names:
+                if c not in names:
+                    raise DataError(f"{where}: unexpected extra column '{c}' (not in the train table {p.name})")
 
     check_columns(table, p)
     y = _table_labels(table, p, label_column, allow_null=True)

@@ -36,6 +36,7 @@ from pipeline.prepare import Prepared
 from pipeline.step import apply_gradients, compute_loss
 
 STATE_FILE = "train_state.pt"
+LOSS_PARTS = ("loss", "labeled_nll", "unlabeled_nll", "ce", "consistency")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -125,7 +126,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     while state.epoch < t.epochs:
         epoch = state.epoch
         ddp.train()
-        sums = torch.zeros(4, device=device)   # loss, labeled, unlabeled, consistency
+        sums = torch.zeros(len(LOSS_PARTS), device=device)
         steps_this_epoch = 0
         for batch in stream.epoch(epoch):
             _maybe_inject_failure(t, state.step, rank, loop.get("failure_marker"))
@@ -135,8 +136,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
             bad = ~torch.isfinite(loss.detach())
             first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, state.step), first_bad)
             lv = loss.detach()
-            sums += torch.stack([lv, _part(parts, lv, "labeled_nll", "ce"), _part(parts, lv, "unlabeled_nll"),
-                                 _part(parts, lv, "consistency")])
+            sums += torch.stack([_part(parts, lv, k) for k in LOSS_PARTS])
             state.step += 1
             steps_this_epoch += 1
             if state.step % t.log_every == 0:
@@ -148,11 +148,15 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         state.epoch = epoch + 1
 
         # --- validation, report, checkpoint (rank 0 writes) ---------------------------------------------------
-        means = (sums / max(steps_this_epoch, 1)).tolist()
+        means = dict(zip(LOSS_PARTS, (sums / max(steps_this_epoch, 1)).tolist()))
         metrics: dict[str, float] = {"epoch": state.epoch, "step": state.step, "steps_in_epoch": steps_this_epoch,
-                                     "train_loss": means[0], "train_labeled": means[1], "train_unlabeled": means[2],
-                                     "train_consistency": means[3], "restored_from_step": state.restored_from_step,
+                                     **{f"train_{k}": v for k, v in means.items()},
+                                     "restored_from_step": state.restored_from_step,
                                      "lr": scheduler.get_last_lr()[0]}
+        if t.method != "supervised":   # bits/dim of the unlabeled batches (mixture density, dequantized data)
+            dim = int(np.prod(spec["shape"]))
+            metrics["train_bpd"] = (means["unlabeled_nll"] + (dim * math.log(256) if image else 0.0)) / (
+                dim * math.log(2))
         is_ckpt_epoch = state.epoch % t.checkpoint_every == 0 or state.epoch == t.epochs
         if is_main:
             val = validate(model, val_x, val_y, image=image, device=device, batch_size=cfg.eval.batch_size)
@@ -161,7 +165,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
             state.best_score = max(state.best_score, metrics["score"])
             if tracker:
                 tracker.log_epoch(metrics, state.step)
-            print(f"[flowgmm] epoch {state.epoch}/{t.epochs} step {state.step} loss {means[0]:.4g} "
+            print(f"[flowgmm] epoch {state.epoch}/{t.epochs} step {state.step} loss {means['loss']:.4g} "
                   f"val_acc {val['accuracy']:.4f} val_nll {val['nll']:.4f} val_bpd {val['bpd']:.4f}", flush=True)
         if is_ckpt_epoch:
             with tempfile.TemporaryDirectory() as tmp:

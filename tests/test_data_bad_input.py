@@ -1,0 +1,199 @@
+"""Bad input: a one-line DataError naming the file and the column or value, exit status 2 from the CLI, and an
+already-prepared data set left untouched (manifest mtime and every shard checksum unchanged)."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.errors import DataError
+from pipeline.ingest import IngestSpec, build_datasets, steps_per_epoch
+from pipeline.prepare import DataSpec, load_split, prepare
+
+REPO = Path(__file__).resolve().parent.parent
+N = 120
+
+
+def good_table(rng=None, n=N) -> pa.Table:
+    rng = rng or np.random.default_rng(0)
+    return pa.table({"f1": rng.normal(size=n), "f2": rng.normal(size=n), "f3": rng.normal(size=n),
+                     "label": pa.array(np.arange(n) % 3, pa.int64())})
+
+
+def snapshot(home: Path) -> dict:
+    data = home / "data"
+    return {str(f.relative_to(data)): (f.stat().st_mtime_ns, hashlib.sha256(f.read_bytes()).hexdigest())
+            for f in sorted(data.rglob("*")) if f.is_file() and not f.name.endswith(".lock")}
+
+
+@pytest.fixture
+def table_home(tmp_path):
+    """A table data set prepared from good files; tests then break the same files and prepare again."""
+    home = tmp_path / "home"
+    path = tmp_path / "train.parquet"
+    pq.write_table(good_table(), path)
+    spec = DataSpec(source="table", path=str(path), n_labeled=9, n_val=9)
+    prepared = prepare(spec, home)
+    return home, path, spec, prepared, snapshot(home)
+
+
+def expect_error(spec, home, before, *needles):
+    with pytest.raises(DataError) as ei:
+        prepare(spec, home)
+    msg = str(ei.value)
+    assert "\n" not in msg, msg
+    for n in needles:
+        assert str(n) in msg, (n, msg)
+    assert snapshot(home) == before, "existing prepared data was modified"
+    assert not [p for p in (home / "data").iterdir() if p.name.startswith((".tmp-", ".old-"))]
+    return msg
+
+
+def test_missing_column(table_home):
+    home, path, spec, _, before = table_home
+    pq.write_table(good_table().drop(["label"]), path)
+    expect_error(spec, home, before, path, "missing column 'label'")
+    pq.write_table(good_table(), path)
+    expect_error(DataSpec(**{**spec.__dict__, "feature_columns": ("f1", "f9")}), home, before, path, "'f9'")
+
+
+def test_extra_column(table_home, tmp_path):
+    home, path, spec, _, before = table_home
+    test_path = tmp_path / "test.parquet"
+    pq.write_table(good_table(n=30).append_column("leak", pa.array(np.zeros(30))), test_path)
+    s = DataSpec(**{**spec.__dict__, "test_path": str(test_path)})
+    expect_error(s, home, before, test_path, "extra column 'leak'")
+
+
+def test_wrong_dtype(table_home):
+    home, path, spec, _, before = table_home
+    t = good_table()
+    t = t.set_column(1, "f2", pa.array([f"v{i}" for i in range(N)]))
+    pq.write_table(t, path)
+    expect_error(spec, home, before, path, "column 'f2'", "string")
+    t = good_table().set_column(3, "label", pa.array([f"c{i % 3}" for i in range(N)]))
+    pq.write_table(t, path)
+    expect_error(spec, home, before, path, "column 'label'")
+
+
+def test_wrong_shape(table_home, tmp_path):
+    home, path, spec, _, before = table_home
+    imgs = [bytes(64)] * 50 + [bytes(49)]
+    p = tmp_path / "img.parquet"
+    pq.write_table(pa.table({"img": pa.array(imgs, pa.binary()), "label": np.arange(51) % 2}), p)
+    expect_error(DataSpec(source="table", path=str(p), image_column="img", n_labeled=4, n_val=4), home, before,
+                 p, "column 'img'", "sizes")
+
+
+def test_ood_shape_mismatch(table_home, shared_data_dir):
+    home, _, _, _, before = table_home
+    from test_data_sources import write_cifar10_binary  # noqa: F401  (same directory)
+
+    spec = DataSpec(source="digits", n_labeled=10, n_val=10, ood=("notmnist",), data_dir=str(shared_data_dir))
+    expect_error(spec, home, before, "t10k-images", "notmnist", "(1, 28, 28)", "(1, 8, 8)")
+
+
+def test_labels_outside_range(table_home):
+    home, path, spec, _, before = table_home
+    t = good_table()
+    lab = np.arange(N) % 3
+    lab[17] = 7
+    pq.write_table(t.set_column(3, "label", pa.array(lab, pa.int64())), path)
+    expect_error(DataSpec(**{**spec.__dict__, "num_classes": 3}), home, before, path, "label 7", "[0, 3)")
+    lab[17] = -2
+    pq.write_table(t.set_column(3, "label", pa.array(lab, pa.int64())), path)
+    expect_error(spec, home, before, path, "label -2")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_inf_features(table_home, bad):
+    home, path, spec, _, before = table_home
+    f3 = np.random.default_rng(0).normal(size=N)
+    f3[42] = bad
+    pq.write_table(good_table().set_column(2, "f3", pa.array(f3)), path)
+    expect_error(spec, home, before, path, "column 'f3'", "row 42")
+
+
+def test_nan_in_csv(table_home, tmp_path):
+    home, _, _, _, before = table_home
+    p = tmp_path / "t.csv"
+    p.write_text("a,b,label\n" + "".join(f"{i},{i},{i % 2}\n" for i in range(40)) + "1,nan,0\n")
+    expect_error(DataSpec(source="table", path=str(p), n_labeled=4, n_val=4), home, before, p, "column 'b'")
+
+
+def test_fewer_labeled_than_classes(table_home):
+    home, _, spec, _, before = table_home
+    expect_error(DataSpec(**{**spec.__dict__, "n_labeled": 2}), home, before, "n_labeled=2", "3 classes")
+    expect_error(DataSpec(source="digits", n_labeled=5), home, before, "load_digits", "n_labeled=5")
+
+
+def test_empty_split(table_home, tmp_path):
+    home, path, spec, _, before = table_home
+    expect_error(DataSpec(**{**spec.__dict__, "n_unlabeled": 0}), home, before, path, "empty split 'unlabeled'")
+    expect_error(DataSpec(**{**spec.__dict__, "n_val": 0}), home, before, "empty split 'val'")
+    empty = tmp_path / "test.parquet"
+    pq.write_table(good_table(n=0), empty)
+    expect_error(DataSpec(**{**spec.__dict__, "test_path": str(empty)}), home, before, empty, "empty split 'test'")
+
+
+def test_truncated_or_corrupt_parquet(table_home):
+    home, path, spec, _, before = table_home
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    expect_error(spec, home, before, path, "corrupt or truncated Parquet")
+    path.write_bytes(b"PAR1" + os.urandom(200) + b"PAR1")
+    expect_error(spec, home, before, path, "corrupt or truncated Parquet")
+
+
+def test_corrupt_prepared_shard_is_named(table_home, ray_local):
+    """A damaged shard of a prepared set is named before Ray reads it (ingest) and by load_split."""
+    _, _, _, prepared, _ = table_home
+    f = prepared.root / prepared.manifest["shards"]["labeled"][0]["file"]
+    f.write_bytes(f.read_bytes()[:-40])
+    with pytest.raises(DataError, match=str(f)):
+        build_datasets(prepared)
+    with pytest.raises(DataError, match=str(f)):
+        load_split(prepared, "labeled")
+
+
+def test_data_dir_without_expected_files(table_home, tmp_path):
+    home, _, _, _, before = table_home
+    empty = tmp_path / "data"
+    empty.mkdir()
+    expect_error(DataSpec(source="mnist", data_dir=str(empty)), home, before, empty, "train-images-idx3-ubyte.gz")
+    expect_error(DataSpec(source="cifar10", data_dir=str(empty)), home, before, empty, "cifar-10-batches-bin")
+    expect_error(DataSpec(source="svhn", data_dir=str(empty)), home, before, empty, "train_32x32.mat")
+    expect_error(DataSpec(source="mnist", data_dir=str(tmp_path / "nope")), home, before, "nope", "does not exist")
+    # a truncated IDX file is named too
+    raw = empty / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for s, n in (("train", 60), ("t10k", 10)):
+        with gzip.open(raw / f"{s}-images-idx3-ubyte.gz", "wb") as g:
+            g.write(bytes([0, 0, 8, 3]) + n.to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + bytes(100))
+        with gzip.open(raw / f"{s}-labels-idx1-ubyte.gz", "wb") as g:
+            g.write(bytes([0, 0, 8, 1]) + n.to_bytes(4, "big") + bytes(n))
+    expect_error(DataSpec(source="mnist", data_dir=str(empty)), home, before, "images-idx3-ubyte.gz", "truncated")
+
+
+def test_too_few_unlabeled_rows_for_workers(table_home):
+    _, _, _, prepared, _ = table_home
+    with pytest.raises(DataError, match="unlabeled"):
+        steps_per_epoch(prepared, IngestSpec(unlabeled_batch=1000), world_size=2)
+
+
+def test_cli_exit_status_and_one_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-m", "pipeline.prepare", "--source", "mnist", "--data-dir",
+                        str(tmp_path / "missing"), "--home", str(tmp_path / "home")],
+                       capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "missing" in lines[0]
