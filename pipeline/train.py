@@ -217,11 +217,17 @@ def _progress(state: TrainState, epoch: int, epochs: int, n_steps: int, total: i
 
 
 def _maybe_inject_failure(t, step: int, rank: int, marker: str | None) -> None:
-    """Fault-tolerance testing: rank 1 (or 0 with one worker) dies hard, once, at a chosen global step."""
+    """Fault-tolerance testing: rank 1 (or 0 with one worker) dies hard, once, at a chosen global step.
+
+    Ray Train commits a reported checkpoint when its controller next polls the workers (every
+    RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default); a worker that dies before that poll loses the report and
+    the group restarts from the checkpoint before it. The hook waits out two poll intervals first, so it tests
+    the documented guarantee: a restart resumes from the latest committed checkpoint."""
     if t.inject_failure_at_step < 0 or step != t.inject_failure_at_step or marker is None:
         return
     if rank != min(1, t.num_workers - 1) or os.path.exists(marker):
         return
+    time.sleep(2 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0)) + 1)
     Path(marker).write_text(f"killed rank {rank} at step {step}\n")
     os.kill(os.getpid(), signal.SIGKILL)
 
