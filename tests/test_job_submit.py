@@ -54,6 +54,18 @@ def head_cluster(tmp_path):
             time.sleep(1)
     else:
         raise RuntimeError("ray head did not come up")
+    # the dashboard answers before its job agent is ready: wait until a trivial job can be submitted
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(url)
+    while True:
+        try:
+            client.submit_job(entrypoint="true")
+            break
+        except Exception as e:  # noqa: BLE001
+            if "No available agent" not in str(e) or time.time() > deadline + 60:
+                raise
+            time.sleep(2)
     try:
         yield url, env
     finally:
@@ -71,7 +83,7 @@ def test_ray_job_submit_smoke(head_cluster, tmp_path):
                                 "RAY_AUTH_MODE": "disabled"}}
     cmd = [_ray_bin(), "job", "submit", "--address", url, "--working-dir", str(REPO),
            "--runtime-env-json", json.dumps(runtime_env), "--",
-           "python", "pipeline/run.py", "--config", "moons", "--smoke", "--run-name", "submitted",
+           sys.executable, "pipeline/run.py", "--config", "moons", "--smoke", "--run-name", "submitted",
            "eval.baselines=false"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     log = out.stdout + out.stderr
