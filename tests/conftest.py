@@ -1,6 +1,6 @@
 """Shared fixtures.
 
-``ray_local``: one local Ray instance per test session (2 CPUs, no dashboard, 512 MiB object store). Train workers
+``ray_local``: one local Ray instance per test session (2 CPUs, dashboard on 127.0.0.1, 512 MiB object store). Train workers
 must ask for ``resources_per_worker={"CPU": 0.5}`` so that Ray Data keeps a CPU for its read tasks.
 ``shared_data_dir``: the offline MNIST-family files ($FLOWGMM_DATA, else <repo>/../shared/data); missing files
 fail the test under CI=true and skip it otherwise.
@@ -33,7 +33,10 @@ def ray_local():
     if ray.is_initialized():
         yield ray
         return
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=512 * 1024**2,
+    # The dashboard (on 127.0.0.1) is on: Train V2 removes a finished run's placement groups through the State
+    # API it serves, and Tune over Train V2 leaks them without it.
+    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+             object_store_memory=512 * 1024**2,
              log_to_driver=True, configure_logging=True, logging_level="WARNING")
     try:
         from ray.data import DataContext
