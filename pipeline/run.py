@@ -185,7 +185,15 @@ class Job:
         from pipeline.tracking import log_model
 
         model_uri = log_model(handle, model_dir, served_spec)
-        handle.set_tags({"model_uri": model_uri, "model_dir": str(model_dir), "best_checkpoint": best.path})
+        from pipeline.registry import register
+
+        registered = f"flowgmm-{cfg.data.source}"
+        version, promoted = register(handle.tracking_uri, handle.run_id, model_uri, registered, metrics)
+        print(f"[flowgmm] registered {registered} version {version}"
+              f"{' -> @champion' if promoted else ' (champion unchanged: not better on validation)'}", flush=True)
+        handle.set_tags({"model_uri": model_uri, "model_dir": str(model_dir), "best_checkpoint": best.path,
+                         "registered_model": registered, "registered_version": version,
+                         "promoted_to_champion": str(promoted)})
         return {"metrics": metrics, "calibration": ev.calibration_table, "ood": ev.ood_table,
                 "model_dir": str(model_dir), "model_uri": model_uri}
 
