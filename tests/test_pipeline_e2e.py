@@ -40,12 +40,18 @@ def _expected_steps(cfg, home: Path) -> int:
     return cfg.train.epochs * steps_per_epoch(prepare(cfg.data, home), cfg.ingest, cfg.train.num_workers)
 
 
-def test_smoke_digits_trains_end_to_end_and_is_recorded(ray_local, tmp_path):
-    home = tmp_path / "home"
+@pytest.fixture(scope="module")
+def digits_run(ray_local, tmp_path_factory):
+    """One smoke run of the default experiment, shared by the tests that inspect its results."""
+    home = tmp_path_factory.mktemp("e2e") / "home"
     assert main(["--config", "digits", "--smoke", "--home", str(home), "--run-name", "e2e"]) == 0
     client, runs = _runs(home, "flowgmm-digits")
     assert len(runs) == 1
-    run = runs[0]
+    return home, client, runs[0]
+
+
+def test_smoke_digits_trains_end_to_end_and_is_recorded(digits_run):
+    home, client, run = digits_run
     assert run.info.status == "FINISHED"
     m, params = run.data.metrics, run.data.params
     # learns: 10 classes, chance is 0.1
@@ -89,6 +95,52 @@ def test_smoke_digits_trains_end_to_end_and_is_recorded(ray_local, tmp_path):
     probs = out[[c for c in out.columns if c.startswith("prob_")]].to_numpy()
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
     assert out["is_ood"].mean() == pytest.approx(m["test_ood_flag_rate"], abs=1e-9)
+
+
+def test_scoring_the_test_split_reproduces_the_evaluation(digits_run, tmp_path, capsys):
+    from pipeline.prepare import prepare
+    from pipeline.score import main as score_main
+
+    home, client, run = digits_run
+    assert run.data.tags["promoted_to_champion"] == "True"
+    prepared = prepare(resolve("digits", smoke=True).data, home)
+    test_dir = prepared.split_dir("test")
+    out = tmp_path / "scored.parquet"
+    rc = score_main(["--model", "models:/flowgmm-digits@champion", "--input", str(test_dir), "--output", str(out),
+                     "--home", str(home), "--actors", "1", "--batch-size", "100"])
+    assert rc == 0
+    assert "rows/s" in capsys.readouterr().out
+    import pandas as pd
+
+    scored = pd.read_parquet(out)
+    m = run.data.metrics
+    assert len(scored) == prepared.counts["test"]
+    assert scored["id"].is_monotonic_increasing
+    acc = float((scored["label"] == scored["y"]).mean())
+    assert acc == pytest.approx(m["test_accuracy_calibrated"], abs=1e-9)
+    assert scored["is_ood"].mean() == pytest.approx(m["test_ood_flag_rate"], abs=1e-9)
+
+
+def test_scoring_bad_input_leaves_no_output(digits_run, tmp_path, capsys):
+    from pipeline.prepare import prepare
+    from pipeline.score import main as score_main
+
+    home, _, _ = digits_run
+    shard = sorted(prepare(resolve("digits", smoke=True).data, home).split_dir("test").glob("*.parquet"))[0]
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    out = tmp_path / "out.parquet"
+    rc = score_main(["--model", "models:/flowgmm-digits@champion", "--input", str(broken), "--output", str(out),
+                     "--home", str(home)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and str(broken) in err and len(err.splitlines()) == 1
+    assert not out.exists() and not list(tmp_path.glob(".out.parquet*"))
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("a,b\n1,2\n")
+    rc = score_main(["--model", "models:/flowgmm-digits@champion", "--input", str(wrong), "--output", str(out),
+                     "--home", str(home)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "wrong.csv" in err and "'x'" in err and not out.exists()
 
 
 def test_worker_killed_mid_run_resumes_from_checkpoint(ray_local, tmp_path):
