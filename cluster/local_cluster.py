@@ -238,7 +238,7 @@ class LocalCluster:
             if not _alive(head.pid):
                 raise ClusterError(f"ray head exited during start:\n{_tail(head.log)}")
             try:
-                urllib.request.urlopen(f"{self.dashboard_url}/api/version", timeout=2)
+                urllib.request.urlopen(self._request("/api/version"), timeout=2)
                 return
             except Exception:  # noqa: BLE001
                 time.sleep(1)
@@ -269,12 +269,16 @@ class LocalCluster:
         from urllib.parse import urlencode
 
         q = {"limit": 10000, "detail": "true", "timeout": int(timeout_s), **params}
-        req = urllib.request.Request(f"{self.dashboard_url}/api/v0/{resource}?{urlencode(q)}")
-        if self.auth_mode == "token":
-            req.add_header("Authorization", f"Bearer {Path(self.token_path).read_text().strip()}")
+        req = self._request(f"/api/v0/{resource}?{urlencode(q)}")
         with urllib.request.urlopen(req, timeout=timeout_s + 10) as r:
             body = json.loads(r.read())
         return body["data"]["result"]["result"]
+
+    def _request(self, path: str) -> urllib.request.Request:
+        req = urllib.request.Request(f"{self.dashboard_url}{path}")
+        if self.auth_mode == "token":
+            req.add_header("Authorization", f"Bearer {Path(self.token_path).read_text().strip()}")
+        return req
 
     def gcs_nodes(self) -> list[dict[str, Any]]:
         """All nodes the GCS knows, alive or dead: node_id, alive, resources (total)."""

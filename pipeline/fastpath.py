@@ -80,6 +80,12 @@ def _unit_forward(self: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     """Installed as the ``forward`` of each compiled unit: the compiled function inside a
     :class:`FastForward` call, the class's own forward everywhere else."""
     if _units_active():
+        # canonical inputs, so that couplings of one shape share one graph: dense (FactorOut hands the inner
+        # scale a channel slice) and, in grad mode, requiring grad (the first coupling's input does not)
+        fmt = torch.channels_last if (x.dim() == 4 and self._fastpath_channels_last) else torch.contiguous_format
+        x = x.contiguous(memory_format=fmt)
+        if torch.is_grad_enabled() and not x.requires_grad:
+            x = x.detach().requires_grad_()
         return self._fastpath_compiled(self, x)
     return type(self).forward(self, x)
 
@@ -164,6 +170,7 @@ def accelerate(model: nn.Module, t: Any, device: torch.device | str | None = Non
             if cls not in compiled:
                 compiled[cls] = torch.compile(cls.forward, **kw)
             m._fastpath_compiled = compiled[cls]
+            m._fastpath_channels_last = channels_last
             m.forward = types.MethodType(_unit_forward, m)
     return FastForward(model, channels_last=channels_last, unit=unit, full=full)
 
