@@ -86,7 +86,7 @@ class LocalCluster:
                  head_cpus: float | None = None, auth_mode: str = "token", tls: bool = False,
                  node_env: dict[str, str] | None = None, state_file: str | os.PathLike | None = None,
                  temp_root: str | os.PathLike | None = None, node_resources: bool = True,
-                 start_timeout_s: float = 180.0):
+                 start_timeout_s: float = 180.0, keep_files: bool = False):
         if auth_mode not in ("token", "disabled"):
             raise ValueError("auth_mode must be 'token' or 'disabled'")
         self.n_workers = int(workers)
@@ -99,6 +99,7 @@ class LocalCluster:
         self.node_resources = node_resources
         self.start_timeout_s = start_timeout_s
         # short: Ray's Unix socket paths (<temp>/session_*/sockets/...) must stay under ~107 characters
+        self._owns_root = temp_root is None and not keep_files
         self.root = Path(temp_root) if temp_root else Path(tempfile.mkdtemp(prefix="fgrc", dir="/tmp"))
         self.state_file = Path(state_file) if state_file else self.root / "state.json"
         self.nodes: list[Node] = []
@@ -143,8 +144,10 @@ class LocalCluster:
                 "RAY_TLS_CA_CERT": f["cert"]}
 
     def _node_env(self) -> dict[str, str]:
+        # RAY_ADDRESS stays set: every Ray process on the nodes inherits it, so code that looks the cluster up by
+        # itself (Train V2's PlacementGroupCleaner queries the State API) finds this cluster and not another Ray
+        # instance on the same host ("Found multiple active Ray instances").
         env = self.client_env()
-        env.pop("RAY_ADDRESS", None)
         env.update(self.node_env)
         return env
 
@@ -313,8 +316,9 @@ class LocalCluster:
         _reap(n.pid)
         return pids
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM each node's process group (workers first, head last), then SIGKILL what is left."""
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM each node's process group (workers first, head last), then SIGKILL what is left after
+        ``timeout_s`` (`ray start --block` shuts its children down one by one, which can take 20-30 s here)."""
         for n in reversed(self.nodes):
             _signal_group(n.pgid, signal.SIGTERM)
         deadline = time.time() + timeout_s
@@ -327,6 +331,8 @@ class LocalCluster:
             _reap(n.pid)
         if self.state_file.exists():
             self.state_file.unlink()
+        if self._owns_root:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     # --- state file --------------------------------------------------------------------------------------------
     def write_state(self) -> None:
@@ -446,7 +452,8 @@ def _cli(argv: list[str] | None = None) -> int:
             return 1
         c = LocalCluster(workers=args.workers, cpus_per_node=args.cpus_per_node, head_cpus=args.head_cpus,
                          object_store_mb=args.object_store_mb, auth_mode=args.auth, tls=args.tls,
-                         node_env=FAST_HEALTH_CHECKS if args.fast_health_checks else None, state_file=state)
+                         node_env=FAST_HEALTH_CHECKS if args.fast_health_checks else None, state_file=state,
+                         keep_files=True)
         try:
             c.start()
         except BaseException:
@@ -461,8 +468,7 @@ def _cli(argv: list[str] | None = None) -> int:
     c = LocalCluster.from_state(state)
     if args.cmd == "stop":
         c.stop()
-        shutil.rmtree(c.root, ignore_errors=True) if c.root.name.startswith("fgrc") else None
-        print("stopped")
+        print(f"stopped (logs kept under {c.root})")
     elif args.cmd == "status":
         for n in c.nodes:
             print(f"{n.name:10s} pgid {n.pgid:7d} {'alive' if _alive(n.pid) else 'dead '} "

@@ -1,0 +1,159 @@
+"""The GPU fast path on CPU: the accelerated forward computes the plain model's function, the compiled couplings
+share graphs, the benchmark's tiny path runs, and the training loop's non-finite guard names the step."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from flowgmm.spec import build_model
+from pipeline.config import resolve
+from pipeline.fastpath import accelerate, compile_stats, scaled_lr
+from pipeline.ingest import Step
+from pipeline.step import apply_gradients, compute_loss
+
+REPO = Path(__file__).resolve().parent.parent
+SPEC = {"kind": "image", "shape": [1, 28, 28], "num_classes": 10,
+        "model": {"num_scales": 2, "mid_channels": 8, "num_blocks": 1}}
+
+
+def _model(dtype=torch.float32, seed=0):
+    """A small mnist-shaped flow whose couplings are far from the identity (random output convs)."""
+    torch.manual_seed(seed)
+    m = build_model(SPEC).to(dtype)
+    with torch.no_grad():
+        for name, mod in m.named_modules():
+            if name.endswith("out_conv"):
+                mod.weight.normal_(0.0, 0.05)
+                mod.bias.normal_(0.0, 0.05)
+    return m
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("train", [True, False])
+def test_channels_last_forward_matches_plain_model(dtype, tol, train):
+    plain = _model(dtype)
+    fast_model = copy.deepcopy(plain)
+    fwd = accelerate(fast_model, SimpleNamespace(compile="none", channels_last=True), "cpu")
+    plain.train(train)
+    fwd.train(train)
+    assert fast_model.training == train
+    x = torch.rand(6, 1, 28, 28, dtype=dtype)
+    with torch.no_grad():
+        z0, l0 = plain(x)
+        z1, l1 = fwd(x)
+    assert z1.shape == z0.shape and l1.shape == l0.shape
+    assert ((z1 - z0).norm() / z0.norm()).item() < tol
+    assert ((l1 - l0).abs().max() / l0.abs().max()).item() < tol
+    # the weights really are channels-last, and the checkpoint keys are those of the plain model
+    conv_v = fast_model.flow.layers[1].layers[0].net.in_conv.parametrizations.weight.original1
+    assert conv_v.is_contiguous(memory_format=torch.channels_last) and not conv_v.is_contiguous()
+    assert list(fast_model.state_dict()) == list(plain.state_dict())
+
+
+def test_logdet_and_latent_stay_float32_under_bf16_autocast():
+    fwd = accelerate(_model(), SimpleNamespace(compile="none", channels_last=True), "cpu")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        z, logdet = fwd(torch.rand(4, 1, 28, 28))
+    assert z.dtype == torch.float32 and logdet.dtype == torch.float32
+    assert torch.isfinite(logdet).all()
+
+
+def test_compile_is_ignored_on_cpu_by_default():
+    with pytest.warns(UserWarning, match="ignored on cpu"):
+        fwd = accelerate(_model(), SimpleNamespace(compile="couplings", channels_last=False), "cpu")
+    assert fwd.unit == "none"
+    with pytest.raises(ValueError, match="train.compile"):
+        accelerate(_model(), SimpleNamespace(compile="everything", channels_last=False), "cpu")
+
+
+def test_compiled_couplings_share_graphs_and_match_eager():
+    """Dynamo with the eager backend (no code generation, seconds on a CPU): 10 couplings of 3 shapes give 3 graphs
+    per grad mode, the outputs equal the plain model's, and the plain model called directly is not compiled."""
+    torch._dynamo.reset()
+    plain = _model()
+    fast_model = copy.deepcopy(plain)
+    fwd = accelerate(fast_model, SimpleNamespace(compile="couplings", channels_last=True), "cpu",
+                     backend="eager", compile_on_cpu=True)
+    x = torch.rand(4, 1, 28, 28)
+    g0 = compile_stats()["unique_graphs"]
+    with torch.no_grad():
+        z1, l1 = fwd(x[:2])
+    z, ld = fwd(x)
+    (z.square().mean() + ld.mean()).backward()
+    graphs = compile_stats()["unique_graphs"] - g0
+    assert graphs == 6, graphs   # 3 coupling shapes x {no-grad, grad}
+    z0, l0 = plain(x)
+    assert torch.allclose(z, z0, atol=1e-5) and torch.allclose(ld, l0, rtol=1e-5, atol=1e-3)
+    with torch.no_grad():
+        fast_model.eval()(x)     # eval mode and another batch size outside the fast forward: eager
+    assert compile_stats()["unique_graphs"] - g0 == graphs
+    # gradients reach every parameter through the compiled units
+    assert all(p.grad is not None for p in fast_model.flow.parameters())
+    torch._dynamo.reset()
+
+
+def test_scaled_lr():
+    assert scaled_lr(1e-3, 256, 256) == pytest.approx(1e-3)
+    assert scaled_lr(1e-3, 2048, 256) == pytest.approx(1e-3 * 8 ** 0.5)
+    assert scaled_lr(1e-3, 2048, 256, rule="linear") == pytest.approx(8e-3)
+    with pytest.raises(ValueError):
+        scaled_lr(1e-3, 0, 256)
+
+
+def test_bench_tiny_runs_two_steps(tmp_path):
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_train_step.py"), "--tiny", "--steps", "2",
+                           "--ref-steps", "2", "--json", str(out)], capture_output=True, text=True, env=env,
+                          timeout=120, cwd=REPO)
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())["results"]
+    assert [r["setting"] for r in res] == ["reference", "fast_eager"]
+    for r in res:
+        assert "error" not in r, r
+        assert r["steps"] == 2 and r["images_per_s"] > 0 and r["flops_per_image"] > 0
+        assert r["first_bad_step"] == -1
+    assert "img/s" in proc.stdout
+    assert elapsed < 30, f"tiny bench took {elapsed:.1f} s"
+
+
+def test_non_finite_guard_names_the_step():
+    """The training loop's device-side guard (as in pipeline/train.py) fed a poisoned step: its check raises
+    NonFiniteLossError naming the first bad step; finite steps pass."""
+    pytest.importorskip("ray")
+    from pipeline.train import NonFiniteLossError, _check_finite
+
+    cfg = resolve("mnist", smoke=True)
+    t = cfg.train
+    torch.manual_seed(0)
+    model = build_model(SPEC)
+    forward = accelerate(model, t, "cpu")
+    opt = torch.optim.AdamW(model.parameters(), lr=t.lr)
+
+    def batch(poison: bool) -> Step:
+        xl, xu = torch.rand(4, 1, 28, 28), torch.rand(8, 1, 28, 28)
+        if poison:
+            xu[3, 0, 5, 5] = float("nan")
+        return Step(xl, torch.arange(4) % 10, xu, torch.rand(8, 1, 28, 28))
+
+    first_bad = torch.full((), -1, dtype=torch.long)
+    for step in range(4):
+        loss, _ = compute_loss(forward, model, batch(poison=step == 2), t, step, image=True)
+        apply_gradients(loss, model, opt, None, t.grad_clip)
+        bad = ~torch.isfinite(loss.detach())
+        first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
+        if step < 2:
+            _check_finite(first_bad, loss, step + 1)   # no error before the poisoned step
+    with pytest.raises(NonFiniteLossError, match=r"non-finite training loss at step 2\b"):
+        _check_finite(first_bad, loss, 4)
