@@ -51,8 +51,13 @@ def load_spec(model_uri: str, tracking_uri: str) -> tuple[str, dict[str, Any]]:
     """Download the model once (driver side) and read its JSON spec: shape, kind, feature names, classes."""
     import mlflow
 
+    from mlflow.exceptions import MlflowException
+
     mlflow.set_tracking_uri(tracking_uri)
-    local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
+    except MlflowException as e:
+        raise DataError(f"{model_uri}: cannot load the model from {tracking_uri} ({e.message})") from None
     specs = list(Path(local).rglob("spec.json"))
     if not specs:
         raise DataError(f"{model_uri}: not a flowgmm model (no spec.json among its artifacts)")
