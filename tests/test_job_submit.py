@@ -38,7 +38,12 @@ def head_cluster(tmp_path):
     proc = subprocess.Popen(
         [_ray_bin(), "start", "--head", "--block", f"--port={gcs}", "--dashboard-host=127.0.0.1",
          f"--dashboard-port={dash}", "--num-cpus=2", "--object-store-memory=400000000", "--disable-usage-stats",
-         f"--temp-dir={tmp_ray}", "--include-dashboard=true"],
+         f"--temp-dir={tmp_ray}", "--include-dashboard=true",
+         # every agent port free: another Ray in this session (the ray_local fixture) holds the defaults, and a
+         # head whose job agent cannot bind answers "No available agent to submit job" forever
+         f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+         f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+         f"--ray-client-server-port={_free_port()}"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 120
@@ -64,7 +69,9 @@ def head_cluster(tmp_path):
             break
         except Exception as e:  # noqa: BLE001
             if "No available agent" not in str(e) or time.time() > deadline + 60:
-                raise
+                agent_logs = sorted(tmp_ray.glob("session_latest/logs/dashboard_agent*.log"))
+                tail = agent_logs[-1].read_text()[-2000:] if agent_logs else "(no agent log)"
+                raise RuntimeError(f"{e}\n--- job agent log ---\n{tail}") from e
             time.sleep(2)
     try:
         yield url, env
