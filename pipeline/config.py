@@ -67,7 +67,9 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 2
     use_gpu: bool = False
+    gpus_per_worker: float = 1.0      # with use_gpu; a fraction (e.g. 0.25) lets sweep trials share one GPU
     cpus_per_worker: float = 0.5      # on a 2-core machine leave a CPU for Ray Data reads
+    placement_strategy: str = "PACK"  # Train workers' placement group: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
     checkpoint_every: int = 1         # epochs
     max_failures: int = 1
     log_every: int = 50               # steps between progress lines
@@ -265,7 +267,8 @@ def validate(cfg: Config) -> None:
                "train.lr_schedule": (t.lr_schedule, ("cosine", "constant")),
                "model.class_weights": (cfg.model.class_weights, ("uniform", "counts")),
                "ingest.labeled_mode": (cfg.ingest.labeled_mode, ("replicate", "split")),
-               "train.compile": (t.compile, ("none", "couplings", "full"))}
+               "train.compile": (t.compile, ("none", "couplings", "full")),
+               "train.placement_strategy": (t.placement_strategy, ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))}
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {allowed}")
@@ -278,6 +281,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}={value!r} must be > 0")
     if t.consistency_weight < 0:
         raise ConfigError(f"train.consistency_weight={t.consistency_weight!r} must be >= 0")
+    if t.use_gpu and not (0 < t.gpus_per_worker <= 1 or float(t.gpus_per_worker).is_integer()):
+        raise ConfigError(f"train.gpus_per_worker={t.gpus_per_worker!r} must be a fraction in (0, 1] or a whole number")
 
 
 def experiment_name(cfg: Config) -> str:

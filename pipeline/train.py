@@ -277,14 +277,15 @@ def make_trainer(cfg: Config, prepared: Prepared, spec: dict[str, Any], *, run_n
     t = cfg.train
     resources = {"CPU": t.cpus_per_worker}
     if t.use_gpu:
-        resources["GPU"] = 1
+        resources["GPU"] = t.gpus_per_worker
     loop = {"config": cfg.to_dict(), "prepared": prepared, "spec": spec, "mlflow": mlflow_info, "val": val,
             "failure_marker": os.path.join(storage_path, run_name, ".injected_failure")}
     return ray.train.torch.TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop,
         scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                               resources_per_worker=resources),
+                                               resources_per_worker=resources,
+                                               placement_strategy=t.placement_strategy),
         datasets=training_datasets(prepared, cfg),
         dataset_config=data_config(cfg.ingest),
         run_config=ray.train.RunConfig(

@@ -31,23 +31,26 @@ def trial_id_of(result) -> str:
     return name[len("trial_"):] if name.startswith("trial_") else name
 
 
-def trial_rows(results, metric: str) -> list[dict[str, Any]]:
-    """One row per trial of a ``ResultGrid``: parameters, how far it got, per-epoch curve of the metric, final
-    calibrated metrics (completed trials only)."""
+def trial_rows(results, children: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One row per trial of a ``ResultGrid``: parameters, how far it got, the per-epoch validation curve (from
+    Tune) and, for trials that ran to the end, the final calibrated metrics (from the trial's MLflow child run in
+    ``children``, keyed by trial id). Status: ``completed`` (evaluated), ``stopped_early`` (ended by the scheduler
+    before evaluation) or ``error``."""
+    children = children or {}
     rows = []
     for r in results:
-        last = dict(r.metrics or {})
+        tid = trial_id_of(r)
         df = r.metrics_dataframe
         epochs: list[dict[str, float]] = []
         if df is not None and len(df) and "epoch" in df.columns:
-            keep = df[df["epoch"].notna()]
-            if EVALUATED in keep.columns:
-                keep = keep[keep[EVALUATED].isna()]
-            for _, e in keep.iterrows():
+            for _, e in df[df["epoch"].notna()].iterrows():
                 epochs.append({k: float(e[k]) for k in ("epoch", "val_accuracy", "val_nll", "score")
                                if k in e and _finite(e[k])})
-        status = ERROR if r.error is not None else COMPLETED if last.get(EVALUATED) else STOPPED
-        row: dict[str, Any] = {"trial_id": trial_id_of(r), "status": status}
+        child = children.get(tid)
+        final = dict(child.data.metrics) if child is not None else {}
+        evaluated = child is not None and child.info.status == "FINISHED" and final.get(EVALUATED) == 1.0
+        status = ERROR if r.error is not None else COMPLETED if evaluated else STOPPED
+        row: dict[str, Any] = {"trial_id": tid, "status": status}
         cfg = r.config or {}
         for k in PARAMS:
             row[k] = cfg.get(k)
@@ -59,9 +62,9 @@ def trial_rows(results, metric: str) -> list[dict[str, Any]]:
             row[f"last_{k}"] = lastep.get(k)
         row["best_score"] = max((e["score"] for e in epochs if "score" in e), default=None)
         for k in FINAL_KEYS:
-            v = last.get(k) if status == COMPLETED else None
+            v = final.get(k) if status == COMPLETED else None
             row[k] = float(v) if _finite(v) else None
-        row["mlflow_run_id"] = last.get("mlflow_run_id")
+        row["mlflow_run_id"] = child.info.run_id if child is not None else None
         row["error"] = None if r.error is None else f"{type(r.error).__name__}: {str(r.error)[:300]}"
         row["curve"] = epochs
         rows.append(row)

@@ -49,11 +49,12 @@ if __package__ in (None, ""):  # `python tune/sweep.py`: the repository root, no
 
 from pipeline.config import Config, ConfigError, dump_yaml, experiment_name, resolve  # noqa: E402
 from pipeline.errors import DataError  # noqa: E402
+from tune.resources import (ReleaseTrialResources, live_placement_groups, pin_state_api_address,  # noqa: E402
+                            wait_released)
 from tune.space import (METRICS, SEARCHERS, SearchSpace, SweepSettings, default_point, param_space,  # noqa: E402
                         parse_point, same_point, trial_config)
 
 TRIAL_RESOURCES = {"cpu": 0, "memory": 100_000_000}   # the trial driver; Train workers ask for their own
-LIVE_PG_STATES = ("PENDING", "PREPARED", "CREATED", "RESCHEDULING")
 
 
 def default_home() -> Path:
@@ -170,10 +171,12 @@ class Sweep:
         prepared = prepare(self.cfg.data, self.home)
         address = self.args.address or os.environ.get("RAY_ADDRESS")
         if not ray.is_initialized():
-            local = {} if address else {"include_dashboard": True, "dashboard_host": "127.0.0.1"}
+            local = {} if address else pin_state_api_address({"include_dashboard": True,
+                                                                "dashboard_host": "127.0.0.1"})
             ray.init(address=address, log_to_driver=True, configure_logging=True, logging_level="WARNING", **local)
         check_state_api()
         pgs_before = live_placement_groups()
+        self.release = ReleaseTrialResources(ray.get_runtime_context().gcs_address, pgs_before)
         val = load_split(prepared, "val")
         parent = start_run(self.home, experiment_name(self.cfg), self.name, tracking_uri=self.args.tracking_uri,
                            tags={"sweep": self.name, "sweep_role": "parent", "config_name": self.cfg.name,
@@ -186,7 +189,9 @@ class Sweep:
             parent.log_text(dump_yaml(self.cfg), "config/base.yaml")
             results = self._fit(prepared, val, parent)
             rows = self._close_child_runs(results, parent)
+            self.release.release()
             self.summary["leaked_placement_groups"] = float(wait_released(pgs_before))
+            self.summary["placement_groups_removed_by_sweep"] = float(len(self.release.removed))
             rc = self._record(rows, parent)
             status = "FINISHED" if rc == 0 else "FAILED"
             return rc
@@ -225,7 +230,7 @@ class Sweep:
                 metric=st.metric, mode=st.mode, search_alg=make_searcher(st, points), scheduler=scheduler,
                 num_samples=st.num_samples, max_concurrent_trials=st.max_concurrent,
                 trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
-            run_config=tune.RunConfig(name=self.name, storage_path=self.storage,
+            run_config=tune.RunConfig(name=self.name, storage_path=self.storage, callbacks=[self.release],
                                       failure_config=tune.FailureConfig(max_failures=0), verbose=1),
         )
         print(f"[sweep] {st.num_samples} trials, searcher {st.search} (seed {st.seed}), ASHA on {st.metric} "
@@ -238,28 +243,25 @@ class Sweep:
 
     # --- after the Tuner -----------------------------------------------------------------------------------------
     def _close_child_runs(self, results, parent) -> list[dict[str, Any]]:
-        """Rows of the trials table; child runs left RUNNING (trials ASHA stopped, or that died) are ended."""
-        from tune.report import COMPLETED, ERROR, STOPPED, trial_rows
+        """Rows of the trials table; child runs left RUNNING (trials ASHA stopped, or that died) are ended:
+        KILLED for a trial the scheduler stopped, FAILED for one that failed."""
+        from tune.report import STOPPED, trial_rows
 
-        rows = trial_rows(results, self.settings.metric)
-        by_trial = {r["trial_id"]: r for r in rows}
+        runs = {r.data.tags.get("trial_id"): r for r in child_runs(parent)}
+        rows = trial_rows(results, runs)
         client = parent.client
-        for run in child_runs(parent):
-            tid = run.data.tags.get("trial_id")
-            row = by_trial.get(tid)
-            if row is None:
+        for row in rows:
+            run = runs.get(row["trial_id"])
+            if run is None:
                 continue
-            row["mlflow_run_id"] = run.info.run_id
-            row["mlflow_status"] = run.info.status
-            if run.info.status == "RUNNING":
-                end = "KILLED" if row["status"] == STOPPED else "FAILED"
-                client.set_terminated(run.info.run_id, status=end)
-                row["mlflow_status"] = end
-            elif row["status"] == COMPLETED and run.info.status != "FINISHED":
-                row["status"] = ERROR
-            parent.client.set_tag(run.info.run_id, "trial_status", row["status"])
+            status = run.info.status
+            if status == "RUNNING":
+                status = "KILLED" if row["status"] == STOPPED else "FAILED"
+                client.set_terminated(run.info.run_id, status=status)
+            row["mlflow_status"] = status
+            client.set_tag(run.info.run_id, "trial_status", row["status"])
             if row["status"] == STOPPED:
-                parent.client.set_tag(run.info.run_id, "stopped_by", f"ASHA ({self.settings.metric})")
+                client.set_tag(run.info.run_id, "stopped_by", f"ASHA ({self.settings.metric})")
         return rows
 
     def _record(self, rows: list[dict[str, Any]], parent) -> int:
@@ -388,25 +390,6 @@ def check_state_api(timeout: float = 60.0) -> None:
                     "Ray dashboard: start the cluster with it (`ray start --head --dashboard-host=127.0.0.1`, "
                     "needs `ray[default]`)") from None
             time.sleep(2)
-
-
-def live_placement_groups() -> set[str]:
-    import ray
-
-    return {pid for pid, pg in ray.util.placement_group_table().items() if pg["state"] in LIVE_PG_STATES}
-
-
-def wait_released(before: set[str], timeout: float = 60.0) -> int:
-    """Wait until every placement group created during the sweep is removed; return how many are left."""
-    deadline = time.time() + timeout
-    while True:
-        left = live_placement_groups() - before
-        if not left or time.time() > deadline:
-            if left:
-                print(f"[sweep] warning: {len(left)} placement group(s) created by the sweep are still reserved: "
-                      f"{sorted(left)}", file=sys.stderr, flush=True)
-            return len(left)
-        time.sleep(1)
 
 
 def _trial_name(trial) -> str:

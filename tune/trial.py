@@ -6,10 +6,11 @@ Runs inside the Tune trial actor (a function trainable; Ray Train V2's documente
     trial driver (0 CPU)  ->  TorchTrainer(..., callbacks=[TuneReportCallback()]).fit()
                                rank 0 reports val_accuracy / val_nll / score every epoch -> Tune -> ASHA
                           ->  evaluate_checkpoint(best) in a Ray task (calibrated metrics)
-                          ->  final metrics -> MLflow child run (FINISHED) and -> Tune (one last result)
+                          ->  final metrics -> MLflow child run (FINISHED)
 
-A trial that ASHA stops is killed in the middle of ``fit()``: its child run is left RUNNING here and the sweep
-driver marks it KILLED afterwards (``tune.sweep``).
+A trial that ASHA stops is interrupted in the middle of ``fit()``: its child run is left RUNNING here (as is the run
+of a trial that raised) and the sweep driver ends it afterwards, KILLED or FAILED from Tune's record
+(``tune.sweep``).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-EVALUATED = "evaluated"          # 1.0 in the last result of a trial that ran to the end and was evaluated
+EVALUATED = "evaluated"          # child-run metric: 1.0 once a trial ran to the end and was evaluated
 
 
 def run_trial(params: dict[str, Any], *, base: dict[str, Any], prepared, val, ctx: dict[str, Any]) -> None:
@@ -41,7 +42,6 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], prepared, val, ct
                        tags={"mlflow.parentRunId": ctx["parent_run_id"], "sweep": ctx["sweep_name"],
                              "trial_id": trial_id, "config_name": cfg.name, "method": cfg.train.method,
                              "n_labeled": str(cfg.data.n_labeled)})
-    status = "FAILED"
     try:
         handle.log_params({**cfg.flat(), **{f"trial.{k}": v for k, v in params.items()}})
         handle.log_text(dump_yaml(cfg), "config/resolved.yaml")
@@ -55,19 +55,38 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], prepared, val, ct
         best = best_checkpoint(result)
         ev = ray.get(_evaluation_task(cfg).remote(best, prepared, cfg))
         final = {**ev.metrics, "train_seconds": train_seconds,
-                 "train_steps": float((result.metrics or {}).get("step", 0))}
+                 "train_steps": float((result.metrics or {}).get("step", 0)), EVALUATED: 1.0}
         handle.log_metrics(final)
         handle.log_json(ev.calibration_table, "evaluation/calibration_table.json")
         for path, png in ev.figures.items():
             handle.log_bytes(png, path)
         handle.set_tags({"best_checkpoint": best.path, "trial_status": "completed"})
-        status = "FINISHED"
-    finally:
-        handle.end(status)   # not reached when Tune kills the trial: the sweep driver marks that run KILLED
-    # The last result of the trial: the last epoch's metrics plus the final (calibrated) ones. Sent through the same
-    # queue as the per-epoch reports, so it can never overtake the last epoch's result.
-    last = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-    report.after_report(None, [{**last, **final, EVALUATED: 1.0, "mlflow_run_id": handle.run_id}], None)
+    except BaseException as e:
+        # Left RUNNING on purpose: a trial that ASHA stops ends here too (Tune interrupts the trainable), and only
+        # the sweep driver knows which it was; it ends the run KILLED (stopped) or FAILED (an error) from Tune's
+        # record, and FAILED if it dies itself.
+        try:
+            handle.set_tags({"trial_exception": f"{type(e).__name__}: {e}"[:500]})
+        except Exception:  # noqa: BLE001
+            pass
+        raise
+    handle.end("FINISHED")
+    # The final (calibrated) metrics live in the child run, where the sweep driver reads them. They are not sent
+    # to Tune as one more result: the trial's main thread may still be forwarding the last epoch's result from
+    # TuneReportCallback's queue, and a second producer on Tune's one-slot result queue can deadlock the trial.
+    # Return only once that queue is drained, so the last epoch's result always reaches Tune.
+    _drain(report)
+
+
+def _drain(report, timeout_s: float = 60.0) -> None:
+    q = getattr(report, "_training_actor_item_queue", None)
+    deadline = time.time() + timeout_s
+    try:
+        while q is not None and not q.empty() and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)
+    except Exception:  # noqa: BLE001 - the queue actor may be gone; nothing left to forward then
+        pass
 
 
 def _evaluation_task(cfg):
@@ -79,5 +98,6 @@ def _evaluation_task(cfg):
 
     t = cfg.train
     gpus = float(getattr(t, "gpus_per_worker", 1.0)) if t.use_gpu else 0.0
-    return ray.remote(num_cpus=min(1.0, t.cpus_per_worker * max(1, t.num_workers)), num_gpus=gpus)(
-        evaluate_checkpoint)
+    # "DEFAULT": outside the trial's placement group (which holds no CPU), like the Train workers
+    return ray.remote(num_cpus=min(1.0, t.cpus_per_worker * max(1, t.num_workers)), num_gpus=gpus,
+                      scheduling_strategy="DEFAULT")(evaluate_checkpoint)
