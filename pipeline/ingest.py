@@ -58,6 +58,10 @@ class IngestSpec:
     prefetch_batches: int = 2
     preserve_order: bool = True    # deterministic block order and split assignment (Ray Data)
     read_batch: int = 1024         # rows per Ray Data batch pulled from the stream (re-batched locally)
+    # one Ray worker process per Parquet read task: Ray reuses a worker's lease for the next task of the same kind,
+    # so short reads pile onto one node despite Ray Data's SPREAD placement; with this they spread over the nodes
+    # (sharing the read bandwidth of a cluster) at the cost of a worker start (~1 s) per read task
+    spread_reads: bool = False
 
 
 @dataclass
@@ -93,21 +97,31 @@ def steps_per_epoch(prepared: Prepared | dict, spec: IngestSpec, world_size: int
 
 
 def build_datasets(prepared: Prepared, seed: int = 0, shuffle_files: bool = True, with_val: bool = True,
-                   verify: bool = True) -> dict[str, Any]:
+                   verify: bool = True, preserve_order: bool = True, spread_reads: bool = False) -> dict[str, Any]:
     """``{"labeled": materialized, "unlabeled": streaming, "val": materialized}`` Ray Datasets.
 
-    The unlabeled read shuffles the order of its shard files every epoch (seeded, reseeded per execution)."""
+    The unlabeled read shuffles the order of its shard files every epoch (seeded, reseeded per execution).
+    ``preserve_order`` keeps the blocks of every execution (a ``materialize()`` too) in read order rather than in
+    the order the read tasks finish, which depends on where they ran: with it, a run's data order is the same on
+    one node or on several. ``spread_reads``: see :attr:`IngestSpec.spread_reads`."""
     import ray.data
     from ray.data import FileShuffleConfig
 
     if verify:
         prepared.verify()  # DataError naming a corrupt/truncated shard, before Ray sees it
-    lab = ray.data.read_parquet(str(prepared.split_dir("labeled"))).select_columns(["id", "x", "y"]).materialize()
+    def read(split: str, **kw: Any):
+        if spread_reads:
+            kw["ray_remote_args"] = {"max_calls": 1}
+        ds = ray.data.read_parquet(str(prepared.split_dir(split)), **kw)
+        ds.context.execution_options.preserve_order = preserve_order  # the dataset's own copy of the context
+        return ds
+
+    lab = read("labeled").select_columns(["id", "x", "y"]).materialize()
     shuffle = FileShuffleConfig(seed=seed, reseed_after_execution=True) if shuffle_files else None
-    unl = ray.data.read_parquet(str(prepared.split_dir("unlabeled")), shuffle=shuffle).select_columns(["x"])
+    unl = read("unlabeled", shuffle=shuffle).select_columns(["x"])
     out = {"labeled": lab, "unlabeled": unl}
     if with_val and "val" in prepared.counts:
-        out["val"] = ray.data.read_parquet(str(prepared.split_dir("val"))).select_columns(["x", "y"]).materialize()
+        out["val"] = read("val").select_columns(["x", "y"]).materialize()
     return out
 
 

@@ -264,7 +264,8 @@ def training_datasets(prepared: Prepared, cfg: Config) -> dict[str, Any]:
     """Ray Datasets for training. The unlabeled stream is materialized in the object store when its shards are
     small (under 2 GiB on disk): re-reading Parquet every epoch costs seconds of fixed overhead per epoch on a
     small cluster, while large data sets keep streaming."""
-    ds = build_datasets(prepared, seed=cfg.train.seed, with_val=False)
+    ds = build_datasets(prepared, seed=cfg.train.seed, with_val=False, preserve_order=cfg.ingest.preserve_order,
+                        spread_reads=cfg.ingest.spread_reads)
     size = sum(f.stat().st_size for f in prepared.split_dir("unlabeled").glob("*.parquet"))
     if size < MATERIALIZE_BYTES:
         ds["unlabeled"] = ds["unlabeled"].materialize()
