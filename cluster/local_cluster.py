@@ -108,14 +108,17 @@ class LocalCluster:
         self.token_path = ""
         self.tls_files: dict[str, str] = {}
         self._next_worker = 1
+        self._node_ip = ""
 
     # --- addresses and environment -----------------------------------------------------------------------------
     @property
     def node_ip(self) -> str:
         """The IP Ray registers the nodes under (Ray rewrites 127.0.0.1 to the host's address)."""
-        from ray._private.services import get_node_ip_address
+        if not self._node_ip:
+            from ray._private.services import get_node_ip_address
 
-        return get_node_ip_address()
+            self._node_ip = get_node_ip_address()
+        return self._node_ip
 
     @property
     def address(self) -> str:
@@ -304,30 +307,37 @@ class LocalCluster:
                 return n
         raise KeyError(name)
 
+    def node_processes(self, name: str) -> list[tuple[int, int]]:
+        """(pid, start time) of every live process of one node: its `ray start` process group plus descendants in
+        other groups (Ray's worker processes call setsid, so they leave the node's group)."""
+        return _tree(_group_pids(self.node(name).pgid))
+
     def kill_node(self, name: str, sig: int = signal.SIGKILL) -> list[int]:
-        """Kill every process of one node (its `ray start` process group: raylet, object store, agents, workers).
-        Returns the pids that were signalled."""
+        """Kill every process of one node (raylet, object store, agents and its Ray worker processes): a node
+        failure. Returns the pids that were signalled."""
         n = self.node(name)
-        pids = _group_pids(n.pgid)
-        try:
-            os.killpg(n.pgid, sig)
-        except ProcessLookupError:
-            pass
+        procs = self.node_processes(name)   # before the raylet dies and its children are re-parented
+        _signal_group(n.pgid, sig)
+        _signal_procs(procs, sig)
         _reap(n.pid)
-        return pids
+        return [pid for pid, _ in procs]
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        """SIGTERM each node's process group (workers first, head last), then SIGKILL what is left after
-        ``timeout_s`` (`ray start --block` shuts its children down one by one, which can take 20-30 s here)."""
+        """SIGTERM each node's process group (workers first, head last), then SIGKILL whatever of those processes
+        and their descendants is left after ``timeout_s`` (`ray start --block` shuts its children down one by one,
+        which can take 20-30 s here)."""
+        procs = [p for n in reversed(self.nodes) for p in _tree(_group_pids(n.pgid))]
         for n in reversed(self.nodes):
             _signal_group(n.pgid, signal.SIGTERM)
         deadline = time.time() + timeout_s
-        for n in reversed(self.nodes):
-            while time.time() < deadline and _group_pids(n.pgid):
+        while time.time() < deadline and _still_running(procs):
+            for n in self.nodes:
                 _reap(n.pid)
-                time.sleep(0.5)
-            if _group_pids(n.pgid):
-                _signal_group(n.pgid, signal.SIGKILL)
+            time.sleep(0.5)
+        for n in reversed(self.nodes):
+            _signal_group(n.pgid, signal.SIGKILL)
+        _signal_procs(procs, signal.SIGKILL)
+        for n in self.nodes:
             _reap(n.pid)
         if self.state_file.exists():
             self.state_file.unlink()
@@ -355,6 +365,7 @@ class LocalCluster:
                 state_file=state_file, temp_root=st["root"])
         c.gcs_port, c.dashboard_port, c.token_path = st["gcs_port"], st["dashboard_port"], st["token_path"]
         c.tls_files, c._next_worker = st["tls_files"], st["next_worker"]
+        c._node_ip = st["address"].rsplit(":", 1)[0]
         c.nodes = [Node(**n) for n in st["nodes"]]
         return c
 
@@ -392,20 +403,64 @@ def _reap(pid: int) -> None:
         pass
 
 
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (state, ppid, pgrp, ...), None if gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            rest = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if rest[0] == "Z" else rest
+
+
 def _group_pids(pgid: int) -> list[int]:
     """Live (non-zombie) processes in a process group, from /proc."""
     out = []
     for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as fh:
-                rest = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(rest[2]) == pgid and rest[0] != "Z":
-            out.append(int(d))
+        if d.isdigit():
+            st = _stat(int(d))
+            if st is not None and int(st[2]) == pgid:
+                out.append(int(d))
     return out
+
+
+def _tree(roots: list[int]) -> list[tuple[int, int]]:
+    """``roots`` and all their live descendants, as (pid, start time) so that a reused pid is never signalled."""
+    children: dict[int, list[int]] = {}
+    starts: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            st = _stat(int(d))
+            if st is not None:
+                children.setdefault(int(st[1]), []).append(int(d))
+                starts[int(d)] = int(st[19])
+    out, todo, seen = [], list(roots), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen or pid not in starts:
+            continue
+        seen.add(pid)
+        out.append((pid, starts[pid]))
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def _same(pid: int, start: int) -> bool:
+    st = _stat(pid)
+    return st is not None and int(st[19]) == start
+
+
+def _still_running(procs: list[tuple[int, int]]) -> bool:
+    return any(_same(pid, start) for pid, start in procs)
+
+
+def _signal_procs(procs: list[tuple[int, int]], sig: int) -> None:
+    for pid, start in procs:
+        if _same(pid, start):
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -472,7 +527,7 @@ def _cli(argv: list[str] | None = None) -> int:
     elif args.cmd == "status":
         for n in c.nodes:
             print(f"{n.name:10s} pgid {n.pgid:7d} {'alive' if _alive(n.pid) else 'dead '} "
-                  f"{len(_group_pids(n.pgid))} processes  temp {n.temp_dir}")
+                  f"{len(c.node_processes(n.name))} processes  temp {n.temp_dir}")
         print(f"address {c.address}  dashboard {c.dashboard_url}  auth {c.auth_mode}")
     elif args.cmd == "env":
         env = c.client_env({})
