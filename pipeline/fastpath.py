@@ -3,9 +3,10 @@ for large batches, and the compile warm-up / cache helpers.
 
 The step itself stays in :mod:`pipeline.step`; this module only builds the ``forward`` that the step calls::
 
+    cfg = large_batch(cfg, 2048)                          # 512 + 1536 rows, lr/warm-up/ramp scaled (optional)
     model = build_model(spec).to(device)
     forward = accelerate(model, cfg.train, device)        # before building the optimizer
-    optimizer = torch.optim.AdamW(model.parameters(), lr=scaled_lr(1e-3, 2048, 256), fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, fused=device.type == "cuda")
     loss, parts = compute_loss(forward, model, batch, cfg.train, step, image=True)
     apply_gradients(loss, model, optimizer, scheduler, cfg.train.grad_clip)
 
@@ -24,7 +25,11 @@ Switches (``TrainConfig``):
     64 channels, 4x14x14 and 2x14x14 with 128), so a FlowGMM-cons step compiles 3 shapes x {train, no-grad}
     = 6 graphs instead of one 10-coupling graph twice; the compiled couplings are used only through the
     returned forward (the plain ``model`` called elsewhere, e.g. in validation, stays eager and triggers no
-    recompilation for eval mode or other batch sizes).
+    recompilation for eval mode or other batch sizes). Two things make the sharing work: weight norm's
+    parametrization gives every conv its own class, so :func:`share_parametrized_classes` lets identical ones share
+    one (else each coupling compiles its own graphs and 20 of them overrun Dynamo's recompile limit of 8, after which
+    the rest runs eagerly); and each unit's input is made dense and, in grad mode, requiring grad before the call
+    (FactorOut passes a channel slice to the inner scale, and the first coupling's input needs no grad).
   - ``"full"``: the whole flow (``torch.compile(model)``): the most fusion, the longest warm-up.
 
 * On CUDA, ``torch.backends.cudnn.benchmark`` is switched on (the shapes are fixed per run).
@@ -54,8 +59,9 @@ from torch import Tensor, nn
 
 from flowgmm.coupling import AffineCoupling
 
-__all__ = ["accelerate", "scaled_lr", "FastForward", "CompileWarmup", "compile_stats", "enable_compile_cache",
-           "save_compile_artifacts", "load_compile_artifacts", "COMPILE_UNITS"]
+__all__ = ["accelerate", "scaled_lr", "large_batch", "FastForward", "CompileWarmup", "compile_stats",
+           "enable_compile_cache", "save_compile_artifacts", "load_compile_artifacts", "share_parametrized_classes",
+           "COMPILE_UNITS"]
 
 COMPILE_UNITS = ("none", "couplings", "full")
 
@@ -163,7 +169,8 @@ def accelerate(model: nn.Module, t: Any, device: torch.device | str | None = Non
         # recompile budget for the (shape, grad mode, autocast) variants of one run
         share_parametrized_classes(model)
         cfg = torch._dynamo.config
-        cfg.recompile_limit = max(int(getattr(cfg, "recompile_limit", 8)), 32)
+        key = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+        setattr(cfg, key, max(int(getattr(cfg, key)), 32))
         compiled: dict[type, Callable] = {}
         for m in units:
             cls = type(m)
@@ -223,6 +230,29 @@ def scaled_lr(base_lr: float, batch: int, base_batch: int, rule: str = "sqrt") -
     raise ValueError(f"rule must be 'sqrt' or 'linear', got {rule!r}")
 
 
+def large_batch(cfg: Any, rows: int, rule: str = "sqrt") -> Any:
+    """A copy of ``cfg`` (a :class:`~pipeline.config.Config`) training with ``rows`` = labeled + unlabeled rows per
+    step per worker, in the configuration's labeled:unlabeled ratio. The learning rate follows :func:`scaled_lr`;
+    ``warmup_steps`` and ``consistency_ramp_steps`` shrink by the same factor as the batch grows, so that they
+    still span the same number of examples. Example: ``mnist`` (64 + 192 at lr 1e-3) at 2048 rows is 512 + 1536
+    at lr 2.83e-3, warm-up 25 steps, consistency ramp 250 steps."""
+    import dataclasses
+
+    ing, t = cfg.ingest, cfg.train
+    base = ing.labeled_batch + ing.unlabeled_batch
+    if rows < 2:
+        raise ValueError("rows must be at least 2")
+    n_lab = max(1, round(rows * ing.labeled_batch / base))
+    factor = rows / base
+    ingest = dataclasses.replace(ing, labeled_batch=n_lab, unlabeled_batch=rows - n_lab)
+    train = dataclasses.replace(
+        t, lr=scaled_lr(t.lr, rows, base, rule),
+        warmup_steps=max(1, round(t.warmup_steps / factor)) if t.warmup_steps > 0 else t.warmup_steps,
+        consistency_ramp_steps=(max(1, round(t.consistency_ramp_steps / factor))
+                                if t.consistency_ramp_steps > 0 else t.consistency_ramp_steps))
+    return dataclasses.replace(cfg, ingest=ingest, train=train)
+
+
 # ------------------------------------------------------------------------------------------- compile warm-up
 def compile_stats() -> dict[str, int]:
     """Dynamo's counters so far in this process: graphs compiled, frames compiled, recompilations."""
@@ -232,7 +262,7 @@ def compile_stats() -> dict[str, int]:
         return {}
     stats = counters.get("stats", {})
     return {"unique_graphs": int(stats.get("unique_graphs", 0)),
-            "frames_ok": int(stats.get("calls_captured", 0) and counters.get("frames", {}).get("ok", 0)),
+            "frames_ok": int(counters.get("frames", {}).get("ok", 0)),
             "recompiles": int(sum(counters.get("recompiles", {}).values()))}
 
 

@@ -157,3 +157,14 @@ def test_non_finite_guard_names_the_step():
             _check_finite(first_bad, loss, step + 1)   # no error before the poisoned step
     with pytest.raises(NonFiniteLossError, match=r"non-finite training loss at step 2\b"):
         _check_finite(first_bad, loss, 4)
+
+
+def test_large_batch_recipe():
+    from pipeline.fastpath import large_batch
+
+    cfg = resolve("mnist")
+    big = large_batch(cfg, 2048)
+    assert (big.ingest.labeled_batch, big.ingest.unlabeled_batch) == (512, 1536)
+    assert big.train.lr == pytest.approx(1e-3 * 8 ** 0.5)
+    assert (big.train.warmup_steps, big.train.consistency_ramp_steps) == (25, 250)
+    assert (cfg.ingest.labeled_batch, cfg.train.lr) == (64, 1e-3)    # the original is untouched
