@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--image-column", default="x", help="column holding flattened uint8 pixels (image models)")
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--actors", type=int, default=1, help="size of the scoring actor pool")
+    p.add_argument("--cpus-per-actor", type=float, default=0.5,
+                   help="CPUs reserved per actor; keep actors x cpus below the cluster's CPUs so Ray Data can read")
     p.add_argument("--gpus-per-actor", type=float, default=0.0)
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     return p.parse_args(argv)
@@ -172,7 +174,8 @@ def score(args: argparse.Namespace) -> dict[str, float]:
     t0 = time.time()
     scored = ds.select_columns(present).map_batches(
         Scorer, fn_constructor_args=(model_dir, args.image_column), batch_size=args.batch_size,
-        batch_format="pandas", concurrency=args.actors, num_gpus=args.gpus_per_actor or None)
+        batch_format="pandas", concurrency=args.actors, num_cpus=args.cpus_per_actor,
+        num_gpus=args.gpus_per_actor or None)
     frame = scored.to_pandas()
     seconds = time.time() - t0
     if "id" in frame.columns:

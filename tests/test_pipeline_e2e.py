@@ -107,7 +107,7 @@ def test_scoring_the_test_split_reproduces_the_evaluation(digits_run, tmp_path, 
     test_dir = prepared.split_dir("test")
     out = tmp_path / "scored.parquet"
     rc = score_main(["--model", "models:/flowgmm-digits@champion", "--input", str(test_dir), "--output", str(out),
-                     "--home", str(home), "--actors", "1", "--batch-size", "100"])
+                     "--home", str(home), "--actors", "2", "--batch-size", "100"])
     assert rc == 0
     assert "rows/s" in capsys.readouterr().out
     import pandas as pd
