@@ -58,6 +58,9 @@ class IngestSpec:
     prefetch_batches: int = 2
     preserve_order: bool = True    # deterministic block order and split assignment (Ray Data)
     read_batch: int = 1024         # rows per Ray Data batch pulled from the stream (re-batched locally)
+    # rows reshuffled per epoch on each worker (Ray Data's local shuffle, seeded by seed/epoch/rank; 0 = off): a
+    # materialized unlabeled set is the same blocks in the same order every epoch (the file shuffle acts on reads)
+    shuffle_buffer: int = 4096
     # one Ray worker process per Parquet read task: Ray reuses a worker's lease for the next task of the same kind,
     # so short reads pile onto one node despite Ray Data's SPREAD placement; with this they spread over the nodes
     # (sharing the read bandwidth of a cluster) at the cost of a worker start (~1 s) per read task
@@ -109,6 +112,7 @@ def build_datasets(prepared: Prepared, seed: int = 0, shuffle_files: bool = True
 
     if verify:
         prepared.verify()  # DataError naming a corrupt/truncated shard, before Ray sees it
+
     def read(split: str, **kw: Any):
         if spread_reads:
             kw["ray_remote_args"] = {"max_calls": 1}
@@ -299,8 +303,10 @@ class SSLStream:
             for s in range(0, per, bs):
                 yield xu[perm[s:s + bs]]
             return
+        shuffle = {"local_shuffle_buffer_size": self.spec.shuffle_buffer,
+                   "local_shuffle_seed": _seed(self.seed, epoch, self.rank, 23)} if self.spec.shuffle_buffer > 0 else {}
         for b in self._unl_shard.iter_torch_batches(batch_size=self.spec.read_batch, drop_last=False, device="cpu",
-                                                    prefetch_batches=self.spec.prefetch_batches):
+                                                    prefetch_batches=self.spec.prefetch_batches, **shuffle):
             yield b["x"]
 
     # -- the epoch

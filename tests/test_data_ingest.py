@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -78,16 +79,19 @@ def test_in_memory_stream_is_deterministic(moons):
     assert set(map(tuple, st.x_unl.numpy().tolist())) <= set(map(tuple, xu.tolist()))
 
 
-def _fit(prepared, ispec, out_dir, epochs=2, seed=1):
+def _fit(prepared, ispec, out_dir, epochs=2, seed=1, materialize=False):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    datasets = build_datasets(prepared, seed=seed)
+    if materialize:   # as pipeline/train.py does for small unlabeled sets
+        datasets["unlabeled"] = datasets["unlabeled"].materialize()
     trainer = TorchTrainer(
         probe_loop,
         train_loop_config={"prepared": prepared, "ingest": ispec.__dict__, "epochs": epochs, "out_dir": str(out_dir),
                            "seed": seed},
         scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
-        datasets=build_datasets(prepared, seed=seed), dataset_config=data_config(ispec),
+        datasets=datasets, dataset_config=data_config(ispec),
         run_config=RunConfig(name=f"ingest-{out_dir.name}", storage_path=str(out_dir.parent / "ray_results")))
     trainer.fit()
     return [json.loads((out_dir / f"rank-{r}.json").read_text()) for r in range(2)]
@@ -103,6 +107,21 @@ def test_ray_two_workers_equal_steps_uneven_count(ray_local, digits_uneven, tmp_
         assert r["steps"] == [expected, expected], r
         assert r["steps_per_epoch"] == expected and r["recycled_steps"] == 0
     assert recs[0]["first_labels"][0] != recs[0]["first_labels"][1]  # labeled order reshuffled per epoch
+
+
+def test_ray_materialized_unlabeled_reshuffled_per_epoch_and_reproducible(ray_local, digits_uneven, tmp_path):
+    """A materialized unlabeled set (the same blocks every epoch): each worker's first unlabeled batch differs between
+    epochs (per-epoch local shuffle) and is identical in a second run with the same seed; with the shuffle off the
+    epochs repeat."""
+    ispec = IngestSpec(labeled_batch=16, unlabeled_batch=16, augment=False)   # rows as stored
+    a = _fit(digits_uneven, ispec, tmp_path / "a", materialize=True)
+    b = _fit(digits_uneven, ispec, tmp_path / "b", materialize=True)
+    off = _fit(digits_uneven, replace(ispec, shuffle_buffer=0), tmp_path / "off", materialize=True)
+    for r in a:
+        assert r["first_unl_sum"][0] != r["first_unl_sum"][1], r
+    assert [r["first_unl_sum"] for r in a] == [r["first_unl_sum"] for r in b]
+    for r in off:
+        assert r["first_unl_sum"][0] == r["first_unl_sum"][1], r
 
 
 def test_ray_two_workers_equal_steps_split_mode(ray_local, moons, tmp_path):
