@@ -6,6 +6,7 @@ first time torchvision is imported, in every process of the virtual environment 
 It lives in the CI virtual environment only, never in product code: on a normal install torchvision imports
 natively and this hook does nothing.
 """
+
 import importlib.abc
 import sys
 

@@ -50,11 +50,15 @@ def main() -> None:
         total += t_semi + t_base
         semi_acc.append(result.accuracy)
         base_acc.append(baseline.accuracy)
-        print(f"seed {seed}: FlowGMM acc {result.accuracy:.3f} ({t_semi:.1f} s)  "
-              f"labels-only acc {baseline.accuracy:.3f} ({t_base:.1f} s)  sample 1-NN agreement {agreement:.3f}",
-              flush=True)
-    print(f"median accuracy: FlowGMM {statistics.median(semi_acc):.3f}, labels-only {statistics.median(base_acc):.3f}; "
-          f"total training {total:.1f} s ({args.threads} thread(s))")
+        print(
+            f"seed {seed}: FlowGMM acc {result.accuracy:.3f} ({t_semi:.1f} s)  "
+            f"labels-only acc {baseline.accuracy:.3f} ({t_base:.1f} s)  sample 1-NN agreement {agreement:.3f}",
+            flush=True,
+        )
+    print(
+        f"median accuracy: FlowGMM {statistics.median(semi_acc):.3f}, labels-only {statistics.median(base_acc):.3f}; "
+        f"total training {total:.1f} s ({args.threads} thread(s))"
+    )
 
 
 if __name__ == "__main__":

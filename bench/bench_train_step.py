@@ -1,5 +1,5 @@
 """Training-step benchmark for the ``mnist`` configuration: the reference recipe and the fast settings side by side,
-in one process, on whatever device it finds. Times exactly ``pipeline.step.compute_loss`` + ``apply_gradients``.
+in one process, on whatever device it finds. Times exactly ``pipeline.train.step.compute_loss`` + ``apply_gradients``.
 
     python bench/bench_train_step.py                                    # step mode, default settings
     python bench/bench_train_step.py --settings reference,fast_eager,fast_couplings --batch 2048 --steps 15
@@ -12,8 +12,8 @@ the mnist configuration, 64 + 192):
 
     reference       float32, eager, 32 labeled + 32 unlabeled, Adam (foreach, not fused), NCHW,
                     cudnn.benchmark off: the reference recipe.
-    fast_eager      bf16 autocast, channels-last, --batch rows, AdamW(fused=True) as pipeline/train.py builds it.
-    fast_couplings  fast_eager + torch.compile of each coupling (pipeline.fastpath, compile="couplings").
+    fast_eager      bf16 autocast, channels-last, --batch rows, AdamW(fused=True) as pipeline/train/loop.py builds it.
+    fast_couplings  fast_eager + torch.compile of each coupling (pipeline.train.fastpath, compile="couplings").
     fast_full       fast_eager + torch.compile of the whole flow (compile="full").
 
 Every step is a FlowGMM-cons step: ``compute_loss`` is called with ``step`` past the consistency ramp, so it runs
@@ -30,10 +30,10 @@ syncs (host-device synchronisations in one step, CUDA sync debug mode), fwd err 
 forward against a float32 eager forward with TF32 off; in brackets the plain eager model in the same precision,
 the rounding baseline it should match).
 """
+
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import gc
 import json
@@ -49,8 +49,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+if not __package__:  # `python bench/bench_train_step.py`: import the project from this checkout
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+REPO = Path(__file__).resolve().parents[1]
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -58,9 +59,9 @@ import torch  # noqa: E402
 from flowgmm.model import FlowGMM  # noqa: E402
 from flowgmm.spec import build_model  # noqa: E402
 from pipeline.config import TrainConfig, resolve  # noqa: E402
-from pipeline.fastpath import CompileWarmup, accelerate, scaled_lr  # noqa: E402
-from pipeline.ingest import IngestSpec, SSLStream, Step  # noqa: E402
-from pipeline.step import apply_gradients, compute_loss  # noqa: E402
+from pipeline.data.ingest import IngestSpec, SSLStream, Step  # noqa: E402
+from pipeline.train.fastpath import CompileWarmup, accelerate, scaled_lr  # noqa: E402
+from pipeline.train.step import apply_gradients, compute_loss  # noqa: E402
 
 BASE_SETTINGS = {
     # name: (bf16, channels_last, compile, optimizer)
@@ -70,7 +71,7 @@ BASE_SETTINGS = {
     "fast_full": (True, True, "full", "adamw_fused"),
 }
 DEFAULT_SETTINGS = "reference,fast_eager,fast_couplings"
-ANALYTIC_GFLOP = 39.4   # the issue's figure for the reference step (per image, incl. the no-grad forward)
+ANALYTIC_GFLOP = 39.4  # the issue's figure for the reference step (per image, incl. the no-grad forward)
 
 
 # ---------------------------------------------------------------------------------------------------- setup
@@ -104,8 +105,13 @@ def parse_settings(text: str, batch: int, ref_batch: int) -> list[Setting]:
 
 def model_spec(cfg, tiny: bool, shape=(1, 28, 28)) -> dict[str, Any]:
     m = cfg.model
-    model = {"num_scales": m.num_scales, "mid_channels": m.mid_channels, "num_blocks": m.num_blocks,
-             "means_scale": m.means_scale, "variance": m.variance}
+    model = {
+        "num_scales": m.num_scales,
+        "mid_channels": m.mid_channels,
+        "num_blocks": m.num_blocks,
+        "means_scale": m.means_scale,
+        "variance": m.variance,
+    }
     if tiny:
         model.update(mid_channels=8, num_blocks=1)
     return {"kind": "image", "shape": list(shape), "num_classes": 10, "model": model, "seed": 0}
@@ -123,7 +129,8 @@ def load_images(data_dir: str | None, n: int | None = None) -> tuple[np.ndarray,
     """uint8 ``[N, 784]`` and labels: MNIST train images when found, else synthetic uint8 (same shapes)."""
     d = find_mnist(data_dir)
     if d is not None:
-        from pipeline.sources import load_idx
+        from pipeline.data.sources import load_idx
+
         raw = load_idx("mnist", d)
         x, y = raw.x_train.reshape(len(raw.x_train), -1).astype(np.uint8), raw.y_train.astype(np.int64)
         src = f"MNIST ({d})"
@@ -137,13 +144,25 @@ def load_images(data_dir: str | None, n: int | None = None) -> tuple[np.ndarray,
     return x, y, src
 
 
-def make_stream(x: np.ndarray, y: np.ndarray, n_lab: int, n_unl: int, device, seed: int = 0,
-                n_labeled: int = 1000, translate: int = 2) -> SSLStream:
-    """The worker-side stream of pipeline.ingest over rows held in memory (augmentation on ``device``)."""
+def make_stream(
+    x: np.ndarray,
+    y: np.ndarray,
+    n_lab: int,
+    n_unl: int,
+    device,
+    seed: int = 0,
+    n_labeled: int = 1000,
+    translate: int = 2,
+) -> SSLStream:
+    """The worker-side stream of pipeline.data.ingest over rows held in memory (augmentation on ``device``)."""
     n_labeled = min(n_labeled, len(x) // 4)
     arrays = {"x_lab": x[:n_labeled], "y_lab": y[:n_labeled], "x_unl": x[n_labeled:]}
-    manifest = {"name": "bench", "kind": "image", "shape": [1, 28, 28] if x.shape[1] == 784 else [1, 8, 8],
-                "counts": {"labeled": n_labeled, "unlabeled": len(x) - n_labeled}}
+    manifest = {
+        "name": "bench",
+        "kind": "image",
+        "shape": [1, 28, 28] if x.shape[1] == 784 else [1, 8, 8],
+        "counts": {"labeled": n_labeled, "unlabeled": len(x) - n_labeled},
+    }
     spec = IngestSpec(labeled_batch=n_lab, unlabeled_batch=n_unl, translate=translate)
     return SSLStream.in_memory(manifest, spec, seed=seed, device=device, arrays=arrays)
 
@@ -167,11 +186,14 @@ def train_config(s: Setting, base: TrainConfig, lr: float) -> TrainConfig:
 def make_optimizer(model: FlowGMM, kind: str, lr: float, device: torch.device) -> torch.optim.Optimizer:
     if kind == "adam":
         return torch.optim.Adam(model.parameters(), lr=lr)
-    decay, no_decay = [], []   # the parameter groups of pipeline/train.py
+    decay, no_decay = [], []  # the parameter groups of pipeline/train/loop.py
     for name, p in model.named_parameters():
         (no_decay if p.ndim <= 1 or "mixture" in name else decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.0}, {"params": no_decay, "weight_decay": 0.0}],
-                             lr=lr, fused=device.type == "cuda")
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.0}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        fused=device.type == "cuda",
+    )
 
 
 def _sync(device: torch.device) -> None:
@@ -183,8 +205,16 @@ class Runner:
     """One model + optimizer + forward for a setting; ``step(i)`` is the training loop's step (with its
     device-side non-finite guard), nothing more."""
 
-    def __init__(self, spec: dict, s: Setting, t: TrainConfig, device: torch.device, seed: int = 0,
-                 compile_on_cpu: bool = False, backend: str | None = None):
+    def __init__(
+        self,
+        spec: dict,
+        s: Setting,
+        t: TrainConfig,
+        device: torch.device,
+        seed: int = 0,
+        compile_on_cpu: bool = False,
+        backend: str | None = None,
+    ):
         torch.manual_seed(seed)
         self.device, self.t, self.s = device, t, s
         self.model = build_model(spec).to(device)
@@ -204,8 +234,7 @@ class Runner:
         loss, parts = compute_loss(self.forward, self.model, batch, self.t, step, True)
         apply_gradients(loss, self.model, self.opt, self.sched, self.t.grad_clip)
         bad = ~torch.isfinite(loss.detach())
-        self.first_bad = torch.where(bad & (self.first_bad < 0), torch.full_like(self.first_bad, step),
-                                     self.first_bad)
+        self.first_bad = torch.where(bad & (self.first_bad < 0), torch.full_like(self.first_bad, step), self.first_bad)
         return loss.detach()
 
 
@@ -269,8 +298,10 @@ def check_forward(runner: Runner, spec: dict, batch: Step) -> tuple[float, float
     z_ref, l_ref, l_logit = z_ref.double(), l_ref.double(), l_logit.double()
 
     def err(z, ld):
-        return max(((z.double() - z_ref).norm() / z_ref.norm()).item(),
-                   ((ld.double() - l_ref).norm() / (l_ref - l_logit).norm().clamp_min(1e-12)).item())
+        return max(
+            ((z.double() - z_ref).norm() / z_ref.norm()).item(),
+            ((ld.double() - l_ref).norm() / (l_ref - l_logit).norm().clamp_min(1e-12)).item(),
+        )
 
     out = err(z1, l1), err(z0, l0)
     del plain
@@ -292,56 +323,70 @@ def count_syncs(runner: Runner, batch: Step, step: int) -> int:
     return sum(1 for x in w if "synchroniz" in str(x.message).lower())
 
 
-def bench_setting(spec: dict, s: Setting, base: TrainConfig, device: torch.device, x: np.ndarray, y: np.ndarray,
-                  steps: int, warmup: int, base_batch: int, compile_on_cpu: bool, tiny: bool,
-                  backend: str | None = None) -> dict[str, Any]:
-    lr = base.lr if s.name.startswith("reference") else scaled_lr(base.lr, s.batch, base_batch)
+@dataclasses.dataclass
+class Bench:
+    """What every setting of one step-mode run shares."""
+
+    spec: dict
+    base: TrainConfig
+    device: torch.device
+    x: np.ndarray
+    y: np.ndarray
+    steps: int
+    warmup: int
+    base_batch: int
+    compile_on_cpu: bool = False
+    tiny: bool = False
+    backend: str | None = None
+
+
+def bench_setting(b: Bench, s: Setting) -> dict[str, Any]:
+    spec, base, device, steps, warmup = b.spec, b.base, b.device, b.steps, b.warmup
+    lr = base.lr if s.name.startswith("reference") else scaled_lr(base.lr, s.batch, b.base_batch)
     t = train_config(s, base, lr)
-    stream = make_stream(x, y, s.n_lab, s.n_unl, device, translate=0 if tiny else 2)
-    batches = take_steps(stream, 4)     # rotate among 4 prepared batches already on the device
-    r: dict[str, Any] = {"setting": s.name, "batch": s.batch, "n_lab": s.n_lab, "n_unl": s.n_unl, "lr": lr,
-                         "bf16": s.bf16, "channels_last": s.channels_last, "compile": s.compile,
-                         "optimizer": s.optimizer}
+    stream = make_stream(b.x, b.y, s.n_lab, s.n_unl, device, translate=0 if b.tiny else 2)
+    batches = take_steps(stream, 4)  # rotate among 4 prepared batches already on the device
+    r: dict[str, Any] = {
+        "setting": s.name,
+        "batch": s.batch,
+        "n_lab": s.n_lab,
+        "n_unl": s.n_unl,
+        "lr": lr,
+        "bf16": s.bf16,
+        "channels_last": s.channels_last,
+        "compile": s.compile,
+        "optimizer": s.optimizer,
+    }
     r["flops_per_image"] = flops_per_image(spec, s, base, device, batches[0])
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     if s.compile != "none":
         torch._dynamo.reset()
-    runner = Runner(spec, s, t, device, compile_on_cpu=compile_on_cpu, backend=backend)
+    runner = Runner(spec, s, t, device, compile_on_cpu=b.compile_on_cpu, backend=b.backend)
     r["unit"] = getattr(runner.forward, "unit", "none")
-    r["backend"] = (backend or "inductor") if r["unit"] != "none" else ""
-    k0 = t.consistency_ramp_steps + 1   # past the ramp: every step runs the consistency forward
+    r["backend"] = (b.backend or "inductor") if r["unit"] != "none" else ""
+    k0 = t.consistency_ramp_steps + 1  # past the ramp: every step runs the consistency forward
     warm = CompileWarmup(device, steps=warmup)
     with warm:
         for i in range(warmup):
             runner.step(batches[i % 4], k0 + i)
-    times = []
-    losses = []
-    if device.type == "cuda":
-        ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
-        t0 = time.perf_counter()
-        for i in range(steps):
-            ev[i][0].record()
-            losses.append(runner.step(batches[i % 4], k0 + warmup + i))
-            ev[i][1].record()
-        torch.cuda.synchronize(device)
-        wall = time.perf_counter() - t0
-        times = [a.elapsed_time(b) / 1000.0 for a, b in ev]
-        r["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    else:
-        t0 = time.perf_counter()
-        for i in range(steps):
-            a = time.perf_counter()
-            losses.append(runner.step(batches[i % 4], k0 + warmup + i))
-            times.append(time.perf_counter() - a)
-        wall = time.perf_counter() - t0
-        r["peak_mem_gib"] = float("nan")
+    times, losses, wall = _time_steps(runner, batches, device, k0 + warmup, steps)
+    r["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     med = statistics.median(times)
-    r.update(step_s_median=med, step_s_min=min(times), step_s_max=max(times), wall_s=wall, steps=steps,
-             images_per_s=s.batch / med, images_per_s_wall=s.batch * steps / wall,
-             warmup_s=warm.seconds, warmup_steps=warmup, compile_s=warm.compile_seconds(med),
-             graphs=warm.graphs)
+    r.update(
+        step_s_median=med,
+        step_s_min=min(times),
+        step_s_max=max(times),
+        wall_s=wall,
+        steps=steps,
+        images_per_s=s.batch / med,
+        images_per_s_wall=s.batch * steps / wall,
+        warmup_s=warm.seconds,
+        warmup_steps=warmup,
+        compile_s=warm.compile_seconds(med),
+        graphs=warm.graphs,
+    )
     r["tflops"] = r["flops_per_image"] * r["images_per_s"] / 1e12
     r["final_loss"] = float(losses[-1])
     r["first_bad_step"] = int(runner.first_bad)
@@ -354,10 +399,32 @@ def bench_setting(spec: dict, s: Setting, base: TrainConfig, device: torch.devic
     return r
 
 
+def _time_steps(runner: Runner, batches: list[Step], device: torch.device, k0: int, steps: int):
+    """Per-step seconds (CUDA events on a GPU: no host sync inside the timed window), losses and wall time."""
+    times, losses = [], []
+    t0 = time.perf_counter()
+    if device.type == "cuda":
+        ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
+        for i in range(steps):
+            ev[i][0].record()
+            losses.append(runner.step(batches[i % 4], k0 + i))
+            ev[i][1].record()
+        torch.cuda.synchronize(device)
+        times = [a.elapsed_time(b) / 1000.0 for a, b in ev]
+    else:
+        for i in range(steps):
+            a = time.perf_counter()
+            losses.append(runner.step(batches[i % 4], k0 + i))
+            times.append(time.perf_counter() - a)
+    return times, losses, time.perf_counter() - t0
+
+
 def print_table(results: list[dict], ref_name: str = "reference") -> None:
     ref = next((r for r in results if r["setting"].startswith(ref_name) and "error" not in r), None)
-    head = (f"{'setting':<22}{'batch':>6}{'GFLOP/img':>10}{'img/s':>9}{'TFLOP/s':>9}{'peak GiB':>9}{'warm-up s':>10}"
-            f"{'graphs':>7}{'x ref':>7}{'syncs':>6}{'fwd err (eager)':>18}")
+    head = (
+        f"{'setting':<22}{'batch':>6}{'GFLOP/img':>10}{'img/s':>9}{'TFLOP/s':>9}{'peak GiB':>9}{'warm-up s':>10}"
+        f"{'graphs':>7}{'x ref':>7}{'syncs':>6}{'fwd err (eager)':>18}"
+    )
     print(head)
     print("-" * len(head))
     for r in results:
@@ -365,24 +432,45 @@ def print_table(results: list[dict], ref_name: str = "reference") -> None:
             print(f"{r['setting']:<22}{r.get('batch', 0):>6}  FAILED: {r['error'][:90]}")
             continue
         ratio = r["images_per_s"] / ref["images_per_s"] if ref else float("nan")
-        print(f"{r['setting']:<22}{r['batch']:>6}{r['flops_per_image'] / 1e9:>10.2f}{r['images_per_s']:>9.0f}{r['tflops']:>9.1f}"
-              f"{r['peak_mem_gib']:>9.2f}{r['compile_s']:>10.1f}{r['graphs']:>7}{ratio:>7.2f}"
-              f"{r['syncs_per_step']:>6}{r['fwd_rel_err']:>9.1e} ({r['fwd_rel_err_plain_eager']:.1e})")
+        print(
+            f"{r['setting']:<22}{r['batch']:>6}{r['flops_per_image'] / 1e9:>10.2f}{r['images_per_s']:>9.0f}"
+            f"{r['tflops']:>9.1f}"
+            f"{r['peak_mem_gib']:>9.2f}{r['compile_s']:>10.1f}{r['graphs']:>7}{ratio:>7.2f}"
+            f"{r['syncs_per_step']:>6}{r['fwd_rel_err']:>9.1e} ({r['fwd_rel_err_plain_eager']:.1e})"
+        )
 
 
 def device_info(device: torch.device) -> dict[str, Any]:
-    info: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(),
-                            "host": platform.node(), "device": str(device), "cpus": os.cpu_count()}
+    info: dict[str, Any] = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "device": str(device),
+        "cpus": os.cpu_count(),
+    }
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
-        info.update(gpu=p.name, capability=f"{p.major}.{p.minor}", gpu_mem_gib=round(p.total_memory / 2**30, 1),
-                    sms=p.multi_processor_count, cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
-                    cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
-                    matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
+        info.update(
+            gpu=p.name,
+            capability=f"{p.major}.{p.minor}",
+            gpu_mem_gib=round(p.total_memory / 2**30, 1),
+            sms=p.multi_processor_count,
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+            matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
+        )
         try:
             info["nvidia_smi"] = subprocess.run(
-                ["nvidia-smi", "--query-gpu=name,driver_version,power.limit,clocks.max.sm,memory.total",
-                 "--format=csv,noheader"], capture_output=True, text=True, timeout=20).stdout.strip()
+                [
+                    "nvidia-smi",
+                    "--query-gpu=name,driver_version,power.limit,clocks.max.sm,memory.total",
+                    "--format=csv,noheader",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            ).stdout.strip()
         except Exception:  # noqa: BLE001
             pass
     return info
@@ -394,20 +482,22 @@ def step_mode(a, cfg, device, spec, x, y) -> list[dict]:
     settings = parse_settings(a.settings, a.batch, a.ref_batch)
     results = []
     for s in settings:
-        print(f"... {s.name}: batch {s.n_lab}+{s.n_unl}, bf16={s.bf16}, channels_last={s.channels_last}, "
-              f"compile={s.compile}, {s.optimizer}", flush=True)
+        print(
+            f"... {s.name}: batch {s.n_lab}+{s.n_unl}, bf16={s.bf16}, channels_last={s.channels_last}, "
+            f"compile={s.compile}, {s.optimizer}",
+            flush=True,
+        )
         steps = a.ref_steps if s.name.startswith("reference") else a.steps
         warm = a.warmup if s.compile != "none" or s.name.startswith("reference") else max(2, a.warmup - 1)
         try:
-            r = bench_setting(spec, s, base, device, x, y, steps, warm, base_batch, a.compile_on_cpu, a.tiny,
-                              a.backend)
+            bench = Bench(spec, base, device, x, y, steps, warm, base_batch, a.compile_on_cpu, a.tiny, a.backend)
+            r = bench_setting(bench, s)
         except Exception as e:  # noqa: BLE001 - one failed setting (OOM, compiler error) must not lose the rest
             r = {"setting": s.name, "batch": s.batch, "error": f"{type(e).__name__}: {e}"}
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-        print("    " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}),
-              flush=True)
+        print("    " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}), flush=True)
         results.append(r)
     return results
 
@@ -428,52 +518,69 @@ def check_bf16(a, cfg, device, spec, x, y) -> dict[str, Any]:
     nl, nu = cfg.ingest.labeled_batch, cfg.ingest.unlabeled_batch
     if a.tiny:
         nl, nu = 4, 12
-    runs = {}
-    for name, bf16, cl in (("float32", False, False), ("bf16", True, True)):
-        s = Setting(name, bf16, cl, "none", "adamw_fused", nl, nu)
-        t = train_config(s, t0, t0.lr)
-        stream = make_stream(x, y, nl, nu, device, seed=1, translate=0 if a.tiny else 2)
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = False
-        runner = Runner(spec, s, t, device, seed=0)
-        torch.manual_seed(123)     # the dequantization noise: the same draws in both runs
-        losses, ces = [], []
-        start = time.perf_counter()
-        done, epoch = 0, 0
-        while done < n:
-            for batch in stream.epoch(epoch):
-                loss, parts = compute_loss(runner.forward, runner.model, batch, t, done, True)
-                apply_gradients(loss, runner.model, runner.opt, runner.sched, t.grad_clip)
-                losses.append(loss.detach())
-                ces.append(parts["ce"])
-                done += 1
-                if done == n:
-                    break
-            epoch += 1
-        _sync(device)
-        runs[name] = {"loss": torch.stack(losses).float().cpu().numpy(), "ce": torch.stack(ces).cpu().numpy(),
-                      "seconds": time.perf_counter() - start}
-        del runner
-        gc.collect()
+    runs = {
+        name: _bf16_run(Setting(name, bf16, cl, "none", "adamw_fused", nl, nu), a, cfg, device, spec, x, y)
+        for name, bf16, cl in (("float32", False, False), ("bf16", True, True))
+    }
     last = min(50, max(1, n // 2))
     f, b = runs["float32"], runs["bf16"]
     lf, lb = f["loss"][-last:], b["loss"][-last:]
     rel = np.abs(lb - lf) / np.maximum(np.abs(lf), 1e-12)
-    out = {"steps": n, "compared_last": last, "batch": f"{nl}+{nu}", "lr": t0.lr,
-           "finite": bool(np.isfinite(f["loss"]).all() and np.isfinite(b["loss"]).all()),
-           "max_rel_loss_diff": float(rel.max()), "mean_rel_loss_diff": float(rel.mean()),
-           "rel_diff_of_mean_loss": float(abs(lb.mean() - lf.mean()) / max(abs(lf.mean()), 1e-12)),
-           "max_abs_ce_diff": float(np.abs(b["ce"][-last:] - f["ce"][-last:]).max()),
-           "loss_fp32_first_last": [float(f["loss"][0]), float(f["loss"][-1])],
-           "loss_bf16_first_last": [float(b["loss"][0]), float(b["loss"][-1])],
-           "fp32_step_to_step_rel_std": float(np.std(np.diff(lf)) / max(abs(lf.mean()), 1e-12)),
-           "seconds": {"float32": f["seconds"], "bf16": b["seconds"]}}
+    out = {
+        "steps": n,
+        "compared_last": last,
+        "batch": f"{nl}+{nu}",
+        "lr": t0.lr,
+        "finite": bool(np.isfinite(f["loss"]).all() and np.isfinite(b["loss"]).all()),
+        "max_rel_loss_diff": float(rel.max()),
+        "mean_rel_loss_diff": float(rel.mean()),
+        "rel_diff_of_mean_loss": float(abs(lb.mean() - lf.mean()) / max(abs(lf.mean()), 1e-12)),
+        "max_abs_ce_diff": float(np.abs(b["ce"][-last:] - f["ce"][-last:]).max()),
+        "loss_fp32_first_last": [float(f["loss"][0]), float(f["loss"][-1])],
+        "loss_bf16_first_last": [float(b["loss"][0]), float(b["loss"][-1])],
+        "fp32_step_to_step_rel_std": float(np.std(np.diff(lf)) / max(abs(lf.mean()), 1e-12)),
+        "seconds": {"float32": f["seconds"], "bf16": b["seconds"]},
+    }
     dim = int(np.prod(spec["shape"]))
     out["mean_loss_diff_bits_per_dim"] = float(abs(lb.mean() - lf.mean()) / (dim * math.log(2)))
     out["tolerance_bits_per_dim"] = a.bf16_tol
     out["passed"] = out["finite"] and out["mean_loss_diff_bits_per_dim"] <= a.bf16_tol
-    out["curves_every_10"] = {"float32": [round(float(v), 3) for v in f["loss"][::10]],
-                              "bf16": [round(float(v), 3) for v in b["loss"][::10]]}
+    out["curves_every_10"] = {
+        "float32": [round(float(v), 3) for v in f["loss"][::10]],
+        "bf16": [round(float(v), 3) for v in b["loss"][::10]],
+    }
+    return out
+
+
+def _bf16_run(s: Setting, a, cfg, device, spec, x, y) -> dict[str, Any]:
+    """``a.check_steps`` steps of one precision from a fixed init, data order and dequantization noise."""
+    n, t = a.check_steps, train_config(s, cfg.train, cfg.train.lr)
+    stream = make_stream(x, y, s.n_lab, s.n_unl, device, seed=1, translate=0 if a.tiny else 2)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = False
+    runner = Runner(spec, s, t, device, seed=0)
+    torch.manual_seed(123)  # the dequantization noise: the same draws in both runs
+    losses, ces = [], []
+    start = time.perf_counter()
+    done, epoch = 0, 0
+    while done < n:
+        for batch in stream.epoch(epoch):
+            loss, parts = compute_loss(runner.forward, runner.model, batch, t, done, True)
+            apply_gradients(loss, runner.model, runner.opt, runner.sched, t.grad_clip)
+            losses.append(loss.detach())
+            ces.append(parts["ce"])
+            done += 1
+            if done == n:
+                break
+        epoch += 1
+    _sync(device)
+    out = {
+        "loss": torch.stack(losses).float().cpu().numpy(),
+        "ce": torch.stack(ces).cpu().numpy(),
+        "seconds": time.perf_counter() - start,
+    }
+    del runner
+    gc.collect()
     return out
 
 
@@ -508,8 +615,11 @@ def _ingest_loop(c: dict) -> None:
     def timed(source: str, epoch: int, with_step: bool = True) -> float:
         _sync(device)
         t_start = time.perf_counter()
-        it = (prebuilt[i % 4] for i in range(n)) if source == "device" else (
-            mem_stream.epoch(epoch) if source == "memory" else ray_stream.epoch(epoch))
+        it = (
+            (prebuilt[i % 4] for i in range(n))
+            if source == "device"
+            else (mem_stream.epoch(epoch) if source == "memory" else ray_stream.epoch(epoch))
+        )
         for i, batch in enumerate(it):
             if with_step:
                 runner.step(batch, k0 + i)
@@ -527,61 +637,90 @@ def _ingest_loop(c: dict) -> None:
 def ingest_mode(a, cfg, device, spec) -> dict[str, Any]:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    pp = os.environ.get("PYTHONPATH", "")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "bench")] + ([pp] if pp else []))
-    sys.path.insert(0, str(REPO / "bench"))
-    import bench_train_step as this   # the worker imports the loop by module name (not pickled from __main__)
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipeline.errors import DataError
-    from pipeline.ingest import data_config
-    from pipeline.prepare import DataSpec, prepare
-    from pipeline.train import training_datasets
+    from bench.bench_train_step import _ingest_loop  # by module path, not __main__: the worker imports it
+    from pipeline.core.raycluster import export_checkout
+    from pipeline.data import data_config
+    from pipeline.train.trainer import training_datasets
+
+    prepared = _ingest_data(a)
+    export_checkout()
+    spec = dict(spec, shape=list(prepared.shape))
+    s = parse_settings(a.ingest_setting, a.batch, a.ref_batch)[0]
+    ispec = dataclasses.replace(cfg.ingest, labeled_batch=s.n_lab, unlabeled_batch=s.n_unl)
+    ncpu = os.cpu_count() or 2
+    ray.init(
+        address="local",
+        num_cpus=ncpu,
+        num_gpus=1 if device.type == "cuda" else 0,
+        include_dashboard=False,
+        logging_level="WARNING",
+        log_to_driver=True,
+    )
+    out = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    cfg2 = dataclasses.replace(cfg, ingest=ispec)
+    loop = {
+        "spec": spec,
+        "manifest": prepared.manifest,
+        "prepared": prepared,
+        "ingest": dataclasses.asdict(ispec),
+        "setting": s.name.partition("@")[0],
+        "epochs": a.ingest_epochs,
+        "warmup": a.warmup,
+        "out_dir": str(out),
+        "threads": 1 if a.tiny else 0,
+    }
+    t0 = time.perf_counter()
+    TorchTrainer(
+        _ingest_loop,
+        train_loop_config=loop,
+        scaling_config=ScalingConfig(
+            num_workers=1, use_gpu=device.type == "cuda", resources_per_worker={"CPU": max(0.5, min(4, ncpu / 4))}
+        ),
+        datasets=training_datasets(prepared, cfg2),
+        dataset_config=data_config(ispec),
+        run_config=RunConfig(name=out.name, storage_path=str(out / "ray_results")),
+    ).fit()
+    rec = json.loads((out / "ingest.json").read_text())
+    rec["fit_wall_s"] = time.perf_counter() - t0
+    rec["data"] = prepared.manifest.get("name", "")
+    ray.shutdown()
+    return _ingest_summary(rec)
+
+
+def _ingest_data(a):
+    from pipeline.core.errors import DataError
+    from pipeline.data import DataSpec, prepare
 
     home = a.home or tempfile.mkdtemp(prefix="bench-home-")
     d = find_mnist(a.data_dir)
     try:
         if d is None or a.tiny:
             raise DataError("tiny run or no MNIST")
-        prepared = prepare(DataSpec(source="mnist", n_labeled=1000, n_val=1000, data_dir=str(d), shard_rows=4096),
-                           home)
+        return prepare(DataSpec(source="mnist", n_labeled=1000, n_val=1000, data_dir=str(d), shard_rows=4096), home)
     except DataError as e:
         print(f"(ingest: {e}; using scikit-learn digits, 8x8)")
-        prepared = prepare(DataSpec(source="digits", n_labeled=100, n_val=100), home)
-    spec = dict(spec, shape=list(prepared.shape))
-    s = parse_settings(a.ingest_setting, a.batch, a.ref_batch)[0]
-    ispec = dataclasses.replace(cfg.ingest, labeled_batch=s.n_lab, unlabeled_batch=s.n_unl)
-    ncpu = os.cpu_count() or 2
-    ray.init(address="local", num_cpus=ncpu, num_gpus=1 if device.type == "cuda" else 0, include_dashboard=False,
-             logging_level="WARNING", log_to_driver=True)
-    out = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    cfg2 = dataclasses.replace(cfg, ingest=ispec)
-    loop = {"spec": spec, "manifest": prepared.manifest, "prepared": prepared, "ingest": dataclasses.asdict(ispec),
-            "setting": s.name.partition("@")[0], "epochs": a.ingest_epochs, "warmup": a.warmup,
-            "out_dir": str(out), "threads": 1 if a.tiny else 0}
-    t0 = time.perf_counter()
-    TorchTrainer(this._ingest_loop, train_loop_config=loop,
-                 scaling_config=ScalingConfig(num_workers=1, use_gpu=device.type == "cuda",
-                                              resources_per_worker={"CPU": max(0.5, min(4, ncpu / 4))}),
-                 datasets=training_datasets(prepared, cfg2), dataset_config=data_config(ispec),
-                 run_config=RunConfig(name=out.name, storage_path=str(out / "ray_results"))).fit()
-    rec = json.loads((out / "ingest.json").read_text())
-    rec["fit_wall_s"] = time.perf_counter() - t0
-    rec["data"] = prepared.manifest.get("name", "")
+        return prepare(DataSpec(source="digits", n_labeled=100, n_val=100), home)
+
+
+def _ingest_summary(rec: dict[str, Any]) -> dict[str, Any]:
     n, b = rec["steps_per_epoch"], rec["batch"]
     dev, ray_s, mem_s, only = (min(rec[k]) for k in ("device_s", "ray_s", "memory_stream_s", "ray_data_only_s"))
     rec["summary"] = {
-        "device_img_s": n * b / dev, "memory_stream_img_s": n * b / mem_s, "ray_img_s": n * b / ray_s,
+        "device_img_s": n * b / dev,
+        "memory_stream_img_s": n * b / mem_s,
+        "ray_img_s": n * b / ray_s,
         "ray_data_only_img_s": n * b / only,
-        "ray_overhead_frac_of_step": max(0.0, 1.0 - dev / ray_s)}
-    ray.shutdown()
+        "ray_overhead_frac_of_step": max(0.0, 1.0 - dev / ray_s),
+    }
     return rec
 
 
 # ---------------------------------------------------------------------------------------------------- main
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=("step", "ingest"), default="step")
     ap.add_argument("--settings", default=None, help=f"comma list (default {DEFAULT_SETTINGS})")
@@ -592,13 +731,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--check-bf16", action="store_true", help="float32 vs bf16 loss tracking (after step mode)")
     ap.add_argument("--check-steps", type=int, default=None, help="steps of the bf16 check (default 200)")
-    ap.add_argument("--bf16-tol", type=float, default=0.01,
-                    help="bits/dim: the largest accepted difference of the mean loss over the last 50 steps")
+    ap.add_argument(
+        "--bf16-tol",
+        type=float,
+        default=0.01,
+        help="bits/dim: the largest accepted difference of the mean loss over the last 50 steps",
+    )
     ap.add_argument("--no-step", action="store_true", help="skip the step table (e.g. only --check-bf16)")
     ap.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny model and batches, 2 steps")
     ap.add_argument("--compile-on-cpu", action="store_true", help="compile on a CPU device too (smoke tests)")
-    ap.add_argument("--backend", default=None, help="torch.compile backend (default inductor; 'eager' or "
-                    "'aot_eager' trace without code generation: CPU smoke tests of the compiled settings)")
+    ap.add_argument(
+        "--backend",
+        default=None,
+        help="torch.compile backend (default inductor; 'eager' or "
+        "'aot_eager' trace without code generation: CPU smoke tests of the compiled settings)",
+    )
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--home", default=None)
     ap.add_argument("--ingest-setting", default="fast_couplings")
@@ -616,8 +763,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a.check_steps = a.check_steps or (4 if tiny else 200)
     if tiny:
         a.warmup = min(a.warmup, 1)
-        torch.set_num_threads(1)   # tiny convolutions: threads only contend (and a shared CI box is busy)
+        torch.set_num_threads(1)  # tiny convolutions: threads only contend (and a shared CI box is busy)
+    return a
 
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    a = parse_args(argv)
+    tiny = a.tiny
     device = torch.device("cuda" if torch.cuda.is_available() and not tiny else "cpu")
     cfg = resolve("mnist")
     spec = model_spec(cfg, tiny)
@@ -633,8 +785,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"data: {src}, {len(x)} rows", flush=True)
         if not a.no_step:
             out["results"] = step_mode(a, cfg, device, spec, x, y)
-            print(f"\nFlowGMM-cons step of the mnist flow on {info.get('gpu', 'CPU')} (the issue's analytic figure: "
-                  f"{ANALYTIC_GFLOP} GFLOP/image)")
+            print(
+                f"\nFlowGMM-cons step of the mnist flow on {info.get('gpu', 'CPU')} (the issue's analytic figure: "
+                f"{ANALYTIC_GFLOP} GFLOP/image)"
+            )
             print_table(out["results"])
         if a.check_bf16:
             out["bf16_check"] = check_bf16(a, cfg, device, spec, x, y)

@@ -22,6 +22,7 @@ Importable (the tests use it)::
         c.kill_node(1)                                 # SIGKILL a worker node's process group (a node failure)
         c.add_worker()                                 # a node "returns"
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,13 +63,13 @@ def ray_bin() -> str:
 
 @dataclass
 class Node:
-    name: str                  # "head", "worker1", ...
-    pid: int                   # the `ray start --block` process; also its process-group id
+    name: str  # "head", "worker1", ...
+    pid: int  # the `ray start --block` process; also its process-group id
     temp_dir: str
     log: str
     ports: dict[str, int] = field(default_factory=dict)
     resources: dict[str, float] = field(default_factory=dict)
-    node_id: str = ""          # filled in once the node has registered (see LocalCluster.node_ids)
+    node_id: str = ""  # filled in once the node has registered (see LocalCluster.node_ids)
 
     @property
     def pgid(self) -> int:
@@ -82,11 +83,22 @@ class ClusterError(RuntimeError):
 class LocalCluster:
     """Head + ``workers`` worker nodes on this machine. See the module docstring."""
 
-    def __init__(self, workers: int = 1, cpus_per_node: float = 1, object_store_mb: int = 300, *,
-                 head_cpus: float | None = None, auth_mode: str = "token", tls: bool = False,
-                 node_env: dict[str, str] | None = None, state_file: str | os.PathLike | None = None,
-                 temp_root: str | os.PathLike | None = None, node_resources: bool = True,
-                 start_timeout_s: float = 180.0, keep_files: bool = False):
+    def __init__(
+        self,
+        workers: int = 1,
+        cpus_per_node: float = 1,
+        object_store_mb: int = 300,
+        *,
+        head_cpus: float | None = None,
+        auth_mode: str = "token",
+        tls: bool = False,
+        node_env: dict[str, str] | None = None,
+        state_file: str | os.PathLike | None = None,
+        temp_root: str | os.PathLike | None = None,
+        node_resources: bool = True,
+        start_timeout_s: float = 180.0,
+        keep_files: bool = False,
+    ):
         if auth_mode not in ("token", "disabled"):
             raise ValueError("auth_mode must be 'token' or 'disabled'")
         self.n_workers = int(workers)
@@ -143,8 +155,12 @@ class LocalCluster:
 
     def _tls_env(self) -> dict[str, str]:
         f = self.tls_files
-        return {"RAY_USE_TLS": "1", "RAY_TLS_SERVER_CERT": f["cert"], "RAY_TLS_SERVER_KEY": f["key"],
-                "RAY_TLS_CA_CERT": f["cert"]}
+        return {
+            "RAY_USE_TLS": "1",
+            "RAY_TLS_SERVER_CERT": f["cert"],
+            "RAY_TLS_SERVER_KEY": f["key"],
+            "RAY_TLS_CA_CERT": f["cert"],
+        }
 
     def _node_env(self) -> dict[str, str]:
         # RAY_ADDRESS stays set: every Ray process on the nodes inherits it, so code that looks the cluster up by
@@ -187,12 +203,22 @@ class LocalCluster:
 
     def _start_head(self) -> None:
         self.gcs_port, self.dashboard_port = free_port(), free_port()
-        ports = {"gcs": self.gcs_port, "dashboard": self.dashboard_port, "client_server": free_port(),
-                 **self._node_ports()}
+        ports = {
+            "gcs": self.gcs_port,
+            "dashboard": self.dashboard_port,
+            "client_server": free_port(),
+            **self._node_ports(),
+        }
         res = {"flowgmm_node_head": 1.0} if self.node_resources else {}
-        args = ["--head", f"--port={self.gcs_port}", "--dashboard-host=127.0.0.1",
-                f"--dashboard-port={self.dashboard_port}", "--include-dashboard=true",
-                f"--ray-client-server-port={ports['client_server']}", f"--num-cpus={self.head_cpus}"]
+        args = [
+            "--head",
+            f"--port={self.gcs_port}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={self.dashboard_port}",
+            "--include-dashboard=true",
+            f"--ray-client-server-port={ports['client_server']}",
+            f"--num-cpus={self.head_cpus}",
+        ]
         node = self._spawn("head", args, ports, res)
         self.nodes.append(node)
         self._wait_dashboard(node)
@@ -212,9 +238,14 @@ class LocalCluster:
         return node
 
     def _node_ports(self) -> dict[str, int]:
-        return {"node_manager": free_port(), "object_manager": free_port(), "metrics_export": free_port(),
-                "dashboard_agent_listen": free_port(), "dashboard_agent_grpc": free_port(),
-                "runtime_env_agent": free_port()}
+        return {
+            "node_manager": free_port(),
+            "object_manager": free_port(),
+            "metrics_export": free_port(),
+            "dashboard_agent_listen": free_port(),
+            "dashboard_agent_grpc": free_port(),
+            "runtime_env_agent": free_port(),
+        }
 
     def _spawn(self, name: str, args: list[str], ports: dict[str, int], resources: dict[str, float]) -> Node:
         temp_dir = self.root / name[0] if name == "head" else self.root / f"w{name[6:]}"
@@ -222,21 +253,33 @@ class LocalCluster:
             temp_dir = Path(f"{temp_dir}r{int(time.time()) % 10000}")
         temp_dir.mkdir(parents=True)
         log = self.root / f"{name}.log"
-        cmd = [ray_bin(), "start", "--block", *args,
-               f"--object-store-memory={self.object_store_bytes}", "--disable-usage-stats",
-               f"--temp-dir={temp_dir}",
-               f"--node-manager-port={ports['node_manager']}", f"--object-manager-port={ports['object_manager']}",
-               f"--metrics-export-port={ports['metrics_export']}",
-               f"--dashboard-agent-listen-port={ports['dashboard_agent_listen']}",
-               f"--dashboard-agent-grpc-port={ports['dashboard_agent_grpc']}",
-               f"--runtime-env-agent-port={ports['runtime_env_agent']}"]
+        cmd = [
+            ray_bin(),
+            "start",
+            "--block",
+            *args,
+            f"--object-store-memory={self.object_store_bytes}",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+            f"--node-manager-port={ports['node_manager']}",
+            f"--object-manager-port={ports['object_manager']}",
+            f"--metrics-export-port={ports['metrics_export']}",
+            f"--dashboard-agent-listen-port={ports['dashboard_agent_listen']}",
+            f"--dashboard-agent-grpc-port={ports['dashboard_agent_grpc']}",
+            f"--runtime-env-agent-port={ports['runtime_env_agent']}",
+        ]
         if resources:
             cmd.append(f"--resources={json.dumps(resources)}")
         with open(log, "ab") as fh:
-            proc = subprocess.Popen(cmd, env=self._node_env(), stdout=fh, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
-        return Node(name=name, pid=proc.pid, temp_dir=str(temp_dir), log=str(log), ports=ports,
-                    resources=resources)
+            proc = subprocess.Popen(
+                cmd,
+                env=self._node_env(),
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        return Node(name=name, pid=proc.pid, temp_dir=str(temp_dir), log=str(log), ports=ports, resources=resources)
 
     def _wait_dashboard(self, head: Node) -> None:
         deadline = time.time() + self.start_timeout_s
@@ -288,8 +331,15 @@ class LocalCluster:
 
     def gcs_nodes(self) -> list[dict[str, Any]]:
         """All nodes the GCS knows, alive or dead: node_id, alive, resources (total)."""
-        return [{"node_id": n["node_id"], "alive": n["state"] == "ALIVE", "resources": n.get("resources_total", {}),
-                 "is_head": n.get("is_head_node", False)} for n in self.state_api("nodes")]
+        return [
+            {
+                "node_id": n["node_id"],
+                "alive": n["state"] == "ALIVE",
+                "resources": n.get("resources_total", {}),
+                "is_head": n.get("is_head_node", False),
+            }
+            for n in self.state_api("nodes")
+        ]
 
     def _match_node_ids(self, alive: list[dict[str, Any]]) -> None:
         for n in self.nodes:
@@ -316,7 +366,7 @@ class LocalCluster:
         """Kill every process of one node (raylet, object store, agents and its Ray worker processes): a node
         failure. Returns the pids that were signalled."""
         n = self.node(name)
-        procs = self.node_processes(name)   # before the raylet dies and its children are re-parented
+        procs = self.node_processes(name)  # before the raylet dies and its children are re-parented
         _signal_group(n.pgid, sig)
         _signal_procs(procs, sig)
         _reap(n.pid)
@@ -346,12 +396,23 @@ class LocalCluster:
 
     # --- state file --------------------------------------------------------------------------------------------
     def write_state(self) -> None:
-        state = {"address": self.address, "dashboard_url": self.dashboard_url, "gcs_port": self.gcs_port,
-                 "dashboard_port": self.dashboard_port, "auth_mode": self.auth_mode, "token_path": self.token_path,
-                 "tls": self.tls, "tls_files": self.tls_files, "root": str(self.root),
-                 "cpus_per_node": self.cpus_per_node, "head_cpus": self.head_cpus,
-                 "object_store_bytes": self.object_store_bytes, "node_env": self.node_env,
-                 "next_worker": self._next_worker, "nodes": [asdict(n) for n in self.nodes]}
+        state = {
+            "address": self.address,
+            "dashboard_url": self.dashboard_url,
+            "gcs_port": self.gcs_port,
+            "dashboard_port": self.dashboard_port,
+            "auth_mode": self.auth_mode,
+            "token_path": self.token_path,
+            "tls": self.tls,
+            "tls_files": self.tls_files,
+            "root": str(self.root),
+            "cpus_per_node": self.cpus_per_node,
+            "head_cpus": self.head_cpus,
+            "object_store_bytes": self.object_store_bytes,
+            "node_env": self.node_env,
+            "next_worker": self._next_worker,
+            "nodes": [asdict(n) for n in self.nodes],
+        }
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_file.with_name(f".{self.state_file.name}.tmp")
         tmp.write_text(json.dumps(state, indent=2))
@@ -360,9 +421,17 @@ class LocalCluster:
     @classmethod
     def from_state(cls, state_file: str | os.PathLike) -> "LocalCluster":
         st = json.loads(Path(state_file).read_text())
-        c = cls(workers=0, cpus_per_node=st["cpus_per_node"], object_store_mb=st["object_store_bytes"] // 1_000_000,
-                head_cpus=st["head_cpus"], auth_mode=st["auth_mode"], tls=st["tls"], node_env=st["node_env"],
-                state_file=state_file, temp_root=st["root"])
+        c = cls(
+            workers=0,
+            cpus_per_node=st["cpus_per_node"],
+            object_store_mb=st["object_store_bytes"] // 1_000_000,
+            head_cpus=st["head_cpus"],
+            auth_mode=st["auth_mode"],
+            tls=st["tls"],
+            node_env=st["node_env"],
+            state_file=state_file,
+            temp_root=st["root"],
+        )
         c.gcs_port, c.dashboard_port, c.token_path = st["gcs_port"], st["dashboard_port"], st["token_path"]
         c.tls_files, c._next_worker = st["tls_files"], st["next_worker"]
         c._node_ip = st["address"].rsplit(":", 1)[0]
@@ -496,26 +565,34 @@ def _cli(argv: list[str] | None = None) -> int:
     k.add_argument("name", help="worker1, worker2, ... (or head)")
     sub.add_parser("stop", help="stop exactly the processes this script started")
     sub.add_parser("status", help="print the state and which nodes are alive")
-    sub.add_parser("env", help="print export lines for a shell: eval \"$(... env)\"")
+    sub.add_parser("env", help='print export lines for a shell: eval "$(... env)"')
     args = p.parse_args(argv)
     state = Path(args.state)
 
     if args.cmd == "start":
         if state.exists():
-            print(f"error: {state} exists: a cluster started by this script is running (stop it first)",
-                  file=sys.stderr)
+            print(
+                f"error: {state} exists: a cluster started by this script is running (stop it first)", file=sys.stderr
+            )
             return 1
-        c = LocalCluster(workers=args.workers, cpus_per_node=args.cpus_per_node, head_cpus=args.head_cpus,
-                         object_store_mb=args.object_store_mb, auth_mode=args.auth, tls=args.tls,
-                         node_env=FAST_HEALTH_CHECKS if args.fast_health_checks else None, state_file=state,
-                         keep_files=True)
+        c = LocalCluster(
+            workers=args.workers,
+            cpus_per_node=args.cpus_per_node,
+            head_cpus=args.head_cpus,
+            object_store_mb=args.object_store_mb,
+            auth_mode=args.auth,
+            tls=args.tls,
+            node_env=FAST_HEALTH_CHECKS if args.fast_health_checks else None,
+            state_file=state,
+            keep_files=True,
+        )
         try:
             c.start()
         except BaseException:
             c.stop()
             raise
         print(f"started {len(c.nodes)} nodes; address {c.address}; dashboard {c.dashboard_url}")
-        print(f"state: {state}\nnext: eval \"$(python {sys.argv[0]} env)\"")
+        print(f'state: {state}\nnext: eval "$(python {sys.argv[0]} env)"')
         return 0
     if not state.exists():
         print(f"error: no state file {state}: nothing started by this script", file=sys.stderr)
@@ -526,13 +603,22 @@ def _cli(argv: list[str] | None = None) -> int:
         print(f"stopped (logs kept under {c.root})")
     elif args.cmd == "status":
         for n in c.nodes:
-            print(f"{n.name:10s} pgid {n.pgid:7d} {'alive' if _alive(n.pid) else 'dead '} "
-                  f"{len(c.node_processes(n.name))} processes  temp {n.temp_dir}")
+            print(
+                f"{n.name:10s} pgid {n.pgid:7d} {'alive' if _alive(n.pid) else 'dead '} "
+                f"{len(c.node_processes(n.name))} processes  temp {n.temp_dir}"
+            )
         print(f"address {c.address}  dashboard {c.dashboard_url}  auth {c.auth_mode}")
     elif args.cmd == "env":
         env = c.client_env({})
-        for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_USE_TLS", "RAY_TLS_SERVER_CERT",
-                    "RAY_TLS_SERVER_KEY", "RAY_TLS_CA_CERT"):
+        for key in (
+            "RAY_ADDRESS",
+            "RAY_AUTH_MODE",
+            "RAY_AUTH_TOKEN_PATH",
+            "RAY_USE_TLS",
+            "RAY_TLS_SERVER_CERT",
+            "RAY_TLS_SERVER_KEY",
+            "RAY_TLS_CA_CERT",
+        ):
             if key in env:
                 print(f"export {key}={env[key]}")
     elif args.cmd == "kill-node":

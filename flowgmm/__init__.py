@@ -21,8 +21,23 @@ from flowgmm.preprocess import Logit, dequantize
 from flowgmm.reshape import FactorOut, Squeeze
 
 __all__ = [
-    "FlowGMM", "GaussianMixture", "image_flow", "vector_flow", "dequantize",
-    "Bijection", "Sequential", "Affine", "Flatten", "AffineCoupling", "Logit", "Squeeze", "FactorOut",
-    "checkerboard_mask", "channel_mask", "half_mask",
-    "objectives", "calibration", "metrics",
+    "FlowGMM",
+    "GaussianMixture",
+    "image_flow",
+    "vector_flow",
+    "dequantize",
+    "Bijection",
+    "Sequential",
+    "Affine",
+    "Flatten",
+    "AffineCoupling",
+    "Logit",
+    "Squeeze",
+    "FactorOut",
+    "checkerboard_mask",
+    "channel_mask",
+    "half_mask",
+    "objectives",
+    "calibration",
+    "metrics",
 ]

@@ -42,9 +42,15 @@ def validation_nll(mixture: GaussianMixture, z: Tensor, y: Tensor, scale: float)
 
 
 @torch.no_grad()
-def fit_variance_scale(mixture: GaussianMixture, z_val: Tensor, y_val: Tensor, *,
-                       log_range: tuple[float, float] = (-12.0, 12.0), grid_points: int = 49,
-                       tol: float = 1e-6) -> float:
+def fit_variance_scale(
+    mixture: GaussianMixture,
+    z_val: Tensor,
+    y_val: Tensor,
+    *,
+    log_range: tuple[float, float] = (-12.0, 12.0),
+    grid_points: int = 49,
+    tol: float = 1e-6,
+) -> float:
     """The variance scale ``s`` minimising validation NLL; returns ``s`` as a float.
 
     Args:

@@ -65,8 +65,15 @@ def _scale(shape: tuple[int, int, int], scales_left: int, mid: int, blocks: int,
     )
 
 
-def image_flow(channels: int = 1, size: int = 28, num_scales: int = 2, mid_channels: int = 64,
-               num_blocks: int = 8, alpha: float = 0.05, norm: Norm = "batch") -> Sequential:
+def image_flow(
+    channels: int = 1,
+    size: int = 28,
+    num_scales: int = 2,
+    mid_channels: int = 64,
+    num_blocks: int = 8,
+    alpha: float = 0.05,
+    norm: Norm = "batch",
+) -> Sequential:
     """Multiscale RealNVP for ``[B, channels, size, size]`` images in ``[0, 1]``.
 
     Args:
@@ -86,9 +93,14 @@ def image_flow(channels: int = 1, size: int = 28, num_scales: int = 2, mid_chann
     return Sequential(Logit(alpha), body, input_shape=shape)
 
 
-def vector_flow(dim: int, num_couplings: int = 6, hidden: int = 128, depth: int = 2,
-                standardize: tuple[Tensor | np.ndarray, Tensor | np.ndarray] | None = None,
-                dropout: float = 0.0) -> Sequential:
+def vector_flow(
+    dim: int,
+    num_couplings: int = 6,
+    hidden: int = 128,
+    depth: int = 2,
+    standardize: tuple[Tensor | np.ndarray, Tensor | np.ndarray] | None = None,
+    dropout: float = 0.0,
+) -> Sequential:
     """RealNVP for ``[B, dim]`` vectors with MLP couplings on alternating half/half masks.
 
     Args:

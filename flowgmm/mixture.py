@@ -67,10 +67,21 @@ class GaussianMixture(nn.Module):
 
     variance_scale: Tensor
 
-    def __init__(self, num_classes: int, dim: int, *, means_scale: float = 1.0, variance: float = 1.0,
-                 per_class_variance: bool = False, learn_means: bool = False, learn_variance: bool = False,
-                 learn_weights: bool = False, class_counts: Sequence[float] | np.ndarray | Tensor | None = None,
-                 seed: int = 0, means: Tensor | None = None):
+    def __init__(
+        self,
+        num_classes: int,
+        dim: int,
+        *,
+        means_scale: float = 1.0,
+        variance: float = 1.0,
+        per_class_variance: bool = False,
+        learn_means: bool = False,
+        learn_variance: bool = False,
+        learn_weights: bool = False,
+        class_counts: Sequence[float] | np.ndarray | Tensor | None = None,
+        seed: int = 0,
+        means: Tensor | None = None,
+    ):
         super().__init__()
         self.num_classes, self.dim = num_classes, dim
         mu = init_means(num_classes, dim, means_scale, seed) if means is None else torch.as_tensor(means).float()
@@ -115,8 +126,9 @@ class GaussianMixture(nn.Module):
             sq = z.square().sum(1, keepdim=True) - 2.0 * z @ mu.T + mu.square().sum(1)
             return sq.clamp_min(0.0)
 
-    def component_log_prob(self, z: Tensor, calibrated: bool = False, *,
-                           variance_scale: Tensor | float | None = None) -> Tensor:
+    def component_log_prob(
+        self, z: Tensor, calibrated: bool = False, *, variance_scale: Tensor | float | None = None
+    ) -> Tensor:
         """``log N(z; mu_k, v_k I)`` for every class, ``[B, K]``.
 
         ``variance_scale`` overrides the stored scale (used by calibration); otherwise the stored
@@ -148,8 +160,9 @@ class GaussianMixture(nn.Module):
 
     # ------------------------------------------------------------------------------------------- sampling
     @torch.no_grad()
-    def sample(self, n: int, y: Tensor | int | None = None, temperature: float = 1.0,
-               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def sample(
+        self, n: int, y: Tensor | int | None = None, temperature: float = 1.0, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Draw ``n`` latents ``mu_y + temperature * sqrt(v_y) * eps``; classes from ``pi`` if ``y`` is None.
 
         Returns ``(z [n, D], y [n])``.

@@ -43,11 +43,22 @@ class FlowGMM(nn.Module):
         class_counts, seed, means: passed to :class:`~flowgmm.mixture.GaussianMixture`.
     """
 
-    def __init__(self, flow: Bijection, num_classes: int, dim: int | None = None, *, means_scale: float = 1.0,
-                 variance: float = 1.0, per_class_variance: bool = False, learn_means: bool = False,
-                 learn_variance: bool = False, learn_weights: bool = False,
-                 class_counts: Sequence[float] | np.ndarray | Tensor | None = None, seed: int = 0,
-                 means: Tensor | None = None):
+    def __init__(
+        self,
+        flow: Bijection,
+        num_classes: int,
+        dim: int | None = None,
+        *,
+        means_scale: float = 1.0,
+        variance: float = 1.0,
+        per_class_variance: bool = False,
+        learn_means: bool = False,
+        learn_variance: bool = False,
+        learn_weights: bool = False,
+        class_counts: Sequence[float] | np.ndarray | Tensor | None = None,
+        seed: int = 0,
+        means: Tensor | None = None,
+    ):
         super().__init__()
         dim = dim if dim is not None else getattr(flow, "dim", None)
         if dim is None:
@@ -55,9 +66,18 @@ class FlowGMM(nn.Module):
         self.flow = flow
         self.num_classes, self.dim = num_classes, int(dim)
         self.mixture = GaussianMixture(
-            num_classes, self.dim, means_scale=means_scale, variance=variance,
-            per_class_variance=per_class_variance, learn_means=learn_means, learn_variance=learn_variance,
-            learn_weights=learn_weights, class_counts=class_counts, seed=seed, means=means)
+            num_classes,
+            self.dim,
+            means_scale=means_scale,
+            variance=variance,
+            per_class_variance=per_class_variance,
+            learn_means=learn_means,
+            learn_variance=learn_variance,
+            learn_weights=learn_weights,
+            class_counts=class_counts,
+            seed=seed,
+            means=means,
+        )
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(z [B, D] flattened, logdet [B])``; the one call a DDP wrapper makes per step."""
@@ -85,8 +105,9 @@ class FlowGMM(nn.Module):
         self.mixture.variance_scale.fill_(float(scale))
 
     @torch.no_grad()
-    def sample(self, n: int, y: Tensor | int | None = None, temperature: float = 1.0,
-               generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, n: int, y: Tensor | int | None = None, temperature: float = 1.0, generator: torch.Generator | None = None
+    ) -> Tensor:
         """``n`` data-space samples ``f^{-1}(z)``, ``z ~ N(mu_y, (temperature^2) v_y I)``.
 
         Classes are drawn from the mixture weights when ``y`` is None.  Call ``model.eval()`` first when the

@@ -46,8 +46,12 @@ class _ResidualBlock(nn.Module):
     def __init__(self, channels: int, norm: Norm):
         super().__init__()
         self.body = nn.Sequential(
-            _norm(channels, norm), nn.ReLU(), _conv(channels, channels, 3, bias=False),
-            _norm(channels, norm), nn.ReLU(), _conv(channels, channels, 3, bias=True),
+            _norm(channels, norm),
+            nn.ReLU(),
+            _conv(channels, channels, 3, bias=False),
+            _norm(channels, norm),
+            nn.ReLU(),
+            _conv(channels, channels, 3, bias=True),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -57,8 +61,9 @@ class _ResidualBlock(nn.Module):
 class ResNet(nn.Module):
     """RealNVP's convolutional scale/translate network ``[B, C_in, H, W] -> [B, C_out, H, W]``."""
 
-    def __init__(self, in_channels: int, out_channels: int, mid_channels: int = 64, num_blocks: int = 8,
-                 norm: Norm = "batch"):
+    def __init__(
+        self, in_channels: int, out_channels: int, mid_channels: int = 64, num_blocks: int = 8, norm: Norm = "batch"
+    ):
         super().__init__()
         self.in_norm = _norm(in_channels, norm)
         self.in_conv = _conv(2 * in_channels, mid_channels, 3)
@@ -83,8 +88,7 @@ class ResNet(nn.Module):
 class MLP(nn.Module):
     """``depth`` hidden ReLU layers of width ``hidden`` (optional dropout), zero-initialised output layer."""
 
-    def __init__(self, in_features: int, out_features: int, hidden: int = 128, depth: int = 2,
-                 dropout: float = 0.0):
+    def __init__(self, in_features: int, out_features: int, hidden: int = 128, depth: int = 2, dropout: float = 0.0):
         super().__init__()
         layers: list[nn.Module] = []
         width = in_features

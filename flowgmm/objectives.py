@@ -36,8 +36,14 @@ from torch import Tensor
 from flowgmm.mixture import GaussianMixture
 
 __all__ = [
-    "labeled_nll", "unlabeled_nll", "cross_entropy", "consistency_nll", "consistency_targets",
-    "linear_ramp", "bits_per_dim", "semi_supervised_loss",
+    "labeled_nll",
+    "unlabeled_nll",
+    "cross_entropy",
+    "consistency_nll",
+    "consistency_targets",
+    "linear_ramp",
+    "bits_per_dim",
+    "semi_supervised_loss",
 ]
 
 
@@ -86,9 +92,17 @@ def bits_per_dim(log_prob: Tensor, dim: int, num_bins: int = 256) -> Tensor:
 
 
 def semi_supervised_loss(
-    mixture: GaussianMixture, z_lab: Tensor, logdet_lab: Tensor, y_lab: Tensor,
-    z_unl: Tensor | None = None, logdet_unl: Tensor | None = None, *, form: str = "nll",
-    label_weight: float = 1.0, unlabeled_weight: float = 1.0, consistency_weight: float = 0.0,
+    mixture: GaussianMixture,
+    z_lab: Tensor,
+    logdet_lab: Tensor,
+    y_lab: Tensor,
+    z_unl: Tensor | None = None,
+    logdet_unl: Tensor | None = None,
+    *,
+    form: str = "nll",
+    label_weight: float = 1.0,
+    unlabeled_weight: float = 1.0,
+    consistency_weight: float = 0.0,
     cons_targets: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The FlowGMM training loss and its detached parts.
@@ -111,8 +125,7 @@ def semi_supervised_loss(
     """
     if form not in ("nll", "ce"):
         raise ValueError(f"form must be 'nll' or 'ce', got {form!r}")
-    zero = torch.zeros((), dtype=torch.float64 if z_lab.dtype == torch.float64 else torch.float32,
-                       device=z_lab.device)
+    zero = torch.zeros((), dtype=torch.float64 if z_lab.dtype == torch.float64 else torch.float32, device=z_lab.device)
     n_lab = z_lab.shape[0]
     n_unl = 0 if z_unl is None else z_unl.shape[0]
 
@@ -128,15 +141,28 @@ def semi_supervised_loss(
 
     cons = zero
     if consistency_weight != 0 and cons_targets is not None:
-        if cons_targets.shape[0] == n_unl:
-            z_c, ld_c = z_unl, logdet_unl
-        elif cons_targets.shape[0] == n_lab + n_unl:
-            z_c = z_lab if z_unl is None else torch.cat([z_lab, z_unl])
-            ld_c = logdet_lab if logdet_unl is None else torch.cat([_up(logdet_lab), _up(logdet_unl)])
-        else:
-            raise ValueError("cons_targets must have n_unl or n_lab + n_unl entries")
-        cons = consistency_nll(mixture, z_c, ld_c, cons_targets)  # type: ignore[arg-type]
+        cons = _consistency(mixture, z_lab, logdet_lab, z_unl, logdet_unl, cons_targets)
         loss = loss + consistency_weight * cons
 
     parts = {"labeled_nll": lab_nll, "unlabeled_nll": unl_nll, "ce": ce, "consistency": cons, "loss": loss}
     return loss, {k: v.detach().float() for k, v in parts.items()}
+
+
+def _consistency(
+    mixture: GaussianMixture,
+    z_lab: Tensor,
+    logdet_lab: Tensor,
+    z_unl: Tensor | None,
+    logdet_unl: Tensor | None,
+    targets: Tensor,
+) -> Tensor:
+    """The consistency NLL over the unlabeled rows (``n_unl`` targets) or all rows (``n_lab + n_unl`` targets)."""
+    n_lab, n_unl = z_lab.shape[0], 0 if z_unl is None else z_unl.shape[0]
+    if targets.shape[0] == n_unl:
+        z_c, ld_c = z_unl, logdet_unl
+    elif targets.shape[0] == n_lab + n_unl:
+        z_c = z_lab if z_unl is None else torch.cat([z_lab, z_unl])
+        ld_c = logdet_lab if logdet_unl is None else torch.cat([_up(logdet_lab), _up(logdet_unl)])
+    else:
+        raise ValueError("cons_targets must have n_unl or n_lab + n_unl entries")
+    return consistency_nll(mixture, z_c, ld_c, targets)  # type: ignore[arg-type]

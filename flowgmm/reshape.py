@@ -76,4 +76,3 @@ class FactorOut(Bijection):
         factored = z[:, : self.num_factored].reshape(-1, channels - self.keep, height, width)
         kept = self.inner.inverse(z[:, self.num_factored :])
         return torch.cat([kept, factored], dim=1)
-

@@ -8,11 +8,11 @@ with ``torch.load(weights_only=True)``. This is how checkpoints, evaluation and 
     >>> model.predict_proba(torch.zeros(3, 2)).shape
     torch.Size([3, 2])
 """
+
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,27 +41,32 @@ def build_model(spec: dict[str, Any]) -> FlowGMM:
         (dim,) = shape
         standardize = None
         if spec.get("feature_mean") is not None:
-            standardize = (torch.as_tensor(spec["feature_mean"], dtype=torch.float32),
-                           torch.as_tensor(spec["feature_std"], dtype=torch.float32))
+            standardize = (
+                torch.as_tensor(spec["feature_mean"], dtype=torch.float32),
+                torch.as_tensor(spec["feature_std"], dtype=torch.float32),
+            )
         flow = vector_flow(dim, standardize=standardize, **{k: m[k] for k in VECTOR_KEYS if k in m})
     else:
         raise ValueError(f"unknown data kind {spec['kind']!r}")
     counts = spec.get("class_counts") if m.get("class_weights", "uniform") == "counts" else None
-    model = FlowGMM(flow, num_classes=int(spec["num_classes"]), dim=dim,
-                    class_counts=counts, seed=int(spec.get("seed", 0)),
-                    **{k: m[k] for k in MIXTURE_KEYS if k in m})
+    model = FlowGMM(
+        flow,
+        num_classes=int(spec["num_classes"]),
+        dim=dim,
+        class_counts=counts,
+        seed=int(spec.get("seed", 0)),
+        **{k: m[k] for k in MIXTURE_KEYS if k in m},
+    )
     return model
 
 
 def save(model: FlowGMM, spec: dict[str, Any], directory: str | os.PathLike) -> None:
-    """Write ``spec.json`` and ``weights.pt`` (a state dict) into ``directory``, each atomically."""
+    """Write ``spec.json`` and ``weights.pt`` (a state dict) into ``directory``. Writing a model that others may
+    be reading: write into a new directory and rename it into place (``pipeline.core.atomic.atomic_dir``)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    _atomic_write(d / "spec.json", json.dumps(spec, indent=2, sort_keys=True).encode())
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".weights.")
-    os.close(fd)
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    os.replace(tmp, d / "weights.pt")
+    (d / "spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True))
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, d / "weights.pt")
 
 
 def load(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[FlowGMM, dict[str, Any]]:
@@ -71,10 +76,3 @@ def load(directory: str | os.PathLike, map_location: str | torch.device = "cpu")
     model.load_state_dict(torch.load(d / "weights.pt", map_location=map_location, weights_only=True))
     model.eval()
     return model, spec
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)

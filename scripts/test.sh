@@ -7,4 +7,7 @@ export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"
 export FLOWGMM_DATA="${FLOWGMM_DATA:-$(cd .. && pwd)/shared/data}"
 export FLOWGMM_HOME="${FLOWGMM_HOME:-$(mktemp -d -t flowgmm-test-home.XXXXXX)}"
 export PATH="$PWD/.venv/bin:$PATH"
+# the habits that keep the tree readable: lint (imports, unused names, complexity) and format, before the tests
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
 exec .venv/bin/python -m pytest -q --timeout=1200 "$@"

@@ -1,10 +1,11 @@
 """Shared fixtures.
 
-``ray_local``: one local Ray instance per test session (2 CPUs, dashboard on 127.0.0.1, 512 MiB object store). Train workers
-must ask for ``resources_per_worker={"CPU": 0.5}`` so that Ray Data keeps a CPU for its read tasks.
+``ray_local``: one local Ray instance per test session (2 CPUs, dashboard on 127.0.0.1, 512 MiB object store).
+Train workers must ask for ``resources_per_worker={"CPU": 0.5}`` so that Ray Data keeps a CPU for its read tasks.
 ``shared_data_dir``: the offline MNIST-family files ($FLOWGMM_DATA, else <repo>/../shared/data); missing files
 fail the test under CI=true and skip it otherwise.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,11 +36,19 @@ def ray_local():
         return
     # The dashboard (on 127.0.0.1) is on: Train V2 removes a finished run's placement groups through the State
     # API it serves, and Tune over Train V2 leaks them without it.
-    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
-             object_store_memory=512 * 1024**2,
-             log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        object_store_memory=512 * 1024**2,
+        log_to_driver=True,
+        configure_logging=True,
+        logging_level="WARNING",
+    )
     try:
         from ray.data import DataContext
+
         DataContext.get_current().enable_progress_bars = False
     except Exception:  # noqa: BLE001
         pass
@@ -54,8 +63,9 @@ def _in_ci() -> bool:
 def require_mnist_dir() -> Path:
     """The shared data directory with the MNIST IDX files: pytest.fail under CI=true, pytest.skip otherwise."""
     d = Path(os.environ.get("FLOWGMM_DATA") or (REPO.parent / "shared" / "data")).expanduser()
-    needed = [d / "MNIST" / "raw" / f"{s}-{k}-ubyte.gz" for s in ("train", "t10k")
-              for k in ("images-idx3", "labels-idx1")]
+    needed = [
+        d / "MNIST" / "raw" / f"{s}-{k}-ubyte.gz" for s in ("train", "t10k") for k in ("images-idx3", "labels-idx1")
+    ]
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
         msg = f"MNIST files missing under {d} (set FLOWGMM_DATA): {missing[0]}"

@@ -1,6 +1,7 @@
 """The cluster configurations, without starting anything: the Ray cluster launcher YAML against the schema that
 ships inside Ray, the KubeRay RayJob's required fields, the MLflow server script, the security defaults they
 share, and that checkpoints and models load without unpickling."""
+
 from __future__ import annotations
 
 import ast
@@ -64,7 +65,7 @@ def test_launcher_cpu_head_gpu_workers_autoscaling_bounds(launcher):
 def test_launcher_installs_the_project_on_every_node(launcher):
     mounts = launcher["file_mounts"]
     assert mounts.get("~/flowgmm-ray") == ".", "the repository is copied to every node"
-    setup = " ".join(launcher["setup_commands"])    # setup_commands run on the head and on every worker
+    setup = " ".join(launcher["setup_commands"])  # setup_commands run on the head and on every worker
     assert "pip install" in setup and "-e ~/flowgmm-ray" in setup
     assert "ray[default" in setup and "==2.60.0" in setup
     assert not launcher.get("worker_setup_commands") and not launcher.get("head_setup_commands")
@@ -108,7 +109,7 @@ def test_kuberay_rayjob_required_fields(kuberay):
     entry = spec["entrypoint"]
     assert "pipeline/run.py" in entry and "--config mnist" in entry and "--tracking-uri http" in entry
     assert "--home /mnt/flowgmm" in entry
-    yaml.safe_load(spec["runtimeEnvYAML"])           # a valid YAML mapping
+    yaml.safe_load(spec["runtimeEnvYAML"])  # a valid YAML mapping
     assert spec["shutdownAfterJobFinishes"] is True
     cluster = spec["rayClusterSpec"]
     assert cluster["rayVersion"] == ray.__version__
@@ -182,8 +183,9 @@ def test_local_cluster_cli_without_a_cluster(tmp_path):
     assert out.returncode == 0 and "start" in out.stdout and "stop" in out.stdout
     state = tmp_path / "state.json"
     for cmd in ("stop", "env", "status"):
-        out = subprocess.run([sys.executable, str(script), "--state", str(state), cmd], capture_output=True,
-                             text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, str(script), "--state", str(state), cmd], capture_output=True, text=True, timeout=60
+        )
         assert out.returncode == 1 and "nothing started" in out.stderr
 
 
@@ -191,11 +193,14 @@ def test_local_cluster_state_round_trip(tmp_path):
     sys.path.insert(0, str(REPO))
     from cluster.local_cluster import LocalCluster, Node
 
-    c = LocalCluster(workers=2, cpus_per_node=1, object_store_mb=300, temp_root=tmp_path / "root",
-                     state_file=tmp_path / "state.json")
+    c = LocalCluster(
+        workers=2, cpus_per_node=1, object_store_mb=300, temp_root=tmp_path / "root", state_file=tmp_path / "state.json"
+    )
     c.gcs_port, c.dashboard_port, c.token_path = 1234, 5678, str(tmp_path / "root" / "auth_token")
-    c.nodes = [Node("head", 111, "/tmp/h", "/tmp/h.log", {"gcs": 1234}, {"flowgmm_node_head": 1.0}),
-               Node("worker1", 222, "/tmp/w1", "/tmp/w1.log", {}, {"flowgmm_node_worker1": 1.0})]
+    c.nodes = [
+        Node("head", 111, "/tmp/h", "/tmp/h.log", {"gcs": 1234}, {"flowgmm_node_head": 1.0}),
+        Node("worker1", 222, "/tmp/w1", "/tmp/w1.log", {}, {"flowgmm_node_worker1": 1.0}),
+    ]
     c.write_state()
     d = LocalCluster.from_state(tmp_path / "state.json")
     assert [n.pgid for n in d.nodes] == [111, 222]
@@ -210,8 +215,11 @@ def _calls(tree: ast.AST):
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
             f = node.func
-            name = (f"{f.value.id}.{f.attr}" if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name)
-                    else getattr(f, "id", getattr(f, "attr", "")))
+            name = (
+                f"{f.value.id}.{f.attr}"
+                if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name)
+                else getattr(f, "id", getattr(f, "attr", ""))
+            )
             yield name, node
 
 
@@ -228,8 +236,15 @@ def test_checkpoints_and_models_load_without_unpickling():
                     ok = isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True
                     if not ok:
                         offenders.append(f"{where}: torch.load without weights_only=True")
-                if name in ("pickle.load", "pickle.loads", "cloudpickle.load", "cloudpickle.loads",
-                            "joblib.load", "dill.load", "dill.loads"):
+                if name in (
+                    "pickle.load",
+                    "pickle.loads",
+                    "cloudpickle.load",
+                    "cloudpickle.loads",
+                    "joblib.load",
+                    "dill.load",
+                    "dill.loads",
+                ):
                     offenders.append(f"{where}: {name}")
     assert not offenders, offenders
 

@@ -16,6 +16,7 @@ Every driver is a `python pipeline/run.py` subprocess with the cluster's client 
 stopped by signalling exactly the processes they started (never `ray stop`). Timings and steps lost are printed
 (run with -s) and recorded as junit properties. About 6-10 minutes on 2 cores.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,21 +45,29 @@ EPOCHS = 8
 REL_TOL = 1e-5
 # tiny Parquet files are packed into one 128 MiB read task by default; one task per file, as with real-size files,
 # lets the reads spread over the nodes
-DRIVER_ENV = {"RAY_DATA_PARQUET_BIN_PACKING_BYTES": "1", "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-              "PYTHONUNBUFFERED": "1"}
+DRIVER_ENV = {"RAY_DATA_PARQUET_BIN_PACKING_BYTES": "1", "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONUNBUFFERED": "1"}
 RESULTS: dict[str, float] = {}
 
 
 def _common(home: Path, strategy: str = "SPREAD") -> list[str]:
-    return ["--config", "moons", "--home", str(home), "eval.baselines=false", "eval.figures=false",
-            f"train.epochs={EPOCHS}", "train.log_every=1", "train.max_failures=3",
-            f"train.placement_strategy={strategy}", "ingest.spread_reads=true"]
+    return [
+        "--config",
+        "moons",
+        "--home",
+        str(home),
+        "eval.baselines=false",
+        "eval.figures=false",
+        f"train.epochs={EPOCHS}",
+        "train.log_every=1",
+        "train.max_failures=3",
+        f"train.placement_strategy={strategy}",
+        "ingest.spread_reads=true",
+    ]
 
 
 def _steps_per_epoch(home: Path) -> int:
     from pipeline.config import resolve
-    from pipeline.ingest import steps_per_epoch
-    from pipeline.prepare import prepare
+    from pipeline.data import prepare, steps_per_epoch
 
     cfg = resolve("moons")
     return steps_per_epoch(prepare(cfg.data, home), cfg.ingest, cfg.train.num_workers)
@@ -76,8 +85,10 @@ def cluster():
     env = {**FAST_HEALTH_CHECKS, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     t0 = time.time()
     with LocalCluster(workers=1, cpus_per_node=1, object_store_mb=300, node_env=env) as c:
-        print(f"[cluster-test] cluster up in {time.time() - t0:.1f} s: {c.address}, dashboard {c.dashboard_url}",
-              flush=True)
+        print(
+            f"[cluster-test] cluster up in {time.time() - t0:.1f} s: {c.address}, dashboard {c.dashboard_url}",
+            flush=True,
+        )
         yield c
 
 
@@ -88,9 +99,14 @@ class Driver:
         self.log = log
         self.fh = open(log, "w")
         self.t0 = time.time()
-        self.proc = subprocess.Popen([sys.executable, str(REPO / "pipeline" / "run.py"), *args],
-                                     env={**cluster.client_env(), **DRIVER_ENV}, cwd=REPO, stdout=self.fh,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(REPO / "pipeline" / "run.py"), *args],
+            env={**cluster.client_env(), **DRIVER_ENV},
+            cwd=REPO,
+            stdout=self.fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def wait(self, timeout: float = 900) -> tuple[int, float]:
         try:
@@ -182,14 +198,17 @@ def test_local_cluster_cli_start_status_stop(tmp_path):
             urllib.request.urlopen(f"{st['dashboard_url']}/api/v0/nodes", timeout=10)
         assert e.value.code in (401, 403)
         env_lines = subprocess.run([*script, "env"], capture_output=True, text=True, timeout=60).stdout
-        env = dict(line[len("export "):].split("=", 1) for line in env_lines.splitlines())
+        env = dict(line[len("export ") :].split("=", 1) for line in env_lines.splitlines())
         assert env["RAY_AUTH_MODE"] == "token" and env["RAY_USE_TLS"] == "1"
-        code = ("import ray; ray.init()\n"
-                "f = ray.remote(resources={'flowgmm_node_worker1': 0.01})(lambda: ray.get_runtime_context()"
-                ".get_node_id())\n"
-                "print('NODE', ray.get(f.remote()), len([n for n in ray.nodes() if n['Alive']]))\n")
-        run = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
-                             timeout=180)
+        code = (
+            "import ray; ray.init()\n"
+            "f = ray.remote(resources={'flowgmm_node_worker1': 0.01})(lambda: ray.get_runtime_context()"
+            ".get_node_id())\n"
+            "print('NODE', ray.get(f.remote()), len([n for n in ray.nodes() if n['Alive']]))\n"
+        )
+        run = subprocess.run(
+            [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, timeout=180
+        )
         assert run.returncode == 0 and "NODE" in run.stdout, run.stdout + run.stderr[-3000:]
         assert run.stdout.split()[-1] == "2"
     finally:
@@ -210,11 +229,15 @@ def test_two_nodes_match_one_node_and_reads_span_both(cluster, tmp_path, record_
         actors0 = {a["actor_id"] for a in cluster.state_api("actors")}
         tasks0 = {t["task_id"] for t in cluster.state_api("tasks")}
         _, walls[name] = _run(cluster, [*_common(home, strategy), "--run-name", name], tmp_path / f"{name}.log")
-        workers = [a for a in _new(cluster.state_api("actors"), actors0, "actor_id")
-                   if a["class_name"] == "RayTrainWorker"]
+        workers = [
+            a for a in _new(cluster.state_api("actors"), actors0, "actor_id") if a["class_name"] == "RayTrainWorker"
+        ]
         placements[name] = sorted(a["node_id"] for a in workers)
-        reads[name] = {t["node_id"] for t in _new(cluster.state_api("tasks"), tasks0, "task_id")
-                       if t["name"].startswith("ReadFiles") and t.get("node_id")}
+        reads[name] = {
+            t["node_id"]
+            for t in _new(cluster.state_api("tasks"), tasks0, "task_id")
+            if t["name"].startswith("ReadFiles") and t.get("node_id")
+        }
     assert len(placements["one-node"]) == 2 and len(set(placements["one-node"])) == 1, placements
     assert set(placements["two-nodes"]) == set(nodes.values()), placements
     assert reads["two-nodes"] == set(nodes.values()), f"read tasks ran on {reads['two-nodes']} only"
@@ -225,8 +248,18 @@ def test_two_nodes_match_one_node_and_reads_span_both(cluster, tmp_path, record_
     assert a.info.status == b.info.status == "FINISHED"
     spe = _steps_per_epoch(home)
     assert a.data.metrics["train_steps"] == b.data.metrics["train_steps"] == EPOCHS * spe
-    keys = ["test_accuracy", "test_nll", "test_bpd", "test_ece", "test_nll_calibrated", "variance_scale",
-            "val_accuracy", "val_nll", "train_loss", "train_bpd"]
+    keys = [
+        "test_accuracy",
+        "test_nll",
+        "test_bpd",
+        "test_ece",
+        "test_nll_calibrated",
+        "variance_scale",
+        "val_accuracy",
+        "val_nll",
+        "train_loss",
+        "train_bpd",
+    ]
     for k in keys:
         assert b.data.metrics[k] == pytest.approx(a.data.metrics[k], rel=REL_TOL, abs=1e-9), k
     hist_a = [m.value for m in client.get_metric_history(a.info.run_id, "train_loss")]
@@ -243,11 +276,20 @@ def test_two_nodes_match_one_node_and_reads_span_both(cluster, tmp_path, record_
 @pytest.fixture
 def mlflow_server(tmp_path):
     port = free_port()
-    env = {**os.environ, "MLFLOW_HOME": str(tmp_path / "mlflow-server"), "MLFLOW_PORT": str(port),
-           "PYTHON": sys.executable, "MLFLOW_WORKERS": "1"}
-    proc = subprocess.Popen(["bash", str(REPO / "cluster" / "mlflow_server.sh"), "run"], env=env,
-                            stdout=open(tmp_path / "mlflow-server.log", "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    env = {
+        **os.environ,
+        "MLFLOW_HOME": str(tmp_path / "mlflow-server"),
+        "MLFLOW_PORT": str(port),
+        "PYTHON": sys.executable,
+        "MLFLOW_WORKERS": "1",
+    }
+    proc = subprocess.Popen(
+        ["bash", str(REPO / "cluster" / "mlflow_server.sh"), "run"],
+        env=env,
+        stdout=open(tmp_path / "mlflow-server.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     try:
@@ -257,7 +299,7 @@ def mlflow_server(tmp_path):
                 break
             except OSError:
                 if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError((tmp_path / "mlflow-server.log").read_text()[-3000:])
+                    raise RuntimeError((tmp_path / "mlflow-server.log").read_text()[-3000:]) from None
                 time.sleep(1)
         yield url, tmp_path / "mlflow-server"
     finally:
@@ -279,7 +321,7 @@ def test_driver_killed_then_resume_continues_from_checkpoint(cluster, tmp_path, 
     args = [*_common(home), "--run-name", name, "--tracking-uri", url]
     d = Driver(cluster, args, tmp_path / "first.log")
     committed = _wait_committed(home / "ray_results" / name, spe, d)
-    d.kill()                                   # SIGKILL the driver's process group (only the driver itself)
+    d.kill()  # SIGKILL the driver's process group (only the driver itself)
     killed_at = time.time() - d.t0
     run_id = json.loads((home / "runs" / name / "flowgmm_run.json").read_text())["run_id"]
     client, runs = _mlflow_runs(url)
@@ -311,13 +353,16 @@ def test_worker_node_killed_mid_training_resumes(cluster, tmp_path, record_prope
     home = tmp_path / "home"
     name = "node-killed"
     spe = _steps_per_epoch(home)
-    interval = spe * 1                         # train.checkpoint_every = 1 epoch
+    interval = spe * 1  # train.checkpoint_every = 1 epoch
     nodes = {n.name: n.node_id for n in cluster.nodes}
     actors0 = {a["actor_id"] for a in cluster.state_api("actors")}
     d = Driver(cluster, [*_common(home), "--run-name", name], tmp_path / "node-killed.log")
     committed = _wait_committed(home / "ray_results" / name, 2 * spe, d)
-    first_workers = {a["actor_id"]: a["node_id"] for a in _new(cluster.state_api("actors"), actors0, "actor_id")
-                     if a["class_name"] == "RayTrainWorker" and a["state"] == "ALIVE"}
+    first_workers = {
+        a["actor_id"]: a["node_id"]
+        for a in _new(cluster.state_api("actors"), actors0, "actor_id")
+        if a["class_name"] == "RayTrainWorker" and a["state"] == "ALIVE"
+    }
     assert set(first_workers.values()) == set(nodes.values()), "the first worker group spans both nodes"
     t_kill = time.time()
     killed = cluster.kill_node("worker1")
@@ -329,8 +374,11 @@ def test_worker_node_killed_mid_training_resumes(cluster, tmp_path, record_prope
     # the node is gone from the cluster; the restarted workers ran on the head
     alive = {x["node_id"]: x["alive"] for x in cluster.gcs_nodes()}
     assert alive[nodes["worker1"]] is False and alive[nodes["head"]] is True
-    later = [a for a in _new(cluster.state_api("actors"), actors0, "actor_id")
-             if a["class_name"] == "RayTrainWorker" and a["actor_id"] not in first_workers]
+    later = [
+        a
+        for a in _new(cluster.state_api("actors"), actors0, "actor_id")
+        if a["class_name"] == "RayTrainWorker" and a["actor_id"] not in first_workers
+    ]
     assert later and {a["node_id"] for a in later} == {nodes["head"]}
 
     # one MLflow run, finished, resumed from the checkpoint committed before the kill
@@ -357,5 +405,7 @@ def test_worker_node_killed_mid_training_resumes(cluster, tmp_path, record_prope
     _record(record_property, "node_kill_wall_s", round(wall, 1))
     _record(record_property, "node_kill_train_s", round(m["train_seconds"], 1))
     if "two_nodes_train_s" in RESULTS:
-        _record(record_property, "failure_overhead_train_s", round(m["train_seconds"] - RESULTS["two_nodes_train_s"], 1))
+        _record(
+            record_property, "failure_overhead_train_s", round(m["train_seconds"] - RESULTS["two_nodes_train_s"], 1)
+        )
         _record(record_property, "failure_overhead_wall_s", round(wall - RESULTS["two_nodes_wall_s"], 1))

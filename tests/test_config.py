@@ -1,4 +1,5 @@
 """The typed configuration: shipped experiments, YAML, typed key=value overrides, smoke, validation."""
+
 import pytest
 
 from pipeline.config import EXPERIMENTS, Config, ConfigError, dump_yaml, load_yaml, resolve
@@ -12,8 +13,16 @@ def test_every_experiment_resolves_and_round_trips(name):
 
 
 def test_overrides_are_typed_by_field():
-    cfg = resolve("moons", overrides=["train.lr=3e-4", "train.epochs=7", "train.bf16=true",
-                                      "data.ood=mnist,notmnist", "data.n_unlabeled=none"])
+    cfg = resolve(
+        "moons",
+        overrides=[
+            "train.lr=3e-4",
+            "train.epochs=7",
+            "train.bf16=true",
+            "data.ood=mnist,notmnist",
+            "data.n_unlabeled=none",
+        ],
+    )
     assert cfg.train.lr == pytest.approx(3e-4) and isinstance(cfg.train.lr, float)
     assert cfg.train.epochs == 7 and isinstance(cfg.train.epochs, int)
     assert cfg.train.bf16 is True
@@ -28,9 +37,16 @@ def test_unknown_key_lists_valid_keys():
     assert "train.learning_rate" in msg and "train.lr" in msg and "\n" not in msg
 
 
-@pytest.mark.parametrize("item,fragment", [("train.epochs=many", "train.epochs"), ("train.bf16=maybe", "train.bf16"),
-                                           ("train.method=magic", "train.method"), ("train.lr=-1", "train.lr"),
-                                           ("nokeyvalue", "key=value")])
+@pytest.mark.parametrize(
+    "item,fragment",
+    [
+        ("train.epochs=many", "train.epochs"),
+        ("train.bf16=maybe", "train.bf16"),
+        ("train.method=magic", "train.method"),
+        ("train.lr=-1", "train.lr"),
+        ("nokeyvalue", "key=value"),
+    ],
+)
 def test_bad_values_are_rejected_with_the_key(item, fragment):
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
         resolve("digits", overrides=[item])

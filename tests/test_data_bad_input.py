@@ -1,5 +1,6 @@
 """Bad input: a one-line DataError naming the file and the column or value, exit status 2 from the CLI, and an
 already-prepared data set left untouched (manifest mtime and every shard checksum unchanged)."""
+
 from __future__ import annotations
 
 import gzip
@@ -14,9 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.errors import DataError
-from pipeline.ingest import IngestSpec, build_datasets, steps_per_epoch
-from pipeline.prepare import DataSpec, load_split, prepare
+from pipeline.core.errors import DataError
+from pipeline.data import DataSpec, IngestSpec, build_datasets, load_split, prepare, steps_per_epoch
 
 REPO = Path(__file__).resolve().parent.parent
 N = 120
@@ -24,14 +24,23 @@ N = 120
 
 def good_table(rng=None, n=N) -> pa.Table:
     rng = rng or np.random.default_rng(0)
-    return pa.table({"f1": rng.normal(size=n), "f2": rng.normal(size=n), "f3": rng.normal(size=n),
-                     "label": pa.array(np.arange(n) % 3, pa.int64())})
+    return pa.table(
+        {
+            "f1": rng.normal(size=n),
+            "f2": rng.normal(size=n),
+            "f3": rng.normal(size=n),
+            "label": pa.array(np.arange(n) % 3, pa.int64()),
+        }
+    )
 
 
 def snapshot(home: Path) -> dict:
     data = home / "data"
-    return {str(f.relative_to(data)): (f.stat().st_mtime_ns, hashlib.sha256(f.read_bytes()).hexdigest())
-            for f in sorted(data.rglob("*")) if f.is_file() and not f.name.endswith(".lock")}
+    return {
+        str(f.relative_to(data)): (f.stat().st_mtime_ns, hashlib.sha256(f.read_bytes()).hexdigest())
+        for f in sorted(data.rglob("*"))
+        if f.is_file() and not f.name.endswith(".lock")
+    }
 
 
 @pytest.fixture
@@ -89,8 +98,14 @@ def test_wrong_shape(table_home, tmp_path):
     imgs = [bytes(64)] * 50 + [bytes(49)]
     p = tmp_path / "img.parquet"
     pq.write_table(pa.table({"img": pa.array(imgs, pa.binary()), "label": np.arange(51) % 2}), p)
-    expect_error(DataSpec(source="table", path=str(p), image_column="img", n_labeled=4, n_val=4), home, before,
-                 p, "column 'img'", "sizes")
+    expect_error(
+        DataSpec(source="table", path=str(p), image_column="img", n_labeled=4, n_val=4),
+        home,
+        before,
+        p,
+        "column 'img'",
+        "sizes",
+    )
 
 
 def test_ood_shape_mismatch(table_home, shared_data_dir):
@@ -191,9 +206,24 @@ def test_too_few_unlabeled_rows_for_workers(table_home):
 
 def test_cli_exit_status_and_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    r = subprocess.run([sys.executable, "-m", "pipeline.prepare", "--source", "mnist", "--data-dir",
-                        str(tmp_path / "missing"), "--home", str(tmp_path / "home")],
-                       capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.data",
+            "--source",
+            "mnist",
+            "--data-dir",
+            str(tmp_path / "missing"),
+            "--home",
+            str(tmp_path / "home"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "missing" in lines[0]

@@ -1,4 +1,5 @@
 """Ingest: augmentation, in-memory stream, and Ray Train step parity with 2 workers (a mismatch hangs DDP)."""
+
 from __future__ import annotations
 
 import json
@@ -8,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.ingest import (IngestSpec, SSLStream, build_datasets, data_config, jitter_vectors, probe_loop,
-                             steps_per_epoch, translate_images)
-from pipeline.prepare import DataSpec, load_split, prepare
+from bench.harness import probe_loop
+from pipeline.data import DataSpec, load_split, prepare
+from pipeline.data.augment import jitter_vectors, translate_images
+from pipeline.data.ingest import IngestSpec, SSLStream, build_datasets, data_config, steps_per_epoch
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +33,16 @@ def test_translate_images():
     assert y.shape == x.shape
     # a zero-padded shift keeps a 4x4 centre block of every image (shift <= 2 each way)
     for i in range(8):
-        assert any(torch.equal(y[i, :, 2:6, 2:6], x[i, :, 2 - dy:6 - dy, 2 - dx:6 - dx])
-                   for dy in range(-2, 3) for dx in range(-2, 3))
+        assert any(
+            torch.equal(y[i, :, 2:6, 2:6], x[i, :, 2 - dy : 6 - dy, 2 - dx : 6 - dx])
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+        )
     assert not torch.equal(y, x)
-    assert torch.equal(translate_images(x, 2, torch.Generator().manual_seed(5), "reflect"),
-                       translate_images(x, 2, torch.Generator().manual_seed(5), "reflect"))
+    assert torch.equal(
+        translate_images(x, 2, torch.Generator().manual_seed(5), "reflect"),
+        translate_images(x, 2, torch.Generator().manual_seed(5), "reflect"),
+    )
     assert torch.equal(translate_images(x, 0, g), x)
 
 
@@ -84,15 +91,22 @@ def _fit(prepared, ispec, out_dir, epochs=2, seed=1, materialize=False):
     from ray.train.torch import TorchTrainer
 
     datasets = build_datasets(prepared, seed=seed)
-    if materialize:   # as pipeline/train.py does for small unlabeled sets
+    if materialize:  # as pipeline/train/trainer.py does for small unlabeled sets
         datasets["unlabeled"] = datasets["unlabeled"].materialize()
     trainer = TorchTrainer(
         probe_loop,
-        train_loop_config={"prepared": prepared, "ingest": ispec.__dict__, "epochs": epochs, "out_dir": str(out_dir),
-                           "seed": seed},
+        train_loop_config={
+            "prepared": prepared,
+            "ingest": ispec.__dict__,
+            "epochs": epochs,
+            "out_dir": str(out_dir),
+            "seed": seed,
+        },
         scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
-        datasets=datasets, dataset_config=data_config(ispec),
-        run_config=RunConfig(name=f"ingest-{out_dir.name}", storage_path=str(out_dir.parent / "ray_results")))
+        datasets=datasets,
+        dataset_config=data_config(ispec),
+        run_config=RunConfig(name=f"ingest-{out_dir.name}", storage_path=str(out_dir.parent / "ray_results")),
+    )
     trainer.fit()
     return [json.loads((out_dir / f"rank-{r}.json").read_text()) for r in range(2)]
 
@@ -113,7 +127,7 @@ def test_ray_materialized_unlabeled_reshuffled_per_epoch_and_reproducible(ray_lo
     """A materialized unlabeled set (the same blocks every epoch): each worker's first unlabeled batch differs between
     epochs (per-epoch local shuffle) and is identical in a second run with the same seed; with the shuffle off the
     epochs repeat."""
-    ispec = IngestSpec(labeled_batch=16, unlabeled_batch=16, augment=False)   # rows as stored
+    ispec = IngestSpec(labeled_batch=16, unlabeled_batch=16, augment=False)  # rows as stored
     a = _fit(digits_uneven, ispec, tmp_path / "a", materialize=True)
     b = _fit(digits_uneven, ispec, tmp_path / "b", materialize=True)
     off = _fit(digits_uneven, replace(ispec, shuffle_buffer=0), tmp_path / "off", materialize=True)

@@ -1,17 +1,15 @@
 """Preparation: splits, schema, manifest, idempotence, atomicity, MNIST in the paper's setting."""
-from __future__ import annotations
 
-import dataclasses
-import json
+from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import prepare as P
-from pipeline.errors import DataError
-from pipeline.prepare import DataSpec, Prepared, load_split, load_unlabeled_labels, prepare
+from pipeline.core.errors import DataError
+from pipeline.data import DataSpec, load_split, load_unlabeled_labels, prepare, shards
+from pipeline.data.splits import split_counts
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +84,7 @@ def test_interrupted_build_leaves_existing_data_untouched(data_home, monkeypatch
     p = prepare(spec, data_home)
     before = {f.name: f.stat().st_mtime_ns for f in p.root.rglob("*")}
     calls = {"n": 0}
-    real = P._write_split
+    real = shards.write_split
 
     def crash(*a, **k):
         calls["n"] += 1
@@ -94,7 +92,7 @@ def test_interrupted_build_leaves_existing_data_untouched(data_home, monkeypatch
             raise KeyboardInterrupt("simulated interruption")
         return real(*a, **k)
 
-    monkeypatch.setattr(P, "_write_split", crash)
+    monkeypatch.setattr(shards, "write_split", crash)
     with pytest.raises(KeyboardInterrupt):
         prepare(spec, data_home, force=True)
     after = {f.name: f.stat().st_mtime_ns for f in p.root.rglob("*")}
@@ -117,11 +115,21 @@ def test_vector_manifest_stats_and_generated_test_set(data_home):
 
 def test_table_manifest_carries_feature_names(data_home, tmp_path):
     rng = np.random.default_rng(0)
-    t = pa.table({"u": rng.normal(size=90), "v": rng.normal(size=90), "w": rng.normal(size=90),
-                  "cls": np.arange(90) % 3})
+    t = pa.table(
+        {"u": rng.normal(size=90), "v": rng.normal(size=90), "w": rng.normal(size=90), "cls": np.arange(90) % 3}
+    )
     pq.write_table(t, tmp_path / "mine.parquet")
-    p = prepare(DataSpec(source="table", path=str(tmp_path / "mine.parquet"), feature_columns=("u", "w"),
-                         label_column="cls", n_labeled=9, n_val=9), data_home)
+    p = prepare(
+        DataSpec(
+            source="table",
+            path=str(tmp_path / "mine.parquet"),
+            feature_columns=("u", "w"),
+            label_column="cls",
+            n_labeled=9,
+            n_val=9,
+        ),
+        data_home,
+    )
     assert p.manifest["feature_names"] == ["u", "w"] and p.shape == (2,) and p.num_classes == 3
 
 
@@ -154,13 +162,14 @@ def test_mnist_paper_split(shared_data_dir, data_home):
     x, y = load_split(p, "ood/notmnist")
     assert x.shape == (10000, 1, 28, 28) and set(np.unique(y)) == set(range(10))
     assert any(str(shared_data_dir) in k for k in p.manifest["inputs"])
-    assert P.split_counts(spec)["counts"] == {"labeled": 1000, "unlabeled": 58000, "val": 1000, "test": 10000}
+    assert split_counts(spec)["counts"] == {"labeled": 1000, "unlabeled": 58000, "val": 1000, "test": 10000}
 
 
 def test_mnist_capped(shared_data_dir, data_home, monkeypatch):
     monkeypatch.setenv("FLOWGMM_DATA", str(shared_data_dir))
-    p = prepare(DataSpec(source="mnist", n_labeled=20, n_val=20, n_unlabeled=500, n_test=300, shard_rows=128),
-                data_home)
+    p = prepare(
+        DataSpec(source="mnist", n_labeled=20, n_val=20, n_unlabeled=500, n_test=300, shard_rows=128), data_home
+    )
     assert p.counts == {"labeled": 20, "unlabeled": 500, "val": 20, "test": 300}
     assert len(p.manifest["shards"]["unlabeled"]) == 4
 

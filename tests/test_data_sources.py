@@ -1,17 +1,15 @@
 """Sources: generated 2-D sets, scikit-learn sets, IDX (MNIST family), CIFAR-10 binary, SVHN .mat, user tables."""
+
 from __future__ import annotations
 
-import gzip
 import io
-import os
 import tarfile
 
 import numpy as np
 import pytest
 
-from pipeline.errors import DataError
-from pipeline.prepare import DataSpec
-from pipeline import sources as S
+from pipeline.data import DataSpec
+from pipeline.data import sources as S
 
 
 @pytest.mark.parametrize("name,k", [("moons", 2), ("circles", 2), ("eight_gaussians", 8), ("pinwheel", 5)])
@@ -77,8 +75,9 @@ def write_cifar10_binary(root, n_train=20, n_test=10, seed=0, as_tar=False):
         x = rng.integers(0, 256, (n, 3072)).astype(np.uint8)
         blobs[name] = np.concatenate([y[:, None], x], 1).tobytes()
         labels[name] = (y, x.reshape(n, 3, 32, 32))
-    blobs["batches.meta.txt"] = ("\n".join(["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
-                                            "horse", "ship", "truck"]) + "\n").encode()
+    blobs["batches.meta.txt"] = (
+        "\n".join(["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]) + "\n"
+    ).encode()
     if as_tar:
         d.rmdir()
         with tarfile.open(root / "cifar-10-binary.tar.gz", "w:gz") as tf:
@@ -112,7 +111,7 @@ def write_svhn_mat(root, n_train=30, n_test=12, seed=0):
     out = {}
     for split, n in (("train", n_train), ("test", n_test)):
         X = rng.integers(0, 256, (32, 32, 3, n)).astype(np.uint8)
-        y = rng.integers(1, 11, (n, 1)).astype(np.uint8)   # 10 means digit 0
+        y = rng.integers(1, 11, (n, 1)).astype(np.uint8)  # 10 means digit 0
         y[0, 0] = 10
         scipy.io.savemat(d / f"{split}_32x32.mat", {"X": X, "y": y})
         out[split] = (X, y)
@@ -141,8 +140,8 @@ def test_table_parquet_with_unlabeled_rows(tmp_path):
     pq.write_table(t, tmp_path / "t.parquet")
     r = S.load_source(DataSpec(source="table", path=str(tmp_path / "t.parquet")))
     assert r.kind == "vector" and r.shape == (2,) and r.feature_names == ["a", "b"] and r.num_classes == 3
-    assert (r.y_test >= 0).all()                   # the test split is held out of the labeled rows
-    assert (r.y_train == -1).sum() == 20          # unlabeled rows stay in the pool
+    assert (r.y_test >= 0).all()  # the test split is held out of the labeled rows
+    assert (r.y_train == -1).sum() == 20  # unlabeled rows stay in the pool
     assert len(r.x_train) + len(r.x_test) == n
 
 
@@ -151,8 +150,9 @@ def test_table_csv_and_image_column(tmp_path):
     import pyarrow.parquet as pq
 
     rng = np.random.default_rng(1)
-    (tmp_path / "t.csv").write_text("f1,f2,label\n" + "".join(f"{i * 0.1},{i % 7},{i % 2}\n" for i in range(40))
-                                    + "1.0,2.0,\n")
+    (tmp_path / "t.csv").write_text(
+        "f1,f2,label\n" + "".join(f"{i * 0.1},{i % 7},{i % 2}\n" for i in range(40)) + "1.0,2.0,\n"
+    )
     r = S.load_source(DataSpec(source="table", path=str(tmp_path / "t.csv")))
     assert r.shape == (2,) and r.num_classes == 2 and (r.y_train == -1).sum() == 1
     imgs = rng.integers(0, 256, (30, 64)).astype(np.uint8)

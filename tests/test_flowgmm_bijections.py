@@ -53,23 +53,39 @@ CASES: dict[str, tuple[Callable[[], Bijection], tuple[int, ...], str]] = {
     "squeeze-1x4x4": (lambda: Squeeze(), (1, 4, 4), "real"),
     "squeeze-2x4x4": (lambda: Squeeze(), (2, 4, 4), "real"),
     "factor-out": (
-        lambda: FactorOut((4, 2, 2), keep=2, inner=Sequential(
-            _coupling_image(checkerboard_mask(2, 2, 2, 0)), Flatten((2, 2, 2)))),
-        (4, 2, 2), "real"),
+        lambda: FactorOut(
+            (4, 2, 2), keep=2, inner=Sequential(_coupling_image(checkerboard_mask(2, 2, 2, 0)), Flatten((2, 2, 2)))
+        ),
+        (4, 2, 2),
+        "real",
+    ),
     "multiscale-squeeze-factor": (
-        lambda: Sequential(Squeeze(), FactorOut((4, 2, 2), keep=2, inner=Flatten((2, 2, 2)))), (1, 4, 4), "real"),
+        lambda: Sequential(Squeeze(), FactorOut((4, 2, 2), keep=2, inner=Flatten((2, 2, 2)))),
+        (1, 4, 4),
+        "real",
+    ),
     "logit": (lambda: Logit(alpha=0.05), (2, 4, 4), "unit"),
     "affine": (lambda: Affine(torch.tensor([0.5, -1.0, 2.0]), torch.tensor([2.0, 0.3, 1.5])), (3,), "real"),
     "image-flow-1x4x4": (lambda: image_flow(channels=1, size=4, mid_channels=8, num_blocks=1), (1, 4, 4), "unit"),
     "image-flow-2x4x4": (lambda: image_flow(channels=2, size=4, mid_channels=8, num_blocks=1), (2, 4, 4), "unit"),
     "image-flow-1x8x8-3-scales": (
-        lambda: image_flow(channels=1, size=8, num_scales=3, mid_channels=4, num_blocks=1), (1, 8, 8), "unit"),
+        lambda: image_flow(channels=1, size=8, num_scales=3, mid_channels=4, num_blocks=1),
+        (1, 8, 8),
+        "unit",
+    ),
     "image-flow-1x4x4-no-norm": (
-        lambda: image_flow(channels=1, size=4, mid_channels=8, num_blocks=1, norm="none"), (1, 4, 4), "unit"),
+        lambda: image_flow(channels=1, size=4, mid_channels=8, num_blocks=1, norm="none"),
+        (1, 4, 4),
+        "unit",
+    ),
     "vector-flow-2": (lambda: vector_flow(dim=2, num_couplings=4, hidden=16), (2,), "real"),
     "vector-flow-6-standardized": (
-        lambda: vector_flow(dim=6, num_couplings=4, hidden=16,
-                            standardize=(torch.linspace(-1, 1, 6), torch.linspace(0.5, 2, 6))), (6,), "real"),
+        lambda: vector_flow(
+            dim=6, num_couplings=4, hidden=16, standardize=(torch.linspace(-1, 1, 6), torch.linspace(0.5, 2, 6))
+        ),
+        (6,),
+        "real",
+    ),
 }
 
 
@@ -175,10 +191,21 @@ def test_dequantize() -> None:
 def _models() -> dict[str, FlowGMM]:
     torch.manual_seed(0)
     return {
-        "image": FlowGMM(image_flow(channels=1, size=4, mid_channels=8, num_blocks=1), num_classes=3,
-                         learn_means=True, learn_variance=True, learn_weights=True, per_class_variance=True),
-        "vector": FlowGMM(vector_flow(dim=4, num_couplings=4, hidden=16), num_classes=3,
-                          learn_means=True, learn_variance=True, learn_weights=True),
+        "image": FlowGMM(
+            image_flow(channels=1, size=4, mid_channels=8, num_blocks=1),
+            num_classes=3,
+            learn_means=True,
+            learn_variance=True,
+            learn_weights=True,
+            per_class_variance=True,
+        ),
+        "vector": FlowGMM(
+            vector_flow(dim=4, num_couplings=4, hidden=16),
+            num_classes=3,
+            learn_means=True,
+            learn_variance=True,
+            learn_weights=True,
+        ),
     }
 
 
@@ -246,8 +273,9 @@ def test_logdets_and_densities_stay_float32_under_autocast() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         z, logdet = model(x)
         log_p = model.mixture.log_prob(z)
-        loss, _ = objectives.semi_supervised_loss(model.mixture, z[:4], logdet[:4], torch.tensor([0, 1, 2, 0]),
-                                                  z[4:], logdet[4:], form="ce")
+        loss, _ = objectives.semi_supervised_loss(
+            model.mixture, z[:4], logdet[:4], torch.tensor([0, 1, 2, 0]), z[4:], logdet[4:], form="ce"
+        )
     assert logdet.dtype == torch.float32 and log_p.dtype == torch.float32 and loss.dtype == torch.float32
     assert torch.isfinite(loss)
 

@@ -8,9 +8,20 @@ import importlib
 import pytest
 import torch
 
-MODULES = ["flowgmm", "flowgmm.bijections", "flowgmm.coupling", "flowgmm.reshape", "flowgmm.preprocess",
-           "flowgmm.nets", "flowgmm.flows", "flowgmm.mixture", "flowgmm.model", "flowgmm.objectives",
-           "flowgmm.calibration", "flowgmm.metrics"]
+MODULES = [
+    "flowgmm",
+    "flowgmm.bijections",
+    "flowgmm.coupling",
+    "flowgmm.reshape",
+    "flowgmm.preprocess",
+    "flowgmm.nets",
+    "flowgmm.flows",
+    "flowgmm.mixture",
+    "flowgmm.model",
+    "flowgmm.objectives",
+    "flowgmm.calibration",
+    "flowgmm.metrics",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -48,8 +48,7 @@ def train_moons(seed: int, semi_supervised: bool = True, recipe: MoonsRecipe = M
     """Train FlowGMM (labeled + unlabeled NLL) or the same model on the 10 labels only; test accuracy."""
     x, y, labeled, x_test, y_test = moons_data(seed)
     torch.manual_seed(seed)
-    flow = vector_flow(2, num_couplings=recipe.num_couplings, hidden=recipe.hidden,
-                       standardize=(x.mean(0), x.std(0)))
+    flow = vector_flow(2, num_couplings=recipe.num_couplings, hidden=recipe.hidden, standardize=(x.mean(0), x.std(0)))
     model = FlowGMM(flow, num_classes=2, means_scale=recipe.means_scale, seed=seed)
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, recipe.iterations)
@@ -61,8 +60,9 @@ def train_moons(seed: int, semi_supervised: bool = True, recipe: MoonsRecipe = M
         if semi_supervised:
             idx = torch.randint(0, len(x), (recipe.unlabeled_batch,), generator=gen)
             z, logdet = model(torch.cat([x_lab, x[idx]]))  # one call on the concatenated batch
-            loss, _ = objectives.semi_supervised_loss(model.mixture, z[:n_lab], logdet[:n_lab], y_lab,
-                                                      z[n_lab:], logdet[n_lab:])
+            loss, _ = objectives.semi_supervised_loss(
+                model.mixture, z[:n_lab], logdet[:n_lab], y_lab, z[n_lab:], logdet[n_lab:]
+            )
         else:
             z, logdet = model(x_lab)
             loss, _ = objectives.semi_supervised_loss(model.mixture, z, logdet, y_lab)

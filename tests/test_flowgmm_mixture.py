@@ -22,8 +22,9 @@ def _one_thread():
 
 
 def _gmm(per_class: bool) -> GaussianMixture:
-    gmm = GaussianMixture(3, 5, means_scale=1.5, per_class_variance=per_class, class_counts=[1, 2, 5],
-                          learn_variance=True, seed=4).double()
+    gmm = GaussianMixture(
+        3, 5, means_scale=1.5, per_class_variance=per_class, class_counts=[1, 2, 5], learn_variance=True, seed=4
+    ).double()
     if per_class:
         with torch.no_grad():
             gmm.log_variance.copy_(torch.log(torch.tensor([0.5, 1.0, 2.5], dtype=torch.float64)))
@@ -165,20 +166,23 @@ def test_objective_terms_match_their_formulas() -> None:
     cons = -(log_n_u.gather(1, t.view(-1, 1)).squeeze(1) + ld_u).mean()
     torch.testing.assert_close(objectives.consistency_nll(gmm, z_u, ld_u, t), cons)
 
-    loss, parts = objectives.semi_supervised_loss(gmm, z_l, ld_l, y, z_u, ld_u, form="nll", unlabeled_weight=0.5,
-                                                  consistency_weight=2.0, cons_targets=t)
+    loss, parts = objectives.semi_supervised_loss(
+        gmm, z_l, ld_l, y, z_u, ld_u, form="nll", unlabeled_weight=0.5, consistency_weight=2.0, cons_targets=t
+    )
     torch.testing.assert_close(loss, lab + 0.5 * unl + 2.0 * cons)
     assert set(parts) == {"labeled_nll", "unlabeled_nll", "ce", "consistency", "loss"}
     assert all(not v.requires_grad and v.dtype == torch.float32 for v in parts.values())
 
-    loss, parts = objectives.semi_supervised_loss(gmm, z_l, ld_l, y, z_u, ld_u, form="ce", label_weight=3.0,
-                                                  unlabeled_weight=0.5)
+    loss, parts = objectives.semi_supervised_loss(
+        gmm, z_l, ld_l, y, z_u, ld_u, form="ce", label_weight=3.0, unlabeled_weight=0.5
+    )
     mix = (-(log_mix_l + ld_l).sum() - 0.5 * (log_mix_u + ld_u).sum()) / 12
     torch.testing.assert_close(loss, 3.0 * ce + mix)
 
     t_all = objectives.consistency_targets(gmm, torch.cat([z_l, z_u]))
-    loss_all, _ = objectives.semi_supervised_loss(gmm, z_l, ld_l, y, z_u, ld_u, form="ce", consistency_weight=1.0,
-                                                  cons_targets=t_all)
+    loss_all, _ = objectives.semi_supervised_loss(
+        gmm, z_l, ld_l, y, z_u, ld_u, form="ce", consistency_weight=1.0, cons_targets=t_all
+    )
     loss_none, _ = objectives.semi_supervised_loss(gmm, z_l, ld_l, y, z_u, ld_u, form="ce")
     cons_all = objectives.consistency_nll(gmm, torch.cat([z_l, z_u]), torch.cat([ld_l, ld_u]), t_all)
     torch.testing.assert_close(loss_all, loss_none + cons_all)

@@ -2,6 +2,7 @@
 
 The cluster is started with `--block` in its own process group and stopped by signalling exactly the processes it
 started (never `ray stop`, which would stop every Ray instance on the host)."""
+
 from __future__ import annotations
 
 import json
@@ -34,17 +35,34 @@ def head_cluster(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     gcs, dash = _free_port(), _free_port()
-    tmp_ray = Path("/tmp") / f"rayjob{os.getpid()}"       # short: Ray's socket paths have a length limit
+    tmp_ray = Path("/tmp") / f"rayjob{os.getpid()}"  # short: Ray's socket paths have a length limit
     proc = subprocess.Popen(
-        [_ray_bin(), "start", "--head", "--block", f"--port={gcs}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash}", "--num-cpus=2", "--object-store-memory=400000000", "--disable-usage-stats",
-         f"--temp-dir={tmp_ray}", "--include-dashboard=true",
-         # every agent port free: another Ray in this session (the ray_local fixture) holds the defaults, and a
-         # head whose job agent cannot bind answers "No available agent to submit job" forever
-         f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-         f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}",
-         f"--ray-client-server-port={_free_port()}"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            _ray_bin(),
+            "start",
+            "--head",
+            "--block",
+            f"--port={gcs}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            "--num-cpus=2",
+            "--object-store-memory=400000000",
+            "--disable-usage-stats",
+            f"--temp-dir={tmp_ray}",
+            "--include-dashboard=true",
+            # every agent port free: another Ray in this session (the ray_local fixture) holds the defaults, and a
+            # head whose job agent cannot bind answers "No available agent to submit job" forever
+            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--dashboard-agent-grpc-port={_free_port()}",
+            f"--runtime-env-agent-port={_free_port()}",
+            f"--metrics-export-port={_free_port()}",
+            f"--ray-client-server-port={_free_port()}",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 120
     import urllib.request
@@ -55,7 +73,7 @@ def head_cluster(tmp_path):
             break
         except Exception:
             if proc.poll() is not None:
-                raise RuntimeError(proc.stdout.read().decode()[-3000:])
+                raise RuntimeError(proc.stdout.read().decode()[-3000:]) from None
             time.sleep(1)
     else:
         raise RuntimeError("ray head did not come up")
@@ -86,12 +104,33 @@ def head_cluster(tmp_path):
 def test_ray_job_submit_smoke(head_cluster, tmp_path):
     url, env = head_cluster
     home = tmp_path / "home"
-    runtime_env = {"env_vars": {"FLOWGMM_HOME": str(home), "FLOWGMM_DATA": os.environ.get("FLOWGMM_DATA", ""),
-                                "RAY_AUTH_MODE": "disabled"}}
-    cmd = [_ray_bin(), "job", "submit", "--address", url, "--working-dir", str(REPO),
-           "--runtime-env-json", json.dumps(runtime_env), "--",
-           sys.executable, "pipeline/run.py", "--config", "moons", "--smoke", "--run-name", "submitted",
-           "eval.baselines=false"]
+    runtime_env = {
+        "env_vars": {
+            "FLOWGMM_HOME": str(home),
+            "FLOWGMM_DATA": os.environ.get("FLOWGMM_DATA", ""),
+            "RAY_AUTH_MODE": "disabled",
+        }
+    }
+    cmd = [
+        _ray_bin(),
+        "job",
+        "submit",
+        "--address",
+        url,
+        "--working-dir",
+        str(REPO),
+        "--runtime-env-json",
+        json.dumps(runtime_env),
+        "--",
+        sys.executable,
+        "pipeline/run.py",
+        "--config",
+        "moons",
+        "--smoke",
+        "--run-name",
+        "submitted",
+        "eval.baselines=false",
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-4000:]

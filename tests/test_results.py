@@ -1,5 +1,6 @@
 """Using the results: the comparison table reproduces the runs' logged metrics; registration moves the champion alias
 only when a new model is better on validation. (Scoring is tested on a trained run in test_pipeline_e2e.py.)"""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +8,8 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from pipeline.compare import compare
-from pipeline.registry import register
+from pipeline.results.compare import compare
+from pipeline.results.registry import register
 
 
 @pytest.fixture
@@ -33,11 +34,25 @@ def test_comparison_table_matches_logged_metrics(store):
     uri, client, exp = store
     accs = {("flowgmm", 0): 0.80, ("flowgmm", 1): 0.84, ("flowgmm_cons", 0): 0.90}
     for (method, seed), acc in accs.items():
-        _run(client, exp, method, seed, {
-            "test_accuracy": acc, "test_nll": 1.0 + seed, "test_nll_calibrated": 0.5, "test_ece": 0.1,
-            "test_ece_calibrated": 0.02, "test_bpd": 3.0, "wall_seconds": 100.0 + seed,
-            "ood_fashion_mnist_log_px_auroc": 0.9, "ood_notmnist_log_px_auroc": 0.7,
-            "baseline_supervised_flow_test_accuracy": 0.7 + seed / 10, "baseline_logreg_test_accuracy": 0.75})
+        _run(
+            client,
+            exp,
+            method,
+            seed,
+            {
+                "test_accuracy": acc,
+                "test_nll": 1.0 + seed,
+                "test_nll_calibrated": 0.5,
+                "test_ece": 0.1,
+                "test_ece_calibrated": 0.02,
+                "test_bpd": 3.0,
+                "wall_seconds": 100.0 + seed,
+                "ood_fashion_mnist_log_px_auroc": 0.9,
+                "ood_notmnist_log_px_auroc": 0.7,
+                "baseline_supervised_flow_test_accuracy": 0.7 + seed / 10,
+                "baseline_logreg_test_accuracy": 0.75,
+            },
+        )
     unfinished = client.create_run(exp, run_name="still-running")
     client.log_metric(unfinished.info.run_id, "test_accuracy", 0.0)
     table = {(r["method"], r["labels"]): r for r in compare(uri, "flowgmm-test")}
@@ -51,17 +66,28 @@ def test_comparison_table_matches_logged_metrics(store):
     runs = client.search_runs([exp], filter_string="tags.mlflow.runName = 'comparison'")
     assert len(runs) == 1
     arts = {a.path for a in client.list_artifacts(runs[0].info.run_id, "comparison")}
-    assert {"comparison/table.md", "comparison/table.csv", "comparison/table.json",
-            "comparison/accuracy_vs_nll.png"} <= arts
+    assert {
+        "comparison/table.md",
+        "comparison/table.csv",
+        "comparison/table.json",
+        "comparison/accuracy_vs_nll.png",
+    } <= arts
 
 
 def test_registration_moves_champion_only_on_improvement(store, tmp_path):
     from flowgmm.spec import build_model, save
-    from pipeline.tracking import RunHandle, log_model
+    from pipeline.results.tracking import RunHandle, log_model
 
     uri, client, exp = store
-    spec = {"kind": "vector", "shape": [2], "num_classes": 2, "class_names": ["a", "b"],
-            "model": {"num_couplings": 2, "hidden": 8}, "variance_scale": 1.5, "ood_threshold": -9.0}
+    spec = {
+        "kind": "vector",
+        "shape": [2],
+        "num_classes": 2,
+        "class_names": ["a", "b"],
+        "model": {"num_couplings": 2, "hidden": 8},
+        "variance_scale": 1.5,
+        "ood_threshold": -9.0,
+    }
     torch.manual_seed(0)
     save(build_model(spec), spec, tmp_path / "m")
     versions = []
@@ -69,8 +95,12 @@ def test_registration_moves_champion_only_on_improvement(store, tmp_path):
         run = client.create_run(exp)
         h = RunHandle(uri, exp, run.info.run_id)
         model_uri = log_model(h, tmp_path / "m", spec)
-        metrics = {"final_val_accuracy_calibrated": acc, "final_val_nll_calibrated": 0.3, "variance_scale": 1.5,
-                   "ood_threshold": -9.0}
+        metrics = {
+            "final_val_accuracy_calibrated": acc,
+            "final_val_nll_calibrated": 0.3,
+            "variance_scale": 1.5,
+            "ood_threshold": -9.0,
+        }
         versions.append(register(uri, run.info.run_id, model_uri, "flowgmm-test", metrics))
         champion = client.get_model_version_by_alias("flowgmm-test", "champion")
         assert str(champion.version) == {0.80: "1", 0.70: "1", 0.90: "3"}[acc]

@@ -3,6 +3,7 @@ table and best-trial selection, the release of a stopped trial's placement group
 4 trials on the 2-D moons set with 2 CPUs, a seeded Optuna searcher that evaluates the default configuration and a
 deliberately bad point (lr=1.0) first, ASHA stopping the bad point, MLflow parent/child runs, the best
 configuration through ``pipeline/run.py``, and no Ray resources left reserved."""
+
 from __future__ import annotations
 
 import io
@@ -40,8 +41,9 @@ def test_default_point_is_the_base_configuration(name):
 
 def test_best_config_yaml_round_trips_through_the_pipeline_loader(tmp_path):
     base = resolve("moons", smoke=True, overrides=["train.lr=1e-2"])
-    cfg = trial_config(base, {"lr": 0.0123, "consistency_weight": 1.0, "means_scale": 1.5, "variance": 0.4,
-                              "learn_variance": True})
+    cfg = trial_config(
+        base, {"lr": 0.0123, "consistency_weight": 1.0, "means_scale": 1.5, "variance": 0.4, "learn_variance": True}
+    )
     path = tmp_path / "best.yaml"
     path.write_text(dump_yaml(cfg))
     assert load_yaml(path) == cfg
@@ -78,7 +80,7 @@ def test_search_space_converts_for_optuna():
 
 
 def test_sweep_cli_rejects_bad_settings(tmp_path, capsys):
-    from tune.sweep import main
+    from tune.driver import main
 
     home = str(tmp_path)
     assert main(["--config", "moons", "--home", home, "--num-samples", "0"]) == 2
@@ -93,19 +95,32 @@ def test_sweep_cli_rejects_bad_settings(tmp_path, capsys):
 
 
 def _row(tid, status, lr, w, acc=None, nll=None, last_acc=0.5):
-    return {"trial_id": tid, "status": status, "lr": lr, "consistency_weight": w, "means_scale": 1.0,
-            "variance": 1.0, "learn_variance": False, "final_val_accuracy_calibrated": acc,
-            "final_val_nll_calibrated": nll, "last_val_accuracy": last_acc,
-            "curve": [{"epoch": 1.0, "val_accuracy": last_acc, "val_nll": 1.0, "score": last_acc}]}
+    return {
+        "trial_id": tid,
+        "status": status,
+        "lr": lr,
+        "consistency_weight": w,
+        "means_scale": 1.0,
+        "variance": 1.0,
+        "learn_variance": False,
+        "final_val_accuracy_calibrated": acc,
+        "final_val_nll_calibrated": nll,
+        "last_val_accuracy": last_acc,
+        "curve": [{"epoch": 1.0, "val_accuracy": last_acc, "val_nll": 1.0, "score": last_acc}],
+    }
 
 
 def test_best_trial_is_chosen_on_calibrated_validation_among_completed():
-    rows = [_row("a", COMPLETED, 1e-2, 0.0, acc=0.9, nll=0.30), _row("b", COMPLETED, 3e-3, 1.0, acc=0.9, nll=0.25),
-            _row("c", STOPPED, 1.0, 0.0, last_acc=0.99), _row("d", ERROR, 1e-1, 3.0),
-            _row("e", COMPLETED, 2e-2, 0.3, acc=0.8, nll=0.10)]
-    assert best_row(rows, "val_accuracy")["trial_id"] == "b"      # tie on accuracy -> lower NLL
+    rows = [
+        _row("a", COMPLETED, 1e-2, 0.0, acc=0.9, nll=0.30),
+        _row("b", COMPLETED, 3e-3, 1.0, acc=0.9, nll=0.25),
+        _row("c", STOPPED, 1.0, 0.0, last_acc=0.99),
+        _row("d", ERROR, 1e-1, 3.0),
+        _row("e", COMPLETED, 2e-2, 0.3, acc=0.8, nll=0.10),
+    ]
+    assert best_row(rows, "val_accuracy")["trial_id"] == "b"  # tie on accuracy -> lower NLL
     assert best_row(rows, "val_nll")["trial_id"] == "e"
-    assert best_row([rows[2], rows[3]], "val_accuracy") is None     # nothing completed, nothing to pick
+    assert best_row([rows[2], rows[3]], "val_accuracy") is None  # nothing completed, nothing to pick
     png = comparison_png(rows, "val_accuracy", "b", "a")
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     csv_text = to_csv(rows)
@@ -122,13 +137,22 @@ def ray_tune():
     if ray.is_initialized():
         yield ray
         return
-    from tune.resources import pin_state_api_address
+    from pipeline.core.raycluster import pinned_api_address
 
-    ray.init(address="local", num_cpus=2, object_store_memory=512 * 1024**2, log_to_driver=True,
-             configure_logging=True, logging_level="WARNING",
-             **pin_state_api_address({"include_dashboard": True, "dashboard_host": "127.0.0.1"}))
+    ray.init(
+        address="local",
+        num_cpus=2,
+        object_store_memory=512 * 1024**2,
+        log_to_driver=True,
+        configure_logging=True,
+        logging_level="WARNING",
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        **pinned_api_address(),
+    )
     try:
         from ray.data import DataContext
+
         DataContext.get_current().enable_progress_bars = False
     except Exception:  # noqa: BLE001
         pass
@@ -159,17 +183,18 @@ def test_orphaned_train_placement_group_is_removed(ray_tune):
     baseline = live_placement_groups()
 
     @ray.remote(num_cpus=0.5)
-    class RayTrainWorker:       # the class name Ray Train V2 gives its workers
+    class RayTrainWorker:  # the class name Ray Train V2 gives its workers
         def ping(self):
             return 1
 
     pg = placement_group([{"CPU": 0.5}, {"CPU": 0.5}])
     ray.get(pg.ready(), timeout=60)
-    workers = [RayTrainWorker.options(scheduling_strategy=PlacementGroupSchedulingStrategy(pg, i)).remote()
-               for i in range(2)]
+    workers = [
+        RayTrainWorker.options(scheduling_strategy=PlacementGroupSchedulingStrategy(pg, i)).remote() for i in range(2)
+    ]
     assert ray.get([w.ping.remote() for w in workers]) == [1, 1]
     for w in workers:
-        ray.kill(w)                # the trial (and its controller) died: nothing removes the group
+        ray.kill(w)  # the trial (and its controller) died: nothing removes the group
     time.sleep(2)
     assert pg.id.hex() in live_placement_groups()
     cb = ReleaseTrialResources(ray.get_runtime_context().gcs_address, baseline, timeout_s=3)
@@ -180,17 +205,35 @@ def test_orphaned_train_placement_group_is_removed(ray_tune):
     assert free == total
 
 
-SWEEP_ARGS = ["--config", "moons", "--smoke", "--num-samples", "4", "--max-concurrent", "1",
-              "--metric", "val_accuracy", "--search", "optuna", "--seed", "0", "--point", f"lr={BAD_LR}",
-              "--run-name", "smoke-sweep",
-              # the test's base configuration: a learning rate that learns in 3 smoke epochs, no extras
-              "train.lr=1e-2", "eval.baselines=false", "eval.figures=false"]
+SWEEP_ARGS = [
+    "--config",
+    "moons",
+    "--smoke",
+    "--num-samples",
+    "4",
+    "--max-concurrent",
+    "1",
+    "--metric",
+    "val_accuracy",
+    "--search",
+    "optuna",
+    "--seed",
+    "0",
+    "--point",
+    f"lr={BAD_LR}",
+    "--run-name",
+    "smoke-sweep",
+    # the test's base configuration: a learning rate that learns in 3 smoke epochs, no extras
+    "train.lr=1e-2",
+    "eval.baselines=false",
+    "eval.figures=false",
+]
 
 
 @pytest.fixture(scope="module")
 def sweep(ray_tune, tmp_path_factory):
+    from tune.driver import main
     from tune.resources import live_placement_groups
-    from tune.sweep import main
 
     home = tmp_path_factory.mktemp("sweep_home")
     before = live_placement_groups()
@@ -201,8 +244,10 @@ def sweep(ray_tune, tmp_path_factory):
     free, total = _wait_all_cpus_free(ray_tune)
     left = live_placement_groups() - before
     summary = json.loads((home / "sweeps" / "smoke-sweep" / "summary.json").read_text()) if rc == 0 else None
-    print(f"\n[test_tune] smoke sweep: rc={rc} wall {wall:.1f} s; CPUs free {free}/{total}; "
-          f"summary metrics {summary and summary['metrics']}")
+    print(
+        f"\n[test_tune] smoke sweep: rc={rc} wall {wall:.1f} s; CPUs free {free}/{total}; "
+        f"summary metrics {summary and summary['metrics']}"
+    )
     return {"rc": rc, "home": home, "wall": wall, "free": free, "total": total, "left": left, "summary": summary}
 
 
@@ -247,7 +292,7 @@ def test_bad_point_is_stopped_early_by_asha(sweep):
     assert bad[0]["status"] == STOPPED and bad[0]["epochs_run"] < epochs, bad[0]
     default = [r for r in rows if r["is_default"]]
     assert len(default) == 1 and default[0]["lr"] == pytest.approx(1e-2)
-    assert default[0]["status"] == COMPLETED        # evaluated first: ASHA has nothing to compare it with
+    assert default[0]["status"] == COMPLETED  # evaluated first: ASHA has nothing to compare it with
     assert sweep["summary"]["metrics"]["n_stopped_early"] >= 1
 
 
@@ -258,8 +303,9 @@ def test_mlflow_parent_and_children(sweep):
     assert parent.info.status == "FINISHED"
     assert len(children) == 4
     assert not [c for c in children if c.info.status == "RUNNING"]
-    rows = {r["trial_id"]: r for r in json.loads((sweep["home"] / "sweeps" / "smoke-sweep" / "trials.json")
-                                                   .read_text())}
+    rows = {
+        r["trial_id"]: r for r in json.loads((sweep["home"] / "sweeps" / "smoke-sweep" / "trials.json").read_text())
+    }
     expected = {COMPLETED: "FINISHED", STOPPED: "KILLED", ERROR: "FAILED"}
     for c in children:
         row = rows[c.data.tags["trial_id"]]
@@ -268,16 +314,29 @@ def test_mlflow_parent_and_children(sweep):
         assert float(c.data.params["train.lr"]) == pytest.approx(row["lr"])
         assert c.data.params["train.method"] == ("flowgmm_cons" if row["consistency_weight"] > 0 else "flowgmm")
         hist = client.get_metric_history(c.info.run_id, "val_accuracy")
-        assert len(hist) >= 1                                          # per-epoch metrics from rank 0
+        assert len(hist) >= 1  # per-epoch metrics from rank 0
         if row["status"] == COMPLETED:
-            for k in ("test_accuracy_calibrated", "test_nll_calibrated", "test_ece_calibrated",
-                      "final_val_nll_calibrated", "variance_scale"):
+            for k in (
+                "test_accuracy_calibrated",
+                "test_nll_calibrated",
+                "test_ece_calibrated",
+                "final_val_nll_calibrated",
+                "variance_scale",
+            ):
                 assert k in c.data.metrics, k
             assert len(hist) == resolve("moons", smoke=True).train.epochs
-    arts = {f.path for d in ("sweep", "plots", "best_config", "config") for f in client.list_artifacts(
-        parent.info.run_id, d)}
-    assert {"sweep/trials.csv", "sweep/trials.json", "plots/sweep_comparison.png", "best_config/best.yaml",
-            "config/base.yaml"} <= arts
+    arts = {
+        f.path
+        for d in ("sweep", "plots", "best_config", "config")
+        for f in client.list_artifacts(parent.info.run_id, d)
+    }
+    assert {
+        "sweep/trials.csv",
+        "sweep/trials.json",
+        "plots/sweep_comparison.png",
+        "best_config/best.yaml",
+        "config/base.yaml",
+    } <= arts
     for k in ("n_trials", "n_stopped_early", "best_test_accuracy_calibrated", "best_final_val_accuracy_calibrated"):
         assert k in parent.data.metrics, k
     best_id = parent.data.tags["best_trial_id"]
@@ -292,7 +351,7 @@ def test_mlflow_parent_and_children(sweep):
 @pytest.mark.timeout(900)
 def test_best_config_runs_through_the_pipeline(sweep):
     assert sweep["rc"] == 0
-    from pipeline.run import main as run_main
+    from pipeline.job import main as run_main
 
     home = sweep["home"]
     best_yaml = home / "sweeps" / "smoke-sweep" / "best.yaml"
@@ -305,7 +364,15 @@ def test_best_config_runs_through_the_pipeline(sweep):
     exp = client.get_experiment_by_name("flowgmm-moons")
     run = client.search_runs([exp.experiment_id], filter_string="tags.`mlflow.runName` = 'from-best'")[0]
     assert run.info.status == "FINISHED"
-    for key in ("train.lr", "train.method", "train.consistency_weight", "model.means_scale", "model.variance",
-                "model.learn_variance", "train.epochs", "data.n_labeled"):
+    for key in (
+        "train.lr",
+        "train.method",
+        "train.consistency_weight",
+        "model.means_scale",
+        "model.variance",
+        "model.learn_variance",
+        "train.epochs",
+        "data.n_labeled",
+    ):
         assert run.data.params[key] == best_child.data.params[key], key
     assert "test_accuracy_calibrated" in run.data.metrics

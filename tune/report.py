@@ -4,6 +4,7 @@ The best trial is chosen among the trials that ran to the end (and were therefor
 the sweep metric measured on the **validation** split with the calibrated model (``final_val_*_calibrated``);
 the test split is reported, never used for selection.
 """
+
 from __future__ import annotations
 
 import csv
@@ -17,9 +18,18 @@ from tune.space import PARAMS
 from tune.trial import EVALUATED
 
 COMPLETED, STOPPED, ERROR = "completed", "stopped_early", "error"
-FINAL_KEYS = ("final_val_accuracy_calibrated", "final_val_nll_calibrated", "final_val_ece_calibrated",
-              "test_accuracy", "test_accuracy_calibrated", "test_nll_calibrated", "test_ece_calibrated", "test_bpd",
-              "variance_scale", "train_seconds")
+FINAL_KEYS = (
+    "final_val_accuracy_calibrated",
+    "final_val_nll_calibrated",
+    "final_val_ece_calibrated",
+    "test_accuracy",
+    "test_accuracy_calibrated",
+    "test_nll_calibrated",
+    "test_ece_calibrated",
+    "test_bpd",
+    "variance_scale",
+    "train_seconds",
+)
 
 
 def trial_id_of(result) -> str:
@@ -28,7 +38,7 @@ def trial_id_of(result) -> str:
     if m.get("trial_id"):
         return str(m["trial_id"])
     name = Path(str(result.path)).name
-    return name[len("trial_"):] if name.startswith("trial_") else name
+    return name[len("trial_") :] if name.startswith("trial_") else name
 
 
 def trial_rows(results, children: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -44,8 +54,9 @@ def trial_rows(results, children: dict[str, Any] | None = None) -> list[dict[str
         epochs: list[dict[str, float]] = []
         if df is not None and len(df) and "epoch" in df.columns:
             for _, e in df[df["epoch"].notna()].iterrows():
-                epochs.append({k: float(e[k]) for k in ("epoch", "val_accuracy", "val_nll", "score")
-                               if k in e and _finite(e[k])})
+                epochs.append(
+                    {k: float(e[k]) for k in ("epoch", "val_accuracy", "val_nll", "score") if k in e and _finite(e[k])}
+                )
         child = children.get(tid)
         final = dict(child.data.metrics) if child is not None else {}
         evaluated = child is not None and child.info.status == "FINISHED" and final.get(EVALUATED) == 1.0
@@ -89,8 +100,7 @@ def best_row(rows: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
     if not done:
         return None
     # ties (small validation sets) go to the lower calibrated NLL, then to the earlier trial
-    return max(done, key=lambda r: (selection_value(r, metric), -r["final_val_nll_calibrated"],
-                                    -rows.index(r)))
+    return max(done, key=lambda r: (selection_value(r, metric), -r["final_val_nll_calibrated"], -rows.index(r)))
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
@@ -108,9 +118,20 @@ def to_json(rows: list[dict[str, Any]]) -> str:
 
 
 def to_text(rows: list[dict[str, Any]]) -> str:
-    cols = ("trial_id", "status", "lr", "consistency_weight", "means_scale", "variance", "learn_variance",
-            "epochs_run", "last_val_accuracy", "final_val_accuracy_calibrated", "final_val_nll_calibrated",
-            "test_accuracy_calibrated")
+    cols = (
+        "trial_id",
+        "status",
+        "lr",
+        "consistency_weight",
+        "means_scale",
+        "variance",
+        "learn_variance",
+        "epochs_run",
+        "last_val_accuracy",
+        "final_val_accuracy_calibrated",
+        "final_val_nll_calibrated",
+        "test_accuracy_calibrated",
+    )
     out = ["  ".join(f"{c:>14.14s}" for c in cols)]
     for r in rows:
         out.append("  ".join(f"{_fmt(r.get(c)):>14.14s}" for c in cols))
@@ -125,19 +146,24 @@ def comparison_png(rows: list[dict[str, Any]], metric: str, best_id: str | None,
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
     weights = sorted({float(r["consistency_weight"]) for r in rows if r.get("consistency_weight") is not None})
+    _scatter_panels(plt, axes, rows, weights, best_id, default_id)
+    _curves_panel(axes[2], rows, metric, best_id)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _scatter_panels(plt, axes, rows, weights: list[float], best_id, default_id) -> None:
     cmap = plt.get_cmap("viridis", max(len(weights), 2))
     lrs = [float(r["lr"]) for r in rows if r.get("lr")]
     lr_lo, lr_hi = (math.log10(min(lrs)), math.log10(max(lrs))) if lrs else (0, 1)
-
-    def acc_of(r):
-        return r["final_val_accuracy_calibrated"] if r["status"] == COMPLETED else r.get("last_val_accuracy")
-
     for i_row, r in enumerate(rows):
-        y = acc_of(r)
+        y = r["final_val_accuracy_calibrated"] if r["status"] == COMPLETED else r.get("last_val_accuracy")
         if y is None or r.get("lr") is None:
             continue
         done = r["status"] == COMPLETED
@@ -151,8 +177,7 @@ def comparison_png(rows: list[dict[str, Any]], metric: str, best_id: str | None,
             if r["trial_id"] == best_id:
                 ax.scatter(x, y, s=260, facecolors="none", edgecolors="red", linewidths=2, zorder=4)
             if r["trial_id"] == default_id:
-                ax.scatter(x, y, s=180, facecolors="none", edgecolors="black", linewidths=1.5, linestyle="--",
-                           zorder=4)
+                ax.scatter(x, y, s=180, facecolors="none", edgecolors="black", linewidths=1.5, linestyle="--", zorder=4)
     axes[0].set_xscale("log")
     axes[0].set_xlabel("learning rate")
     axes[0].set_ylabel("validation accuracy")
@@ -166,6 +191,11 @@ def comparison_png(rows: list[dict[str, Any]], metric: str, best_id: str | None,
     axes[1].set_xticks(range(len(weights)), [f"{w:g}" for w in weights])
     axes[1].set_xlabel("consistency weight (0 = plain FlowGMM)")
     axes[1].set_title(f"by consistency weight (colour: log10 lr {lr_lo:.1f}..{lr_hi:.1f})")
+
+
+def _curves_panel(ax, rows, metric: str, best_id) -> None:
+    import numpy as np
+
     for r in rows:
         pts = [(e["epoch"], e[metric]) for e in r.get("curve", []) if metric in e]
         if not pts:
@@ -173,17 +203,12 @@ def comparison_png(rows: list[dict[str, Any]], metric: str, best_id: str | None,
         x, y = np.array(pts).T
         style = "-" if r["status"] == COMPLETED else "--"
         lw = 3 if r["trial_id"] == best_id else 1.2
-        axes[2].plot(x, y, style, marker="o", ms=3, lw=lw, label=f"{r['trial_id']} ({r['status']})")
-    axes[2].set_xlabel("epoch (training_iteration)")
-    axes[2].set_ylabel(metric)
-    axes[2].set_title("per-epoch validation (dashed: stopped by ASHA)")
+        ax.plot(x, y, style, marker="o", ms=3, lw=lw, label=f"{r['trial_id']} ({r['status']})")
+    ax.set_xlabel("epoch (training_iteration)")
+    ax.set_ylabel(metric)
+    ax.set_title("per-epoch validation (dashed: stopped by ASHA)")
     if len(rows) <= 12:
-        axes[2].legend(fontsize=6, loc="best")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
+        ax.legend(fontsize=6, loc="best")
 
 
 def _finite(v: Any) -> bool:

@@ -7,36 +7,23 @@ dashboard, and on a host running more than one Ray instance it fails ("Found mul
 never removes anything: the placement group stays reserved and the next trial waits for CPUs forever.
 
 Two measures, both here:
-- ``pin_state_api_address`` (for a Ray the sweep starts itself): ``RAY_API_SERVER_ADDRESS`` names this cluster's
-  dashboard in the environment every Ray worker inherits, so the cleaner queries the right cluster.
+- ``pipeline.core.raycluster.connect(pin_api_address=True)`` (for a Ray the sweep starts itself):
+  ``RAY_API_SERVER_ADDRESS`` names this cluster's dashboard in the environment every Ray worker inherits, so the
+  cleaner queries the right cluster.
 - ``ReleaseTrialResources``, a Tune callback in the driver: whenever a trial ends (completed, stopped, failed) it
   waits until no placement group created during the sweep is held only by dead actors, and removes any that is
   still reserved after ``timeout_s``. The next trial starts only after that.
 """
+
 from __future__ import annotations
 
-import os
-import socket
 import sys
 import time
-from typing import Any
 
 from ray import tune
 
 LIVE_PG_STATES = ("PENDING", "PREPARED", "CREATED", "RESCHEDULING")
-TRAIN_WORKER = "RayTrainWorker"        # the actor class of Ray Train V2's workers
-
-
-def pin_state_api_address(init_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Before a local ``ray.init``: choose the dashboard port and export its URL as ``RAY_API_SERVER_ADDRESS``
-    (inherited by the raylet and every worker). Returns the ``ray.init`` keyword arguments to use."""
-    if os.environ.get("RAY_API_SERVER_ADDRESS"):
-        return init_kwargs
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-    return {**init_kwargs, "dashboard_port": port}
+TRAIN_WORKER = "RayTrainWorker"  # the actor class of Ray Train V2's workers
 
 
 def live_placement_groups() -> set[str]:
@@ -58,8 +45,11 @@ def orphaned_placement_groups(address: str, exclude: set[str]) -> set[str]:
         if a.placement_group_id in live:
             holders.setdefault(a.placement_group_id, []).append((a.class_name, a.state))
     # only Ray Train worker groups: Tune manages its own trial placement groups
-    return {pg for pg, actors in holders.items()
-            if any(_is_train_worker(c) for c, _ in actors) and all(s == "DEAD" for _, s in actors)}
+    return {
+        pg
+        for pg, actors in holders.items()
+        if any(_is_train_worker(c) for c, _ in actors) and all(s == "DEAD" for _, s in actors)
+    }
 
 
 def _is_train_worker(class_name: str) -> bool:
@@ -101,8 +91,12 @@ class ReleaseTrialResources(tune.Callback):
                     break
                 time.sleep(1.0)
             if orphans:
-                print(f"[sweep] warning: removing {len(orphans)} placement group(s) of stopped trials that Ray "
-                      f"Train's cleaner left reserved: {sorted(orphans)}", file=sys.stderr, flush=True)
+                print(
+                    f"[sweep] warning: removing {len(orphans)} placement group(s) of stopped trials that Ray "
+                    f"Train's cleaner left reserved: {sorted(orphans)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 remove_placement_groups(orphans)
                 self.removed.extend(sorted(orphans))
         except Exception as e:  # noqa: BLE001 - never break the sweep over bookkeeping
@@ -117,7 +111,11 @@ def wait_released(before: set[str], timeout: float = 60.0) -> int:
         left = live_placement_groups() - before
         if not left or time.time() > deadline:
             if left:
-                print(f"[sweep] warning: {len(left)} placement group(s) created by the sweep are still reserved: "
-                      f"{sorted(left)}", file=sys.stderr, flush=True)
+                print(
+                    f"[sweep] warning: {len(left)} placement group(s) created by the sweep are still reserved: "
+                    f"{sorted(left)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             return len(left)
         time.sleep(1)

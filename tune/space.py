@@ -16,6 +16,7 @@ Ranges default to a band around the base configuration's own values, so that the
 
 Ray-free except for ``param_space`` (which builds ``ray.tune`` domains); importing this module is cheap.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,7 +26,7 @@ from typing import Any
 from pipeline.config import Config, ConfigError, validate
 
 PARAMS = ("lr", "consistency_weight", "means_scale", "variance", "learn_variance")
-METRICS = {"val_accuracy": "max", "val_nll": "min", "score": "max"}   # reported by rank 0 every epoch
+METRICS = {"val_accuracy": "max", "val_nll": "min", "score": "max"}  # reported by rank 0 every epoch
 SEARCHERS = ("optuna", "random")
 
 
@@ -33,17 +34,21 @@ SEARCHERS = ("optuna", "random")
 class SearchSpace:
     """Bounds of the search. ``None`` ranges are derived from the base configuration (see ``for_config``)."""
 
-    lr: tuple[float, float] | None = None                    # log-uniform
+    lr: tuple[float, float] | None = None  # log-uniform
     consistency_weights: tuple[float, ...] = (0.0, 0.3, 1.0, 3.0)
-    means_scale: tuple[float, float] | None = None           # log-uniform
-    variance: tuple[float, float] | None = None              # log-uniform
+    means_scale: tuple[float, float] | None = None  # log-uniform
+    variance: tuple[float, float] | None = None  # log-uniform
     learn_variance: tuple[bool, ...] = (False, True)
 
     def for_config(self, cfg: Config) -> "SearchSpace":
         """Fill unset ranges around the base values: lr x/÷10, means scale x/÷2, variance x0.25..x2."""
         lr, r, v = cfg.train.lr, cfg.model.means_scale, cfg.model.variance
-        return replace(self, lr=self.lr or (lr / 10, lr * 10), means_scale=self.means_scale or (r / 2, r * 2),
-                       variance=self.variance or (v / 4, v * 2))
+        return replace(
+            self,
+            lr=self.lr or (lr / 10, lr * 10),
+            means_scale=self.means_scale or (r / 2, r * 2),
+            variance=self.variance or (v / 4, v * 2),
+        )
 
     def covering(self, points: list[dict[str, Any]]) -> "SearchSpace":
         """The space widened so that every point to evaluate lies inside it (a searcher models a point it was
@@ -52,10 +57,12 @@ class SearchSpace:
         for p in points:
             out = replace(
                 out,
-                lr=_widen(out.lr, p["lr"]), means_scale=_widen(out.means_scale, p["means_scale"]),
+                lr=_widen(out.lr, p["lr"]),
+                means_scale=_widen(out.means_scale, p["means_scale"]),
                 variance=_widen(out.variance, p["variance"]),
                 consistency_weights=_add(out.consistency_weights, float(p["consistency_weight"])),
-                learn_variance=_add(out.learn_variance, bool(p["learn_variance"])))
+                learn_variance=_add(out.learn_variance, bool(p["learn_variance"])),
+            )
         return out
 
     def check(self) -> None:
@@ -69,24 +76,28 @@ class SearchSpace:
             raise ConfigError("learn_variance choices are empty")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"lr": list(self.lr or ()), "consistency_weights": list(self.consistency_weights),
-                "means_scale": list(self.means_scale or ()), "variance": list(self.variance or ()),
-                "learn_variance": list(self.learn_variance)}
+        return {
+            "lr": list(self.lr or ()),
+            "consistency_weights": list(self.consistency_weights),
+            "means_scale": list(self.means_scale or ()),
+            "variance": list(self.variance or ()),
+            "learn_variance": list(self.learn_variance),
+        }
 
 
 @dataclass
 class SweepSettings:
     """How the sweep runs (CLI flags of ``tune/sweep.py``)."""
 
-    num_samples: int = 8                 # trials in total, the points to evaluate included
-    max_concurrent: int = 1              # trials at once (each trial already uses all Train workers it asks for)
-    metric: str = "val_accuracy"         # what ASHA and the searcher optimise: val_accuracy | val_nll | score
-    grace_period: int = 1                # epochs before ASHA may stop a trial
-    reduction_factor: float = 2.0        # ASHA keeps the top 1/reduction_factor at each rung
-    search: str = "optuna"               # "optuna" (TPE, seeded) | "random" (Tune's BasicVariantGenerator, seeded)
+    num_samples: int = 8  # trials in total, the points to evaluate included
+    max_concurrent: int = 1  # trials at once (each trial already uses all Train workers it asks for)
+    metric: str = "val_accuracy"  # what ASHA and the searcher optimise: val_accuracy | val_nll | score
+    grace_period: int = 1  # epochs before ASHA may stop a trial
+    reduction_factor: float = 2.0  # ASHA keeps the top 1/reduction_factor at each rung
+    search: str = "optuna"  # "optuna" (TPE, seeded) | "random" (Tune's BasicVariantGenerator, seeded)
     seed: int = 0
-    include_default: bool = True         # evaluate the base configuration first (the "default" trial)
-    points: list[dict[str, Any]] = field(default_factory=list)   # more points to evaluate first (partial ok)
+    include_default: bool = True  # evaluate the base configuration first (the "default" trial)
+    points: list[dict[str, Any]] = field(default_factory=list)  # more points to evaluate first (partial ok)
     space: SearchSpace = field(default_factory=SearchSpace)
 
     @property
@@ -104,8 +115,19 @@ class SweepSettings:
             raise ConfigError(f"--reduction-factor {self.reduction_factor} must be > 1")
 
     def flat(self) -> dict[str, Any]:
-        out = {f"sweep.{k}": getattr(self, k) for k in ("num_samples", "max_concurrent", "metric", "grace_period",
-                                                        "reduction_factor", "search", "seed", "include_default")}
+        out = {
+            f"sweep.{k}": getattr(self, k)
+            for k in (
+                "num_samples",
+                "max_concurrent",
+                "metric",
+                "grace_period",
+                "reduction_factor",
+                "search",
+                "seed",
+                "include_default",
+            )
+        }
         out["sweep.mode"] = self.mode
         out.update({f"sweep.space.{k}": v for k, v in self.space.to_dict().items()})
         out["sweep.points"] = self.points
@@ -116,9 +138,13 @@ class SweepSettings:
 def default_point(cfg: Config) -> dict[str, Any]:
     """The base configuration as a point of the space."""
     t, m = cfg.train, cfg.model
-    return {"lr": float(t.lr), "consistency_weight": float(t.consistency_weight) if t.method == "flowgmm_cons" else 0.0,
-            "means_scale": float(m.means_scale), "variance": float(m.variance),
-            "learn_variance": bool(m.learn_variance)}
+    return {
+        "lr": float(t.lr),
+        "consistency_weight": float(t.consistency_weight) if t.method == "flowgmm_cons" else 0.0,
+        "means_scale": float(m.means_scale),
+        "variance": float(m.variance),
+        "learn_variance": bool(m.learn_variance),
+    }
 
 
 def parse_point(text: str, base: dict[str, Any]) -> dict[str, Any]:
@@ -149,10 +175,18 @@ def trial_config(base: Config, params: dict[str, Any]) -> Config:
     if missing:
         raise ConfigError(f"trial parameters lack {missing}")
     w = float(params["consistency_weight"])
-    train = replace(base.train, lr=float(params["lr"]), method="flowgmm_cons" if w > 0 else "flowgmm",
-                    consistency_weight=w if w > 0 else base.train.consistency_weight)
-    model = replace(base.model, means_scale=float(params["means_scale"]), variance=float(params["variance"]),
-                    learn_variance=bool(params["learn_variance"]))
+    train = replace(
+        base.train,
+        lr=float(params["lr"]),
+        method="flowgmm_cons" if w > 0 else "flowgmm",
+        consistency_weight=w if w > 0 else base.train.consistency_weight,
+    )
+    model = replace(
+        base.model,
+        means_scale=float(params["means_scale"]),
+        variance=float(params["variance"]),
+        learn_variance=bool(params["learn_variance"]),
+    )
     cfg = replace(base, train=train, model=model)
     validate(cfg)
     return cfg
@@ -163,11 +197,13 @@ def param_space(space: SearchSpace) -> dict[str, Any]:
     from ray import tune
 
     space.check()
-    return {"lr": tune.loguniform(*space.lr),
-            "consistency_weight": tune.choice(sorted(set(float(w) for w in space.consistency_weights))),
-            "means_scale": tune.loguniform(*space.means_scale),
-            "variance": tune.loguniform(*space.variance),
-            "learn_variance": tune.choice(sorted(set(bool(b) for b in space.learn_variance)))}
+    return {
+        "lr": tune.loguniform(*space.lr),
+        "consistency_weight": tune.choice(sorted(set(float(w) for w in space.consistency_weights))),
+        "means_scale": tune.loguniform(*space.means_scale),
+        "variance": tune.loguniform(*space.variance),
+        "learn_variance": tune.choice(sorted(set(bool(b) for b in space.learn_variance))),
+    }
 
 
 def same_point(a: dict[str, Any], b: dict[str, Any]) -> bool:

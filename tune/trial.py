@@ -1,5 +1,5 @@
-"""One Tune trial: the pipeline's own training loop (``pipeline.train.make_trainer``) on the trial's configuration,
-then the pipeline's calibrated evaluation of the best checkpoint, all recorded in an MLflow child run.
+"""One Tune trial: the pipeline's own training loop (``pipeline.train.trainer.make_trainer``) on the trial's
+configuration, then the pipeline's calibrated evaluation of the best checkpoint, all recorded in an MLflow child run.
 
 Runs inside the Tune trial actor (a function trainable; Ray Train V2's documented pattern for Tune over Train):
 
@@ -12,55 +12,35 @@ A trial that ASHA stops is interrupted in the middle of ``fit()``: its child run
 of a trial that raised) and the sweep driver ends it afterwards, KILLED or FAILED from Tune's record
 (``tune.sweep``).
 """
+
 from __future__ import annotations
 
 import time
 from pathlib import Path
 from typing import Any
 
-EVALUATED = "evaluated"          # child-run metric: 1.0 once a trial ran to the end and was evaluated
+EVALUATED = "evaluated"  # child-run metric: 1.0 once a trial ran to the end and was evaluated
 
 
 def run_trial(params: dict[str, Any], *, base: dict[str, Any], prepared, val, ctx: dict[str, Any]) -> None:
     """The Tune function trainable. ``params``: the sampled point (see ``tune.space``); ``base``: the sweep's
     base configuration as a dict; ``ctx``: home, tracking URI, experiment, parent run id, storage path, sweep
     name."""
-    import ray
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from pipeline.config import Config, dump_yaml
-    from pipeline.run import best_checkpoint, model_spec
-    from pipeline.tracking import start_run
-    from pipeline.train import make_trainer
     from tune.space import trial_config
 
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_config(Config.from_dict(base), params)
-    run_name = f"{ctx['sweep_name']}-trial_{trial_id}"
-    handle = start_run(Path(ctx["home"]), ctx["experiment"], run_name, tracking_uri=ctx["tracking_uri"],
-                       tags={"mlflow.parentRunId": ctx["parent_run_id"], "sweep": ctx["sweep_name"],
-                             "trial_id": trial_id, "config_name": cfg.name, "method": cfg.train.method,
-                             "n_labeled": str(cfg.data.n_labeled)})
+    ctx = {**ctx, "run_name": f"{ctx['sweep_name']}-trial_{trial_id}"}
+    handle = _child_run(cfg, trial_id, ctx)
+    report = TuneReportCallback()
     try:
         handle.log_params({**cfg.flat(), **{f"trial.{k}": v for k, v in params.items()}})
         handle.log_text(dump_yaml(cfg), "config/resolved.yaml")
-        spec = model_spec(cfg, prepared)
-        report = TuneReportCallback()
-        trainer = make_trainer(cfg, prepared, spec, run_name=run_name, storage_path=ctx["storage_path"],
-                               mlflow_info=handle.worker_info(), val=val, callbacks=[report])
-        t0 = time.time()
-        result = trainer.fit()
-        train_seconds = time.time() - t0
-        best = best_checkpoint(result)
-        ev = ray.get(_evaluation_task(cfg).remote(best, prepared, cfg))
-        final = {**ev.metrics, "train_seconds": train_seconds,
-                 "train_steps": float((result.metrics or {}).get("step", 0)), EVALUATED: 1.0}
-        handle.log_metrics(final)
-        handle.log_json(ev.calibration_table, "evaluation/calibration_table.json")
-        for path, png in ev.figures.items():
-            handle.log_bytes(png, path)
-        handle.set_tags({"best_checkpoint": best.path, "trial_status": "completed"})
+        _train_and_evaluate(cfg, prepared, val, handle, report, ctx)
     except BaseException as e:
         # Left RUNNING on purpose: a trial that ASHA stops ends here too (Tune interrupts the trainable), and only
         # the sweep driver knows which it was; it ends the run KILLED (stopped) or FAILED (an error) from Tune's
@@ -78,6 +58,55 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], prepared, val, ct
     _drain(report)
 
 
+def _child_run(cfg, trial_id: str, ctx: dict[str, Any]):
+    from pipeline.results.tracking import start_run
+
+    return start_run(
+        Path(ctx["home"]),
+        ctx["experiment"],
+        ctx["run_name"],
+        tracking_uri=ctx["tracking_uri"],
+        tags={
+            "mlflow.parentRunId": ctx["parent_run_id"],
+            "sweep": ctx["sweep_name"],
+            "trial_id": trial_id,
+            "config_name": cfg.name,
+            "method": cfg.train.method,
+            "n_labeled": str(cfg.data.n_labeled),
+        },
+    )
+
+
+def _train_and_evaluate(cfg, prepared, val, handle, report, ctx: dict[str, Any]) -> None:
+    import ray
+
+    from pipeline.results.evaluate import evaluation_task
+    from pipeline.train.model import model_spec
+    from pipeline.train.trainer import best_checkpoint, make_trainer
+
+    trainer = make_trainer(
+        cfg,
+        prepared,
+        model_spec(cfg, prepared),
+        run_name=ctx["run_name"],
+        storage_path=ctx["storage_path"],
+        mlflow_info=handle.worker_info(),
+        val=val,
+        callbacks=[report],
+    )
+    t0 = time.time()
+    result = trainer.fit()
+    train_seconds = time.time() - t0
+    best = best_checkpoint(result)
+    ev = ray.get(evaluation_task(cfg).remote(best, prepared, cfg))
+    steps = float((result.metrics or {}).get("step", 0))
+    handle.log_metrics({**ev.metrics, "train_seconds": train_seconds, "train_steps": steps, EVALUATED: 1.0})
+    handle.log_json(ev.calibration_table, "evaluation/calibration_table.json")
+    for path, png in ev.figures.items():
+        handle.log_bytes(png, path)
+    handle.set_tags({"best_checkpoint": best.path, "trial_status": "completed"})
+
+
 def _drain(report, timeout_s: float = 60.0) -> None:
     q = getattr(report, "_training_actor_item_queue", None)
     deadline = time.time() + timeout_s
@@ -87,17 +116,3 @@ def _drain(report, timeout_s: float = 60.0) -> None:
         time.sleep(0.5)
     except Exception:  # noqa: BLE001 - the queue actor may be gone; nothing left to forward then
         pass
-
-
-def _evaluation_task(cfg):
-    """``pipeline.run.evaluate_checkpoint`` as a Ray task with the resources of one training worker (so a trial
-    sharing a GPU fractionally evaluates on its share)."""
-    import ray
-
-    from pipeline.run import evaluate_checkpoint
-
-    t = cfg.train
-    gpus = float(getattr(t, "gpus_per_worker", 1.0)) if t.use_gpu else 0.0
-    # "DEFAULT": outside the trial's placement group (which holds no CPU), like the Train workers
-    return ray.remote(num_cpus=min(1.0, t.cpus_per_worker * max(1, t.num_workers)), num_gpus=gpus,
-                      scheduling_strategy="DEFAULT")(evaluate_checkpoint)

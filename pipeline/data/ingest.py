@@ -25,21 +25,20 @@ Augmentation (random translation for images, Gaussian noise scaled by ``feature_
 worker, on whole batches in torch, after the batch is on the device: the uint8 rows cross the object store once,
 and the two views cost two vectorized gathers (cheaper than doubling the rows in a Ray Data map).
 """
+
 from __future__ import annotations
 
 import logging
-import math
-import os
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
 
-from .errors import DataError
-from .prepare import Prepared, load_split
+from pipeline.core.errors import DataError
+from pipeline.data.augment import jitter_vectors, translate_images
+from pipeline.data.manifest import Prepared
+from pipeline.data.shards import load_split
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +49,14 @@ class IngestSpec:
     unlabeled_batch: int = 32
     two_views: bool = True
     augment: bool = True
-    translate: int = 2             # pixels (images)
-    pad_mode: str = "reflect"      # "reflect" | "zero" (images)
-    noise_std: float = 0.05        # vectors, in standardized units (multiplied by feature_std)
-    augment_labeled: bool = True   # also augment the labeled batch (one view)
+    translate: int = 2  # pixels (images)
+    pad_mode: str = "reflect"  # "reflect" | "zero" (images)
+    noise_std: float = 0.05  # vectors, in standardized units (multiplied by feature_std)
+    augment_labeled: bool = True  # also augment the labeled batch (one view)
     labeled_mode: str = "replicate"  # or "split"
     prefetch_batches: int = 2
-    preserve_order: bool = True    # deterministic block order and split assignment (Ray Data)
-    read_batch: int = 1024         # rows per Ray Data batch pulled from the stream (re-batched locally)
+    preserve_order: bool = True  # deterministic block order and split assignment (Ray Data)
+    read_batch: int = 1024  # rows per Ray Data batch pulled from the stream (re-batched locally)
     # rows reshuffled per epoch on each worker (Ray Data's local shuffle, seeded by seed/epoch/rank; 0 = off): a
     # materialized unlabeled set is the same blocks in the same order every epoch (the file shuffle acts on reads)
     shuffle_buffer: int = 4096
@@ -76,31 +75,42 @@ class Step:
 
 
 # ----------------------------------------------------------------------------------------------- driver side
-def _manifest(p: Prepared | dict) -> dict:
+def manifest_of(p: Prepared | dict) -> dict:
     return p.manifest if isinstance(p, Prepared) else p
 
 
 def steps_per_epoch(prepared: Prepared | dict, spec: IngestSpec, world_size: int) -> int:
     """Steps every worker runs per epoch: ``(N_unlabeled // world_size) // unlabeled_batch``."""
-    m = _manifest(prepared)
+    m = manifest_of(prepared)
     n_unl = int(m["counts"]["unlabeled"])
     n_lab = int(m["counts"]["labeled"])
     per_rank = n_unl // world_size
     steps = per_rank // spec.unlabeled_batch
     where = f"{m.get('name', 'data set')}"
     if steps < 1:
-        raise DataError(f"{where}: split 'unlabeled' has {n_unl} rows, too few for {world_size} workers x "
-                        f"unlabeled_batch={spec.unlabeled_batch}")
+        raise DataError(
+            f"{where}: split 'unlabeled' has {n_unl} rows, too few for {world_size} workers x "
+            f"unlabeled_batch={spec.unlabeled_batch}"
+        )
     if spec.labeled_mode == "split" and (n_lab // world_size) < spec.labeled_batch:
-        raise DataError(f"{where}: split 'labeled' has {n_lab} rows, too few to split across {world_size} workers "
-                        f"with labeled_batch={spec.labeled_batch} (use labeled_mode='replicate')")
+        raise DataError(
+            f"{where}: split 'labeled' has {n_lab} rows, too few to split across {world_size} workers "
+            f"with labeled_batch={spec.labeled_batch} (use labeled_mode='replicate')"
+        )
     if spec.labeled_mode not in ("replicate", "split"):
         raise DataError(f"<ingest>: labeled_mode='{spec.labeled_mode}' (use 'replicate' or 'split')")
     return steps
 
 
-def build_datasets(prepared: Prepared, seed: int = 0, shuffle_files: bool = True, with_val: bool = True,
-                   verify: bool = True, preserve_order: bool = True, spread_reads: bool = False) -> dict[str, Any]:
+def build_datasets(
+    prepared: Prepared,
+    seed: int = 0,
+    shuffle_files: bool = True,
+    with_val: bool = True,
+    verify: bool = True,
+    preserve_order: bool = True,
+    spread_reads: bool = False,
+) -> dict[str, Any]:
     """``{"labeled": materialized, "unlabeled": streaming, "val": materialized}`` Ray Datasets.
 
     The unlabeled read shuffles the order of its shard files every epoch (seeded, reseeded per execution).
@@ -139,29 +149,6 @@ def data_config(spec: IngestSpec):
     return ray.train.DataConfig(datasets_to_split=split, execution_options=opts)
 
 
-# ----------------------------------------------------------------------------------------------- augmentation
-def translate_images(x: torch.Tensor, max_shift: int, gen: torch.Generator, pad_mode: str = "reflect") -> torch.Tensor:
-    """Random integer translation by up to ``max_shift`` pixels in each direction, per image. x: [B,C,H,W]."""
-    if max_shift <= 0:
-        return x
-    b, c, h, w = x.shape
-    t = int(max_shift)
-    mode = "reflect" if pad_mode == "reflect" and t < min(h, w) else "constant"
-    xp = torch.nn.functional.pad(x, (t, t, t, t), mode=mode)
-    dy = torch.randint(0, 2 * t + 1, (b,), generator=gen, device=gen.device).to(x.device)
-    dx = torch.randint(0, 2 * t + 1, (b,), generator=gen, device=gen.device).to(x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device)[None])            # [B, H]
-    cols = (dx[:, None] + torch.arange(w, device=x.device)[None])            # [B, W]
-    bi = torch.arange(b, device=x.device)[:, None, None, None]
-    ci = torch.arange(c, device=x.device)[None, :, None, None]
-    return xp[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
-
-
-def jitter_vectors(x: torch.Tensor, scale: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    noise = torch.randn(x.shape, generator=gen, device=gen.device, dtype=x.dtype).to(x.device)
-    return x + noise * scale
-
-
 def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1, np.uint64)[0] >> 1)
 
@@ -186,9 +173,18 @@ def _exact_batches(tensors: Iterable[torch.Tensor], size: int) -> Iterator[torch
 class SSLStream:
     """Per-worker iterator over (labeled, unlabeled[, second view]) batches; see the module docstring."""
 
-    def __init__(self, prepared: Prepared | dict, spec: IngestSpec, world_size: int, rank: int, seed: int,
-                 device: str | torch.device = "cpu", *, _arrays: dict | None = None):
-        m = _manifest(prepared)
+    def __init__(
+        self,
+        prepared: Prepared | dict,
+        spec: IngestSpec,
+        world_size: int,
+        rank: int,
+        seed: int,
+        device: str | torch.device = "cpu",
+        *,
+        _arrays: dict | None = None,
+    ):
+        m = manifest_of(prepared)
         self.manifest = m
         self.spec = spec
         self.world_size = int(world_size)
@@ -199,24 +195,37 @@ class SSLStream:
         self.shape = tuple(m["shape"])
         self.steps_per_epoch = steps_per_epoch(m, spec, self.world_size)
         std = m.get("feature_std")
-        self._noise_scale = (torch.as_tensor(np.asarray(std, np.float32) * spec.noise_std, device=self.device)
-                             if (self.kind == "vector" and std is not None) else
-                             torch.tensor(spec.noise_std, device=self.device))
+        self._noise_scale = (
+            torch.as_tensor(np.asarray(std, np.float32) * spec.noise_std, device=self.device)
+            if (self.kind == "vector" and std is not None)
+            else torch.tensor(spec.noise_std, device=self.device)
+        )
         self._arrays = _arrays
         self._lab_cache: tuple[torch.Tensor, torch.Tensor] | None = None
         self._lab_split_iter: Iterator | None = None
         self.stats = {"recycled_steps": 0}
         if _arrays is None:
             import ray.train
+
             self._unl_shard = ray.train.get_dataset_shard("unlabeled")
             self._lab_shard = ray.train.get_dataset_shard("labeled")
             if self._unl_shard is None or self._lab_shard is None:
-                raise DataError("<ingest>: the trainer has no 'labeled'/'unlabeled' datasets "
-                                "(pass datasets=build_datasets(prepared))")
+                raise DataError(
+                    "<ingest>: the trainer has no 'labeled'/'unlabeled' datasets "
+                    "(pass datasets=build_datasets(prepared))"
+                )
 
     @classmethod
-    def in_memory(cls, prepared: Prepared, spec: IngestSpec, world_size: int = 1, rank: int = 0, seed: int = 0,
-                  device: str | torch.device = "cpu", arrays: dict | None = None) -> "SSLStream":
+    def in_memory(
+        cls,
+        prepared: Prepared,
+        spec: IngestSpec,
+        world_size: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        arrays: dict | None = None,
+    ) -> "SSLStream":
         """No Ray: rows from ``load_split`` (or ``arrays`` = {x_lab, y_lab, x_unl} numpy/tensors) held in memory.
         Same steps, batch shapes and augmentation as the Ray path; the unlabeled rows are permuted per epoch and
         dealt round-robin to ranks."""
@@ -225,7 +234,7 @@ class SSLStream:
             xu, _ = load_split(prepared, "unlabeled")
             arrays = {"x_lab": xl, "y_lab": yl, "x_unl": xu}
         arrays = {k: torch.as_tensor(np.asarray(v) if not torch.is_tensor(v) else v) for k, v in arrays.items()}
-        d = int(np.prod(_manifest(prepared)["shape"]))
+        d = int(np.prod(manifest_of(prepared)["shape"]))
         arrays = {k: (v.reshape(len(v), d) if k.startswith("x") else v) for k, v in arrays.items()}
         return cls(prepared, spec, world_size, rank, seed, device, _arrays=arrays)
 
@@ -255,8 +264,9 @@ class SSLStream:
                 xl, yl = self._arrays["x_lab"], self._arrays["y_lab"]
             else:
                 xs, ys, ids = [], [], []
-                for b in self._lab_shard.iter_torch_batches(batch_size=4096, device="cpu",
-                                                            prefetch_batches=self.spec.prefetch_batches):
+                for b in self._lab_shard.iter_torch_batches(
+                    batch_size=4096, device="cpu", prefetch_batches=self.spec.prefetch_batches
+                ):
                     xs.append(b["x"]), ys.append(b["y"])
                     ids.append(b["id"])
                 order = torch.argsort(torch.cat(ids))  # a stable order whatever the block order
@@ -284,8 +294,12 @@ class SSLStream:
         # one persistent cycle across epochs: every rank restarts the split shard at the same step
         while True:
             got = 0
-            for b in self._lab_shard.iter_torch_batches(batch_size=self.spec.labeled_batch, drop_last=True,
-                                                        device="cpu", prefetch_batches=self.spec.prefetch_batches):
+            for b in self._lab_shard.iter_torch_batches(
+                batch_size=self.spec.labeled_batch,
+                drop_last=True,
+                device="cpu",
+                prefetch_batches=self.spec.prefetch_batches,
+            ):
                 got += 1
                 yield b["x"], b["y"].to(torch.int64)
             if got == 0:
@@ -298,15 +312,26 @@ class SSLStream:
             n = len(xu)
             per = n // self.world_size
             g = torch.Generator().manual_seed(_seed(self.seed, epoch, 0, 21))  # same permutation on all ranks
-            perm = torch.randperm(n, generator=g)[self.rank::self.world_size][:per]
+            perm = torch.randperm(n, generator=g)[self.rank :: self.world_size][:per]
             bs = self.spec.read_batch
             for s in range(0, per, bs):
-                yield xu[perm[s:s + bs]]
+                yield xu[perm[s : s + bs]]
             return
-        shuffle = {"local_shuffle_buffer_size": self.spec.shuffle_buffer,
-                   "local_shuffle_seed": _seed(self.seed, epoch, self.rank, 23)} if self.spec.shuffle_buffer > 0 else {}
-        for b in self._unl_shard.iter_torch_batches(batch_size=self.spec.read_batch, drop_last=False, device="cpu",
-                                                    prefetch_batches=self.spec.prefetch_batches, **shuffle):
+        shuffle = (
+            {
+                "local_shuffle_buffer_size": self.spec.shuffle_buffer,
+                "local_shuffle_seed": _seed(self.seed, epoch, self.rank, 23),
+            }
+            if self.spec.shuffle_buffer > 0
+            else {}
+        )
+        for b in self._unl_shard.iter_torch_batches(
+            batch_size=self.spec.read_batch,
+            drop_last=False,
+            device="cpu",
+            prefetch_batches=self.spec.prefetch_batches,
+            **shuffle,
+        ):
             yield b["x"]
 
     # -- the epoch
@@ -334,8 +359,12 @@ class SSLStream:
             if last is None:
                 raise DataError(f"<ingest>: rank {self.rank} received no unlabeled rows in epoch {epoch}")
             self.stats["recycled_steps"] += 1
-            log.warning("rank %d: unlabeled stream short by %d steps in epoch %d; reusing the last batch",
-                        self.rank, steps - done, epoch)
+            log.warning(
+                "rank %d: unlabeled stream short by %d steps in epoch %d; reusing the last batch",
+                self.rank,
+                steps - done,
+                epoch,
+            )
             yield self._make_step(next(lab_iter), last, g_aug)
             done += 1
 
@@ -350,70 +379,3 @@ class SSLStream:
         if self.spec.two_views:
             x2 = self._augment(xu, g) if self.spec.augment else x1
         return Step(xl, yl, x1, x2)
-
-
-# ----------------------------------------------------------------------------------------------- probe (tests, bench)
-def probe_loop(config: dict) -> None:
-    """A train function that runs SSLStream for ``epochs`` and records step counts and timings per rank.
-
-    config: prepared (Prepared), ingest (dict for IngestSpec), epochs, seed, out_dir, source ("ray"|"memory"),
-    model (None|"mlp"), warmup_epochs. Writes ``<out_dir>/rank-<r>.json``. Used by the tests and bench/."""
-    import json
-
-    import ray.train
-
-    ctx = ray.train.get_context()
-    rank, ws = ctx.get_world_rank(), ctx.get_world_size()
-    spec = IngestSpec(**config.get("ingest", {}))
-    prepared = config["prepared"]
-    if config.get("source", "ray") == "memory":
-        stream = SSLStream.in_memory(prepared, spec, ws, rank, config.get("seed", 0))
-    else:
-        stream = SSLStream(prepared, spec, ws, rank, config.get("seed", 0))
-    model = opt = None
-    if config.get("model"):
-        import ray.train.torch
-        model = _probe_model(prepared, config.get("hidden", 256))
-        model = ray.train.torch.prepare_model(model) if ws > 1 else model
-        opt = torch.optim.Adam(model.parameters(), 1e-3)
-    rec: dict[str, Any] = {"rank": rank, "world_size": ws, "steps_per_epoch": stream.steps_per_epoch,
-                           "steps": [], "seconds": [], "rows": [], "first_labels": [], "first_unl_sum": []}
-    for epoch in range(int(config.get("epochs", 2))):
-        t0 = time.perf_counter()
-        n = rows = 0
-        for step in stream.epoch(epoch):
-            if n == 0:
-                rec["first_labels"].append(step.y_lab[:8].tolist())
-                rec["first_unl_sum"].append(float(step.x_unl.sum()))
-            if model is not None:
-                _probe_step(model, opt, step)
-            n += 1
-            rows += len(step.x_unl) + len(step.x_lab)
-        rec["steps"].append(n)
-        rec["rows"].append(rows)
-        rec["seconds"].append(time.perf_counter() - t0)
-    rec["recycled_steps"] = stream.stats["recycled_steps"]
-    out = Path(config["out_dir"])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"rank-{rank}.json").write_text(json.dumps(rec))
-
-
-def _probe_model(prepared: Prepared | dict, hidden: int) -> torch.nn.Module:
-    m = _manifest(prepared)
-    d, k = int(np.prod(m["shape"])), int(m["num_classes"])
-    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(d, hidden), torch.nn.ReLU(),
-                               torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, k))
-
-
-def _probe_step(model, opt, step: Step) -> float:
-    """One SSL-shaped step: a single forward on labeled + both unlabeled views, CE + consistency."""
-    xs = [step.x_lab, step.x_unl] + ([step.x_unl2] if step.x_unl2 is not None else [])
-    out = model(torch.cat(xs))
-    nl, nu = len(step.x_lab), len(step.x_unl)
-    loss = torch.nn.functional.cross_entropy(out[:nl], step.y_lab)
-    if step.x_unl2 is not None:
-        loss = loss + (out[nl:nl + nu].softmax(-1) - out[nl + nu:].softmax(-1)).pow(2).sum(-1).mean()
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return float(loss)

@@ -1,7 +1,7 @@
 """The GPU fast path for the FlowGMM step: channels-last, ``torch.compile`` of a chosen unit, the learning rate
 for large batches, and the compile warm-up / cache helpers.
 
-The step itself stays in :mod:`pipeline.step`; this module only builds the ``forward`` that the step calls::
+The step itself stays in :mod:`pipeline.train.step`; this module only builds the ``forward`` that the step calls::
 
     cfg = large_batch(cfg, 2048)                          # 512 + 1536 rows, lr/warm-up/ramp scaled (optional)
     model = build_model(spec).to(device)
@@ -44,6 +44,7 @@ bf16 rounding the log-det sees is that of ``s_raw``, the conv output, before the
 Learning rate for large batches: :func:`scaled_lr` uses the square-root rule by default (the scaling rule for
 Adam-type optimizers; Malladi et al., 2022), ``rule="linear"`` for the linear rule (Goyal et al., 2017).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -59,9 +60,19 @@ from torch import Tensor, nn
 
 from flowgmm.coupling import AffineCoupling
 
-__all__ = ["accelerate", "scaled_lr", "large_batch", "FastForward", "CompileWarmup", "compile_stats",
-           "enable_compile_cache", "save_compile_artifacts", "load_compile_artifacts", "share_parametrized_classes",
-           "COMPILE_UNITS"]
+__all__ = [
+    "accelerate",
+    "scaled_lr",
+    "large_batch",
+    "FastForward",
+    "CompileWarmup",
+    "compile_stats",
+    "enable_compile_cache",
+    "save_compile_artifacts",
+    "load_compile_artifacts",
+    "share_parametrized_classes",
+    "COMPILE_UNITS",
+]
 
 COMPILE_UNITS = ("none", "couplings", "full")
 
@@ -103,13 +114,19 @@ class FastForward(nn.Module):
     save checkpoints from ``model`` itself, whose state-dict keys are unchanged by the fast path.
     """
 
-    def __init__(self, model: nn.Module, *, channels_last: bool, unit: str,
-                 full: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        channels_last: bool,
+        unit: str,
+        full: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None,
+    ):
         super().__init__()
         self.model = model
         self.channels_last = channels_last
         self.unit = unit
-        object.__setattr__(self, "_full", full)   # not a registered submodule: no duplicate state-dict keys
+        object.__setattr__(self, "_full", full)  # not a registered submodule: no duplicate state-dict keys
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.channels_last and x.dim() == 4:
@@ -122,8 +139,15 @@ class FastForward(nn.Module):
         return self.model(x)
 
 
-def accelerate(model: nn.Module, t: Any, device: torch.device | str | None = None, *, backend: str | None = None,
-               mode: str | None = None, compile_on_cpu: bool = False) -> FastForward:
+def accelerate(
+    model: nn.Module,
+    t: Any,
+    device: torch.device | str | None = None,
+    *,
+    backend: str | None = None,
+    mode: str | None = None,
+    compile_on_cpu: bool = False,
+) -> FastForward:
     """Apply the fast-path settings of ``t`` (a :class:`~pipeline.config.TrainConfig`) to ``model`` and return the
     module the step calls as ``forward``. Call it after ``model.to(device)`` and before building the optimizer.
 
@@ -150,8 +174,10 @@ def accelerate(model: nn.Module, t: Any, device: torch.device | str | None = Non
         torch.backends.cudnn.benchmark = True
     if unit != "none" and device.type != "cuda" and not compile_on_cpu:
         import warnings
-        warnings.warn(f"train.compile={unit!r} ignored on {device.type} (pass compile_on_cpu=True to force)",
-                      stacklevel=2)
+
+        warnings.warn(
+            f"train.compile={unit!r} ignored on {device.type} (pass compile_on_cpu=True to force)", stacklevel=2
+        )
         unit = "none"
     kw: dict[str, Any] = {"dynamic": False}
     if backend is not None:
@@ -162,24 +188,28 @@ def accelerate(model: nn.Module, t: Any, device: torch.device | str | None = Non
     if unit == "full":
         full = torch.compile(model, **kw)
     elif unit == "couplings":
-        units = [m for m in model.modules() if isinstance(m, AffineCoupling)]
-        if not units:
-            raise ValueError("train.compile='couplings' but the model has no AffineCoupling layers")
-        # one compiled function per unit class, shared by all instances (see the module docstring); room in the
-        # recompile budget for the (shape, grad mode, autocast) variants of one run
-        share_parametrized_classes(model)
-        cfg = torch._dynamo.config
-        key = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
-        setattr(cfg, key, max(int(getattr(cfg, key)), 32))
-        compiled: dict[type, Callable] = {}
-        for m in units:
-            cls = type(m)
-            if cls not in compiled:
-                compiled[cls] = torch.compile(cls.forward, **kw)
-            m._fastpath_compiled = compiled[cls]
-            m._fastpath_channels_last = channels_last
-            m.forward = types.MethodType(_unit_forward, m)
+        _compile_couplings(model, kw, channels_last)
     return FastForward(model, channels_last=channels_last, unit=unit, full=full)
+
+
+def _compile_couplings(model: nn.Module, kw: dict[str, Any], channels_last: bool) -> None:
+    units = [m for m in model.modules() if isinstance(m, AffineCoupling)]
+    if not units:
+        raise ValueError("train.compile='couplings' but the model has no AffineCoupling layers")
+    # one compiled function per unit class, shared by all instances (see the module docstring); room in the
+    # recompile budget for the (shape, grad mode, autocast) variants of one run
+    share_parametrized_classes(model)
+    cfg = torch._dynamo.config
+    key = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    setattr(cfg, key, max(int(getattr(cfg, key)), 32))
+    compiled: dict[type, Callable] = {}
+    for m in units:
+        cls = type(m)
+        if cls not in compiled:
+            compiled[cls] = torch.compile(cls.forward, **kw)
+        m._fastpath_compiled = compiled[cls]
+        m._fastpath_channels_last = channels_last
+        m.forward = types.MethodType(_unit_forward, m)
 
 
 def share_parametrized_classes(model: nn.Module) -> int:
@@ -246,10 +276,15 @@ def large_batch(cfg: Any, rows: int, rule: str = "sqrt") -> Any:
     factor = rows / base
     ingest = dataclasses.replace(ing, labeled_batch=n_lab, unlabeled_batch=rows - n_lab)
     train = dataclasses.replace(
-        t, lr=scaled_lr(t.lr, rows, base, rule),
+        t,
+        lr=scaled_lr(t.lr, rows, base, rule),
         warmup_steps=max(1, round(t.warmup_steps / factor)) if t.warmup_steps > 0 else t.warmup_steps,
-        consistency_ramp_steps=(max(1, round(t.consistency_ramp_steps / factor))
-                                if t.consistency_ramp_steps > 0 else t.consistency_ramp_steps))
+        consistency_ramp_steps=(
+            max(1, round(t.consistency_ramp_steps / factor))
+            if t.consistency_ramp_steps > 0
+            else t.consistency_ramp_steps
+        ),
+    )
     return dataclasses.replace(cfg, ingest=ingest, train=train)
 
 
@@ -261,9 +296,11 @@ def compile_stats() -> dict[str, int]:
     except Exception:  # noqa: BLE001
         return {}
     stats = counters.get("stats", {})
-    return {"unique_graphs": int(stats.get("unique_graphs", 0)),
-            "frames_ok": int(counters.get("frames", {}).get("ok", 0)),
-            "recompiles": int(sum(counters.get("recompiles", {}).values()))}
+    return {
+        "unique_graphs": int(stats.get("unique_graphs", 0)),
+        "frames_ok": int(counters.get("frames", {}).get("ok", 0)),
+        "recompiles": int(sum(counters.get("recompiles", {}).values())),
+    }
 
 
 class CompileWarmup:

@@ -1,11 +1,12 @@
 """Code version recorded in manifests and runs: git sha (+ "-dirty") when available, else the package version."""
+
 from __future__ import annotations
 
 import functools
 import subprocess
 from pathlib import Path
 
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = Path(__file__).resolve().parents[2]
 
 
 def _git(*args: str) -> str | None:
@@ -19,6 +20,7 @@ def _git(*args: str) -> str | None:
 def _package_version() -> str:
     try:
         from importlib.metadata import PackageNotFoundError, version
+
         for name in ("flowgmm-ray", "flowgmm_ray", "flowgmm"):
             try:
                 return version(name)

@@ -1,15 +1,15 @@
 """The main job end to end on 2 CPU workers: training, evaluation, calibration, MLflow contents, the logged model,
 fault tolerance (a worker killed mid-run) and bad input. Iterations are capped by the smoke configuration."""
+
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.config import resolve
-from pipeline.run import main
+from pipeline.job import main
 
 pytestmark = pytest.mark.slow
 
@@ -34,8 +34,7 @@ def _artifacts(client, run_id: str, path: str = "") -> set[str]:
 
 
 def _expected_steps(cfg, home: Path) -> int:
-    from pipeline.ingest import steps_per_epoch
-    from pipeline.prepare import prepare
+    from pipeline.data import prepare, steps_per_epoch
 
     return cfg.train.epochs * steps_per_epoch(prepare(cfg.data, home), cfg.ingest, cfg.train.num_workers)
 
@@ -58,8 +57,19 @@ def test_smoke_digits_trains_end_to_end_and_is_recorded(digits_run):
     assert m["test_accuracy"] > 0.5, m["test_accuracy"]
     assert m["baseline_logreg_test_accuracy"] > 0.5
     assert "baseline_supervised_flow_test_accuracy" in m
-    for key in ("test_nll", "test_nll_calibrated", "test_ece", "test_ece_calibrated", "test_brier", "test_bpd",
-                "variance_scale", "ood_threshold", "val_accuracy", "train_loss", "train_bpd"):
+    for key in (
+        "test_nll",
+        "test_nll_calibrated",
+        "test_ece",
+        "test_ece_calibrated",
+        "test_brier",
+        "test_bpd",
+        "variance_scale",
+        "ood_threshold",
+        "val_accuracy",
+        "train_loss",
+        "train_bpd",
+    ):
         assert key in m, key
     # calibration is fit on validation: it cannot make validation NLL worse
     assert m["final_val_nll_calibrated"] <= m["final_val_nll"] + 1e-6
@@ -71,15 +81,21 @@ def test_smoke_digits_trains_end_to_end_and_is_recorded(digits_run):
     hist = client.get_metric_history(run.info.run_id, "val_accuracy")
     assert len(hist) == cfg.train.epochs
     arts = _artifacts(client, run.info.run_id)
-    for a in ("config/resolved.yaml", "data/manifest.json", "evaluation/calibration_table.json",
-              "plots/reliability.png", "plots/confusion_matrix.png", "plots/class_means.png"):
+    for a in (
+        "config/resolved.yaml",
+        "data/manifest.json",
+        "evaluation/calibration_table.json",
+        "plots/reliability.png",
+        "plots/confusion_matrix.png",
+        "plots/class_means.png",
+    ):
         assert a in arts, (a, sorted(arts))
     assert any(a.startswith("plots/samples_t") for a in arts)
 
     # the logged model loads as pyfunc and predicts on raw uint8 images like the evaluation did
     import mlflow
 
-    from pipeline.prepare import load_split, prepare
+    from pipeline.data import load_split, prepare
 
     mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
     model_uri = run.data.tags["model_uri"]
@@ -98,16 +114,30 @@ def test_smoke_digits_trains_end_to_end_and_is_recorded(digits_run):
 
 
 def test_scoring_the_test_split_reproduces_the_evaluation(digits_run, tmp_path, capsys):
-    from pipeline.prepare import prepare
-    from pipeline.score import main as score_main
+    from pipeline.data import prepare
+    from pipeline.results.score import main as score_main
 
     home, client, run = digits_run
     assert run.data.tags["promoted_to_champion"] == "True"
     prepared = prepare(resolve("digits", smoke=True).data, home)
     test_dir = prepared.split_dir("test")
     out = tmp_path / "scored.parquet"
-    rc = score_main(["--model", "models:/flowgmm-digits@champion", "--input", str(test_dir), "--output", str(out),
-                     "--home", str(home), "--actors", "2", "--batch-size", "100"])
+    rc = score_main(
+        [
+            "--model",
+            "models:/flowgmm-digits@champion",
+            "--input",
+            str(test_dir),
+            "--output",
+            str(out),
+            "--home",
+            str(home),
+            "--actors",
+            "2",
+            "--batch-size",
+            "100",
+        ]
+    )
     assert rc == 0
     assert "rows/s" in capsys.readouterr().out
     import pandas as pd
@@ -122,23 +152,34 @@ def test_scoring_the_test_split_reproduces_the_evaluation(digits_run, tmp_path, 
 
 
 def test_scoring_bad_input_leaves_no_output(digits_run, tmp_path, capsys):
-    from pipeline.prepare import prepare
-    from pipeline.score import main as score_main
+    from pipeline.data import prepare
+    from pipeline.results.score import main as score_main
 
     home, _, _ = digits_run
     shard = sorted(prepare(resolve("digits", smoke=True).data, home).split_dir("test").glob("*.parquet"))[0]
     broken = tmp_path / "broken.parquet"
     broken.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     out = tmp_path / "out.parquet"
-    rc = score_main(["--model", "models:/flowgmm-digits@champion", "--input", str(broken), "--output", str(out),
-                     "--home", str(home)])
+    rc = score_main(
+        [
+            "--model",
+            "models:/flowgmm-digits@champion",
+            "--input",
+            str(broken),
+            "--output",
+            str(out),
+            "--home",
+            str(home),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and str(broken) in err and len(err.splitlines()) == 1
     assert not out.exists() and not list(tmp_path.glob(".out.parquet*"))
     wrong = tmp_path / "wrong.csv"
     wrong.write_text("a,b\n1,2\n")
-    rc = score_main(["--model", "models:/flowgmm-digits@champion", "--input", str(wrong), "--output", str(out),
-                     "--home", str(home)])
+    rc = score_main(
+        ["--model", "models:/flowgmm-digits@champion", "--input", str(wrong), "--output", str(out), "--home", str(home)]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "wrong.csv" in err and "'x'" in err and not out.exists()
 
@@ -146,14 +187,25 @@ def test_scoring_bad_input_leaves_no_output(digits_run, tmp_path, capsys):
 def test_worker_killed_mid_run_resumes_from_checkpoint(ray_local, tmp_path):
     home = tmp_path / "home"
     cfg = resolve("moons", smoke=True)
-    from pipeline.ingest import steps_per_epoch
-    from pipeline.prepare import prepare
+    from pipeline.data import prepare, steps_per_epoch
 
     per_epoch = steps_per_epoch(prepare(cfg.data, home), cfg.ingest, cfg.train.num_workers)
-    kill_at = per_epoch + per_epoch // 2          # in the middle of epoch 2, after the epoch-1 checkpoint
-    rc = main(["--config", "moons", "--smoke", "--home", str(home), "--run-name", "ft",
-               f"train.inject_failure_at_step={kill_at}", "train.max_failures=2", "eval.baselines=false",
-               "eval.figures=false"])
+    kill_at = per_epoch + per_epoch // 2  # in the middle of epoch 2, after the epoch-1 checkpoint
+    rc = main(
+        [
+            "--config",
+            "moons",
+            "--smoke",
+            "--home",
+            str(home),
+            "--run-name",
+            "ft",
+            f"train.inject_failure_at_step={kill_at}",
+            "train.max_failures=2",
+            "eval.baselines=false",
+            "eval.figures=false",
+        ]
+    )
     assert rc == 0
     marker = home / "ray_results" / "ft" / ".injected_failure"
     assert marker.exists(), "the worker was never killed"

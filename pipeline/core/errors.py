@@ -3,6 +3,7 @@
 A ``DataError`` carries a one-line message that names the offending file and the column or value.
 Callers (``pipeline/run.py``) print ``error: <msg>`` and exit with status 2.
 """
+
 from __future__ import annotations
 
 

@@ -1,6 +1,7 @@
 """Pictures for a run, rendered to PNG bytes (matplotlib, Agg backend): reliability diagrams, OOD log-likelihood
 histograms, a confusion matrix, class-mean images, class-conditional samples and the 2-D data/latent picture
 (the paper's Figure 2)."""
+
 from __future__ import annotations
 
 import io
@@ -46,8 +47,15 @@ def confusion(pred: np.ndarray, y: np.ndarray, names: Sequence[str]) -> bytes:
     ax.imshow(cm, cmap="Blues")
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(cm[i, j]),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if cm[i, j] > cm.max() / 2 else "black",
+            )
     ax.set_xticks(range(k), names, rotation=90, fontsize=7)
     ax.set_yticks(range(k), names, fontsize=7)
     ax.set_xlabel("predicted")
@@ -75,8 +83,7 @@ def _grid(images: np.ndarray, rows: int, cols: int, titles: Sequence[str] | None
         ax.axis("off")
         if idx < len(images):
             img = images[idx]
-            ax.imshow(img.squeeze(0) if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap="gray",
-                      vmin=0, vmax=1)
+            ax.imshow(img.squeeze(0) if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=1)
             if titles and idx < cols:
                 ax.set_title(str(titles[idx])[:10], fontsize=7)
     return _png(fig)
@@ -99,7 +106,7 @@ def class_samples(model, names: Sequence[str], temperature: float, per_class: in
     k = len(names)
     torch.manual_seed(0)
     rows = [model.sample(per_class, y=c, temperature=temperature) for c in range(k)]
-    x = torch.stack(rows, 1).reshape(per_class * k, *rows[0].shape[1:])   # row r: r-th sample of each class
+    x = torch.stack(rows, 1).reshape(per_class * k, *rows[0].shape[1:])  # row r: r-th sample of each class
     return _grid(_to_pixels(x), per_class, k, names)
 
 

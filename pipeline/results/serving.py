@@ -11,6 +11,7 @@ and ``is_ood`` (log p(x) below the threshold chosen on validation).
 The weights are a state dict read with ``torch.load(weights_only=True)``; the architecture comes from a JSON
 spec, so loading never unpickles arbitrary objects.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -26,8 +27,14 @@ def signature(spec: dict[str, Any]):
     from mlflow.types import ColSpec, Schema, TensorSpec
 
     names = spec.get("class_names") or [str(i) for i in range(spec["num_classes"])]
-    outputs = Schema([ColSpec("long", "label"), *[ColSpec("double", f"prob_{n}") for n in names],
-                      ColSpec("double", "log_px"), ColSpec("boolean", "is_ood")])
+    outputs = Schema(
+        [
+            ColSpec("long", "label"),
+            *[ColSpec("double", f"prob_{n}") for n in names],
+            ColSpec("double", "log_px"),
+            ColSpec("boolean", "is_ood"),
+        ]
+    )
     if spec["kind"] == "image":
         inputs = Schema([TensorSpec(np.dtype("uint8"), (-1, *spec["shape"]))])
     else:
@@ -55,8 +62,9 @@ class FlowGMMModel(PythonModel):
         return predict_frame(self.model, self.spec, self.names, self.threshold, model_input)
 
 
-def predict_frame(model, spec: dict[str, Any], names: list[str], threshold: float, model_input: Any,
-                  batch_size: int = 1024) -> pd.DataFrame:
+def predict_frame(
+    model, spec: dict[str, Any], names: list[str], threshold: float, model_input: Any, batch_size: int = 1024
+) -> pd.DataFrame:
     import torch
 
     from flowgmm import dequantize
@@ -75,7 +83,7 @@ def predict_frame(model, spec: dict[str, Any], names: list[str], threshold: floa
     labels, probs, logps = [], [], []
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            xb = torch.as_tensor(x[i:i + batch_size])
+            xb = torch.as_tensor(x[i : i + batch_size])
             xb = dequantize(xb.float() / 255.0, noise="mid") if spec["kind"] == "image" else xb.float()
             z, logdet = model(xb)
             z, logdet = z.float(), logdet.float()

@@ -1,10 +1,11 @@
-"""One FlowGMM training step: the math shared by the Ray Train loop (`pipeline/train.py`) and the benchmarks.
+"""One FlowGMM training step: the math shared by the Ray Train loop (`pipeline/train/loop.py`) and the benchmarks.
 
 Ray-free on purpose, so `bench/` can time exactly the step that training runs on a machine without Ray.
 
     loss, parts = compute_loss(model, model, batch, cfg.train, step=0, image=True)
     apply_gradients(loss, model, optimizer, scheduler, cfg.train.grad_clip)
 """
+
 from __future__ import annotations
 
 import torch
@@ -12,11 +13,12 @@ import torch
 from flowgmm import dequantize, objectives
 from flowgmm.model import FlowGMM
 from pipeline.config import TrainConfig
-from pipeline.ingest import Step
+from pipeline.data.ingest import Step
 
 
-def compute_loss(forward: torch.nn.Module, model: FlowGMM, batch: Step, t: TrainConfig, step: int,
-                 image: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def compute_loss(
+    forward: torch.nn.Module, model: FlowGMM, batch: Step, t: TrainConfig, step: int, image: bool
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The FlowGMM objective for one batch. ``forward`` is the (possibly DDP-wrapped or compiled) model, called
     once on the concatenated labeled + unlabeled batch, plus once without gradient on the second augmentation
     for FlowGMM-cons; ``model`` is the plain FlowGMM whose mixture defines the prior. Log-dets and the prior are
@@ -42,13 +44,23 @@ def compute_loss(forward: torch.nn.Module, model: FlowGMM, batch: Step, t: Train
     if t.method == "supervised":
         return supervised_loss(model, z, logdet, batch.y_lab, t)
     return objectives.semi_supervised_loss(
-        model.mixture, z[:n_lab], logdet[:n_lab], batch.y_lab, z[n_lab:], logdet[n_lab:],
-        form=t.loss_form, label_weight=t.label_weight, unlabeled_weight=t.unlabeled_weight,
-        consistency_weight=cons_w, cons_targets=targets)
+        model.mixture,
+        z[:n_lab],
+        logdet[:n_lab],
+        batch.y_lab,
+        z[n_lab:],
+        logdet[n_lab:],
+        form=t.loss_form,
+        label_weight=t.label_weight,
+        unlabeled_weight=t.unlabeled_weight,
+        consistency_weight=cons_w,
+        cons_targets=targets,
+    )
 
 
-def supervised_loss(model: FlowGMM, z: torch.Tensor, logdet: torch.Tensor, y: torch.Tensor,
-                    t: TrainConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def supervised_loss(
+    model: FlowGMM, z: torch.Tensor, logdet: torch.Tensor, y: torch.Tensor, t: TrainConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The same flow trained on the labeled rows only (the baseline)."""
     if t.loss_form == "ce":
         ce = objectives.cross_entropy(model.mixture, z, y)
@@ -58,8 +70,13 @@ def supervised_loss(model: FlowGMM, z: torch.Tensor, logdet: torch.Tensor, y: to
     return nll, {"labeled_nll": nll.detach(), "loss": nll.detach()}
 
 
-def apply_gradients(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler | None, grad_clip: float) -> None:
+def apply_gradients(
+    loss: torch.Tensor,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    grad_clip: float,
+) -> None:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip > 0:

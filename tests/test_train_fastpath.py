@@ -1,5 +1,6 @@
 """The GPU fast path on CPU: the accelerated forward computes the plain model's function, the compiled couplings
 share graphs, the benchmark's tiny path runs, and the training loop's non-finite guard names the step."""
+
 from __future__ import annotations
 
 import copy
@@ -16,13 +17,17 @@ import torch
 
 from flowgmm.spec import build_model
 from pipeline.config import resolve
-from pipeline.fastpath import accelerate, compile_stats, scaled_lr
-from pipeline.ingest import Step
-from pipeline.step import apply_gradients, compute_loss
+from pipeline.data.ingest import Step
+from pipeline.train.fastpath import accelerate, compile_stats, scaled_lr
+from pipeline.train.step import apply_gradients, compute_loss
 
 REPO = Path(__file__).resolve().parent.parent
-SPEC = {"kind": "image", "shape": [1, 28, 28], "num_classes": 10,
-        "model": {"num_scales": 2, "mid_channels": 8, "num_blocks": 1}}
+SPEC = {
+    "kind": "image",
+    "shape": [1, 28, 28],
+    "num_classes": 10,
+    "model": {"num_scales": 2, "mid_channels": 8, "num_blocks": 1},
+}
 
 
 def _model(dtype=torch.float32, seed=0):
@@ -81,8 +86,13 @@ def test_compiled_couplings_share_graphs_and_match_eager():
     torch._dynamo.reset()
     plain = _model()
     fast_model = copy.deepcopy(plain)
-    fwd = accelerate(fast_model, SimpleNamespace(compile="couplings", channels_last=True), "cpu",
-                     backend="eager", compile_on_cpu=True)
+    fwd = accelerate(
+        fast_model,
+        SimpleNamespace(compile="couplings", channels_last=True),
+        "cpu",
+        backend="eager",
+        compile_on_cpu=True,
+    )
     x = torch.rand(4, 1, 28, 28)
     g0 = compile_stats()["unique_graphs"]
     with torch.no_grad():
@@ -90,11 +100,11 @@ def test_compiled_couplings_share_graphs_and_match_eager():
     z, ld = fwd(x)
     (z.square().mean() + ld.mean()).backward()
     graphs = compile_stats()["unique_graphs"] - g0
-    assert graphs == 6, graphs   # 3 coupling shapes x {no-grad, grad}
+    assert graphs == 6, graphs  # 3 coupling shapes x {no-grad, grad}
     z0, l0 = plain(x)
     assert torch.allclose(z, z0, atol=1e-5) and torch.allclose(ld, l0, rtol=1e-5, atol=1e-3)
     with torch.no_grad():
-        fast_model.eval()(x)     # eval mode and another batch size outside the fast forward: eager
+        fast_model.eval()(x)  # eval mode and another batch size outside the fast forward: eager
     assert compile_stats()["unique_graphs"] - g0 == graphs
     # gradients reach every parameter through the compiled units
     assert all(p.grad is not None for p in fast_model.flow.parameters())
@@ -103,7 +113,7 @@ def test_compiled_couplings_share_graphs_and_match_eager():
 
 def test_scaled_lr():
     assert scaled_lr(1e-3, 256, 256) == pytest.approx(1e-3)
-    assert scaled_lr(1e-3, 2048, 256) == pytest.approx(1e-3 * 8 ** 0.5)
+    assert scaled_lr(1e-3, 2048, 256) == pytest.approx(1e-3 * 8**0.5)
     assert scaled_lr(1e-3, 2048, 256, rule="linear") == pytest.approx(8e-3)
     with pytest.raises(ValueError):
         scaled_lr(1e-3, 0, 256)
@@ -113,9 +123,24 @@ def test_bench_tiny_runs_two_steps(tmp_path):
     out = tmp_path / "bench.json"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_train_step.py"), "--tiny", "--steps", "2",
-                           "--ref-steps", "2", "--json", str(out)], capture_output=True, text=True, env=env,
-                          timeout=120, cwd=REPO)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "bench_train_step.py"),
+            "--tiny",
+            "--steps",
+            "2",
+            "--ref-steps",
+            "2",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=REPO,
+    )
     elapsed = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())["results"]
@@ -129,10 +154,11 @@ def test_bench_tiny_runs_two_steps(tmp_path):
 
 
 def test_non_finite_guard_names_the_step():
-    """The training loop's device-side guard (as in pipeline/train.py) fed a poisoned step: its check raises
+    """The training loop's device-side guard (as in pipeline/train/loop.py) fed a poisoned step: its check raises
     NonFiniteLossError naming the first bad step; finite steps pass."""
     pytest.importorskip("ray")
-    from pipeline.train import NonFiniteLossError, _check_finite
+    from pipeline.train.loop import _check_finite
+    from pipeline.train.state import NonFiniteLossError
 
     cfg = resolve("mnist", smoke=True)
     t = cfg.train
@@ -154,17 +180,17 @@ def test_non_finite_guard_names_the_step():
         bad = ~torch.isfinite(loss.detach())
         first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
         if step < 2:
-            _check_finite(first_bad, loss, step + 1)   # no error before the poisoned step
+            _check_finite(first_bad, loss, step + 1)  # no error before the poisoned step
     with pytest.raises(NonFiniteLossError, match=r"non-finite training loss at step 2\b"):
         _check_finite(first_bad, loss, 4)
 
 
 def test_large_batch_recipe():
-    from pipeline.fastpath import large_batch
+    from pipeline.train.fastpath import large_batch
 
     cfg = resolve("mnist")
     big = large_batch(cfg, 2048)
     assert (big.ingest.labeled_batch, big.ingest.unlabeled_batch) == (512, 1536)
-    assert big.train.lr == pytest.approx(1e-3 * 8 ** 0.5)
+    assert big.train.lr == pytest.approx(1e-3 * 8**0.5)
     assert (big.train.warmup_steps, big.train.consistency_ramp_steps) == (25, 250)
-    assert (cfg.ingest.labeled_batch, cfg.train.lr) == (64, 1e-3)    # the original is untouched
+    assert (cfg.ingest.labeled_batch, cfg.train.lr) == (64, 1e-3)  # the original is untouched

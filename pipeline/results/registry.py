@@ -7,6 +7,7 @@ name, and the ``champion`` alias moves to it only when it is better on validatio
 The registered version carries what the served model needs as tags too (the calibration's variance scale, the
 OOD threshold on log p(x)), beside the spec inside the model itself.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,9 @@ def validation_score(metrics: dict[str, float]) -> float:
     return float(acc) - 1e-3 * float(nll)
 
 
-def register(tracking_uri: str, run_id: str, model_uri: str, name: str, metrics: dict[str, float],
-             alias: str = ALIAS) -> tuple[str, bool]:
+def register(
+    tracking_uri: str, run_id: str, model_uri: str, name: str, metrics: dict[str, float], alias: str = ALIAS
+) -> tuple[str, bool]:
     """Register ``model_uri`` as a new version of ``name``; move ``alias`` to it if its validation score beats the
     current holder's (or nobody holds it). Returns (version, promoted)."""
     import mlflow
@@ -37,9 +39,12 @@ def register(tracking_uri: str, run_id: str, model_uri: str, name: str, metrics:
     client = MlflowClient(tracking_uri=tracking_uri)
     score = validation_score(metrics)
     mv = mlflow.register_model(model_uri, name, tags={"run_id": run_id})
-    tags: dict[str, Any] = {"val_score": score, "variance_scale": metrics.get("variance_scale"),
-                            "ood_threshold": metrics.get("ood_threshold"),
-                            "test_accuracy": metrics.get("test_accuracy_calibrated")}
+    tags: dict[str, Any] = {
+        "val_score": score,
+        "variance_scale": metrics.get("variance_scale"),
+        "ood_threshold": metrics.get("ood_threshold"),
+        "test_accuracy": metrics.get("test_accuracy_calibrated"),
+    }
     for k, v in tags.items():
         if v is not None:
             client.set_model_version_tag(name, mv.version, k, str(v))

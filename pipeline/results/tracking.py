@@ -7,6 +7,7 @@ write relative paths). ``--tracking-uri http://host:5000`` points the same code 
 The driver creates the run and hands its id to rank 0 of the training workers, which logs per-epoch metrics into
 it; a restarted worker group, or ``run.py --resume NAME``, keeps logging into the same run.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-from pipeline.version import code_version
+from pipeline.core.version import code_version
 
 
 def default_tracking_uri(home: Path) -> str:
@@ -48,17 +49,20 @@ class RunHandle:
         existing = self.client.get_run(self.run_id).data.params
         items = [Param(k, _param(v)) for k, v in params.items() if k not in existing]
         for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[i:i + 100])
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         import math
         import time
 
         now = int(time.time() * 1000)
-        ms = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()
-              if isinstance(v, (int, float)) and math.isfinite(float(v))]
+        ms = [
+            Metric(k, float(v), now, step or 0)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and math.isfinite(float(v))
+        ]
         for i in range(0, len(ms), 500):
-            self.client.log_batch(self.run_id, metrics=ms[i:i + 500])
+            self.client.log_batch(self.run_id, metrics=ms[i : i + 500])
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -80,8 +84,15 @@ class RunHandle:
         self.client.set_terminated(self.run_id, status=status)
 
 
-def start_run(home: Path, experiment: str, run_name: str, *, tracking_uri: str | None = None,
-              resume_run_id: str | None = None, tags: dict[str, str] | None = None) -> RunHandle:
+def start_run(
+    home: Path,
+    experiment: str,
+    run_name: str,
+    *,
+    tracking_uri: str | None = None,
+    resume_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> RunHandle:
     uri = tracking_uri or default_tracking_uri(home)
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
@@ -105,18 +116,26 @@ def environment_tags() -> dict[str, str]:
     import ray
     import torch
 
-    return {"code_version": code_version(), "python": sys.version.split()[0], "platform": platform.platform(),
-            "host": socket.gethostname(), "torch": torch.__version__, "ray": ray.__version__,
-            "mlflow": mlflow.__version__, "numpy": numpy.__version__,
-            "cuda": str(torch.version.cuda), "cpu_count": str(os.cpu_count())}
+    return {
+        "code_version": code_version(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "torch": torch.__version__,
+        "ray": ray.__version__,
+        "mlflow": mlflow.__version__,
+        "numpy": numpy.__version__,
+        "cuda": str(torch.version.cuda),
+        "cpu_count": str(os.cpu_count()),
+    }
 
 
 def log_model(handle: RunHandle, model_dir: Path, spec: dict[str, Any]) -> str:
     """Log the served model as an MLflow pyfunc "model from code": the weights as a state dict plus a JSON spec,
     the ``flowgmm`` package as code, and a signature. Loading it never unpickles arbitrary objects."""
-    from pipeline import serving
+    from pipeline.results import serving
 
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     mlflow.set_tracking_uri(handle.tracking_uri)
     with mlflow.start_run(run_id=handle.run_id):
         info = mlflow.pyfunc.log_model(

@@ -1,0 +1,129 @@
+"""The shipped experiments (``digits`` is the embedded default) and ``smoke``, which shrinks any of them to seconds."""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import replace
+
+from pipeline.config.schema import Config, EvalConfig, ModelConfig, TrainConfig
+from pipeline.data.ingest import IngestSpec
+from pipeline.data.spec import DataSpec
+
+
+def _digits() -> Config:
+    # Sized for the embedded default: 2 CPU workers finish it in about 2-3 minutes with the baselines.
+    return Config(
+        name="digits",
+        data=DataSpec(source="digits", n_labeled=100, n_val=200, seed=0, shard_rows=512),
+        ingest=IngestSpec(labeled_batch=32, unlabeled_batch=32, translate=1),
+        model=ModelConfig(num_scales=2, mid_channels=16, num_blocks=1, means_scale=1.0),
+        train=TrainConfig(
+            method="flowgmm",
+            loss_form="ce",
+            label_weight=64.0,
+            epochs=12,
+            lr=2e-3,
+            warmup_steps=20,
+            consistency_ramp_steps=150,
+            log_every=50,
+        ),
+        eval=EvalConfig(sample_temperature=0.25),
+    )
+
+
+def _moons() -> Config:
+    return Config(
+        name="moons",
+        data=DataSpec(source="moons", n_labeled=10, n_val=50, n_points=1000, noise=0.05, seed=0, shard_rows=256),
+        ingest=IngestSpec(labeled_batch=10, unlabeled_batch=64, noise_std=0.05),
+        model=ModelConfig(num_couplings=6, hidden=64, depth=2, means_scale=2.0),
+        train=TrainConfig(method="flowgmm", loss_form="nll", epochs=20, lr=3e-3, warmup_steps=20),
+    )
+
+
+def _mnist() -> Config:
+    return Config(
+        name="mnist",
+        data=DataSpec(
+            source="mnist", n_labeled=1000, n_val=1000, seed=0, shard_rows=4096, ood=("fashion_mnist", "notmnist")
+        ),
+        ingest=IngestSpec(labeled_batch=64, unlabeled_batch=192, translate=2),
+        model=ModelConfig(num_scales=2, mid_channels=64, num_blocks=8, means_scale=1.0),
+        train=TrainConfig(
+            method="flowgmm_cons",
+            loss_form="ce",
+            label_weight=3.0,
+            epochs=30,
+            lr=1e-3,
+            warmup_steps=200,
+            consistency_ramp_steps=2000,
+            num_workers=1,
+            use_gpu=True,
+            cpus_per_worker=4,
+            bf16=True,
+            log_every=100,
+        ),
+    )
+
+
+def _fashion_mnist() -> Config:
+    cfg = _mnist()
+    cfg.name = "fashion_mnist"
+    cfg.data = replace(cfg.data, source="fashion_mnist", ood=("mnist", "notmnist"))
+    return cfg
+
+
+def _breast_cancer() -> Config:
+    return Config(
+        name="breast_cancer",
+        data=DataSpec(source="breast_cancer", n_labeled=20, n_val=60, seed=0, shard_rows=256),
+        ingest=IngestSpec(labeled_batch=20, unlabeled_batch=64, noise_std=0.05),
+        model=ModelConfig(num_couplings=6, hidden=128, depth=2, means_scale=1.5),
+        train=TrainConfig(method="flowgmm", loss_form="nll", epochs=20, lr=1e-3, warmup_steps=20),
+    )
+
+
+EXPERIMENTS: dict[str, typing.Callable[[], Config]] = {
+    "digits": _digits,
+    "moons": _moons,
+    "mnist": _mnist,
+    "fashion_mnist": _fashion_mnist,
+    "breast_cancer": _breast_cancer,
+}
+
+
+def smoke(cfg: Config) -> Config:
+    """Shrink an experiment to seconds on 2 CPU cores: same code path, fewer rows, epochs and channels."""
+    d, t, m = cfg.data, cfg.train, cfg.model
+    data = replace(
+        d,
+        n_unlabeled=min(d.n_unlabeled or 10**9, 1024),
+        n_test=min(d.n_test or 10**9, 500),
+        n_val=min(d.n_val, 200),
+        n_labeled=min(d.n_labeled, 100),
+    )
+    model = replace(m, mid_channels=min(m.mid_channels, 16), num_blocks=min(m.num_blocks, 1), hidden=min(m.hidden, 64))
+    train = replace(
+        t,
+        epochs=min(t.epochs, 3),
+        num_workers=min(t.num_workers, 2),
+        use_gpu=False,
+        cpus_per_worker=0.5,
+        bf16=False,
+        compile="none",
+        channels_last=False,
+        warmup_steps=min(t.warmup_steps, 5),
+        consistency_ramp_steps=min(t.consistency_ramp_steps, 20),
+        log_every=min(t.log_every, 10),
+    )
+    ingest = replace(
+        cfg.ingest, labeled_batch=min(cfg.ingest.labeled_batch, 32), unlabeled_batch=min(cfg.ingest.unlabeled_batch, 64)
+    )
+    return replace(
+        cfg,
+        data=data,
+        model=model,
+        train=train,
+        ingest=ingest,
+        eval=replace(cfg.eval, batch_size=min(cfg.eval.batch_size, 256)),
+    )

@@ -1,0 +1,40 @@
+"""The command-line options that the entry points share, defined once.
+
+p = argparse.ArgumentParser()
+add_config_options(p)      # --config, --smoke, --run-name, --data-dir, key=value overrides (run, sweep)
+add_store_options(p)       # --home, --tracking-uri (run, sweep, score, compare)
+add_cluster_options(p)     # --address, --storage-path (run, sweep; score takes --address only)
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_config_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        default=None,
+        help="experiment name (digits, moons, mnist, fashion_mnist, "
+        "breast_cancer) or a YAML file of the same schema; default: digits",
+    )
+    p.add_argument("--smoke", action="store_true", help="shrink the experiment to seconds")
+    p.add_argument("--run-name", default=None, help="name of this run (default: <config>-<timestamp>)")
+    p.add_argument("--data-dir", default=None, help="directory of downloaded data sets (default $FLOWGMM_DATA)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="override config fields, e.g. train.lr=3e-4")
+
+
+def add_store_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--home", default=None, help="where everything is written (default $FLOWGMM_HOME or ~/.flowgmm)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: SQLite in the home)")
+
+
+def add_cluster_options(p: argparse.ArgumentParser, *, storage: bool = True) -> None:
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    if storage:
+        p.add_argument(
+            "--storage-path",
+            default=None,
+            help="checkpoint storage, shared by all nodes on a cluster "
+            "(a path or a URI such as s3://bucket/flowgmm; default <home>/ray_results)",
+        )

@@ -1,0 +1,179 @@
+"""Compare the SSL runs of an MLflow experiment: one row per method (FlowGMM, FlowGMM-cons, the supervised-only
+flow, a plain classifier) and label count, mean ± std over seeds/runs, printed and logged to MLflow.
+
+    python pipeline/compare.py --experiment flowgmm-digits
+    python pipeline/compare.py --experiment flowgmm-digits --runs <id> <id>
+    python pipeline/compare.py --recipe digits --seeds 2      # train FlowGMM and FlowGMM-cons, then compare
+
+Every finished run contributes its own method's row and its baselines (a run of `pipeline/run.py` also trains the
+same flow on the labels only and a logistic regression on the same labeled rows). Sweep children count like single
+runs. The comparison is logged as a run named ``comparison`` in the same experiment (table as CSV/Markdown/JSON
+and a picture of accuracy against calibrated NLL).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+COLUMNS = ("accuracy", "nll", "nll_calibrated", "ece", "ece_calibrated", "ood_auroc", "bpd", "wall_seconds")
+METHOD_NAMES = {"flowgmm": "FlowGMM", "flowgmm_cons": "FlowGMM-cons", "supervised": "supervised-only flow"}
+
+
+def rows_from_run(run) -> list[dict[str, Any]]:
+    """The comparison rows one MLflow run contributes (its method, then its baselines)."""
+    m, p, tags = run.data.metrics, run.data.params, run.data.tags
+    if "test_accuracy" not in m:
+        return []
+    labels = int(float(p.get("data.n_labeled", "nan"))) if p.get("data.n_labeled") else None
+    seed = p.get("train.seed", "0")
+    base = {"run_id": run.info.run_id, "labels": labels, "seed": seed}
+    method = p.get("train.method", tags.get("method", "flowgmm"))
+    aurocs = [v for k, v in m.items() if k.startswith("ood_") and k.endswith("_log_px_auroc")]
+    rows = [
+        {
+            **base,
+            "method": METHOD_NAMES.get(method, method),
+            "accuracy": m["test_accuracy"],
+            "nll": m.get("test_nll"),
+            "nll_calibrated": m.get("test_nll_calibrated"),
+            "ece": m.get("test_ece"),
+            "ece_calibrated": m.get("test_ece_calibrated"),
+            "ood_auroc": float(np.mean(aurocs)) if aurocs else None,
+            "bpd": m.get("test_bpd"),
+            "wall_seconds": m.get("wall_seconds"),
+        }
+    ]
+    if "baseline_supervised_flow_test_accuracy" in m:
+        b = "baseline_supervised_flow_"
+        rows.append(
+            {
+                **base,
+                "method": "supervised-only flow",
+                "accuracy": m[b + "test_accuracy"],
+                "nll": m.get(b + "test_nll"),
+                "nll_calibrated": m.get(b + "test_nll_calibrated"),
+                "ece": m.get(b + "test_ece"),
+                "ece_calibrated": m.get(b + "test_ece_calibrated"),
+                "ood_auroc": None,
+                "bpd": m.get(b + "test_bpd"),
+                "wall_seconds": None,
+            }
+        )
+    if "baseline_logreg_test_accuracy" in m:
+        rows.append(
+            {
+                **base,
+                "method": "logistic regression",
+                "accuracy": m["baseline_logreg_test_accuracy"],
+                **{c: None for c in COLUMNS if c != "accuracy"},
+            }
+        )
+    return rows
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Group by (method, labels): mean and std (ddof=0) of every column over runs; n = number of runs."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[(r["method"], r["labels"])].append(r)
+    order = ["FlowGMM", "FlowGMM-cons", "supervised-only flow", "logistic regression"]
+    out = []
+    for (method, labels), rs in sorted(
+        groups.items(), key=lambda kv: (order.index(kv[0][0]) if kv[0][0] in order else 99, kv[0][1] or 0)
+    ):
+        row: dict[str, Any] = {
+            "method": method,
+            "labels": labels,
+            "n": len(rs),
+            "seeds": sorted({str(r["seed"]) for r in rs}),
+        }
+        for c in COLUMNS:
+            vals = [r[c] for r in rs if r.get(c) is not None and math.isfinite(r[c])]
+            row[c] = float(np.mean(vals)) if vals else None
+            row[c + "_std"] = float(np.std(vals)) if vals else None
+        out.append(row)
+    return out
+
+
+def markdown(table: list[dict[str, Any]]) -> str:
+    head = "| method | labels | runs | accuracy | NLL | NLL (cal.) | ECE | ECE (cal.) | OOD AUROC | bits/dim | wall s |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in table:
+        cells = [r["method"], str(r["labels"]), str(r["n"])]
+        for c in COLUMNS:
+            v, s = r[c], r[c + "_std"]
+            cells.append("" if v is None else (f"{v:.4f} ± {s:.4f}" if r["n"] > 1 else f"{v:.4f}"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def picture(table: list[dict[str, Any]]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for r in table:
+        if r["nll_calibrated"] is None:
+            ax.axvline(r["accuracy"], ls=":", color="gray")
+            ax.text(
+                r["accuracy"], ax.get_ylim()[1] if ax.has_data() else 1, r["method"], rotation=90, fontsize=7, va="top"
+            )
+            continue
+        ax.errorbar(
+            r["accuracy"],
+            r["nll_calibrated"],
+            xerr=r["accuracy_std"],
+            yerr=r["nll_calibrated_std"],
+            fmt="o",
+            capsize=3,
+            label=f"{r['method']} ({r['labels']} labels)",
+        )
+    ax.set_xlabel("test accuracy")
+    ax.set_ylabel("test NLL after calibration")
+    ax.set_title("accuracy vs calibrated NLL")
+    ax.legend(fontsize=7)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def compare(
+    tracking_uri: str, experiment: str, run_ids: list[str] | None = None, log: bool = True
+) -> list[dict[str, Any]]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise SystemExit(f"error: no MLflow experiment named {experiment!r} at {tracking_uri}")
+    runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'", max_results=10000)
+    if run_ids:
+        runs = [r for r in runs if r.info.run_id in set(run_ids)]
+    rows = [row for r in runs if r.data.tags.get("mlflow.runName") != "comparison" for row in rows_from_run(r)]
+    table = aggregate(rows)
+    print(markdown(table), end="")
+    if log and table:
+        from pipeline.results.tracking import RunHandle
+
+        run = client.create_run(exp.experiment_id, run_name="comparison", tags={"kind": "comparison"})
+        h = RunHandle(tracking_uri, exp.experiment_id, run.info.run_id)
+        h.log_text(markdown(table), "comparison/table.md")
+        h.log_json({"rows": rows, "table": table}, "comparison/table.json")
+        import csv
+
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(table[0]))
+        w.writeheader()
+        w.writerows(table)
+        h.log_text(buf.getvalue(), "comparison/table.csv")
+        h.log_bytes(picture(table), "comparison/accuracy_vs_nll.png")
+        h.end("FINISHED")
+    return table

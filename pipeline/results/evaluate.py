@@ -1,0 +1,196 @@
+"""Evaluation of a trained FlowGMM on the prepared splits: test metrics before and after variance-scaling
+calibration (fit on the labeled validation split), bits/dim, out-of-domain detection, a logistic-regression
+baseline on the same labeled rows, and the pictures.
+
+Runs wherever it is called: the pipeline calls it inside a Ray task (on a GPU when training used GPUs).
+
+    result = evaluate_model("/path/to/best/checkpoint", prepared, cfg)
+    result.metrics["test_accuracy"], result.metrics["test_ece_calibrated"]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from flowgmm import calibration
+from flowgmm import metrics as M
+from flowgmm.model import FlowGMM
+from flowgmm.spec import load as load_model
+from pipeline.config import Config
+from pipeline.data.manifest import Prepared
+from pipeline.data.shards import load_split
+from pipeline.results import figures
+from pipeline.train.validate import bits_per_dim, encode
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    calibration_table: list[dict[str, Any]]
+    ood_table: list[dict[str, Any]]
+    variance_scale: float
+    ood_threshold: float
+    figures: dict[str, bytes] = field(default_factory=dict)  # artifact path -> PNG bytes
+
+
+def classification_metrics(probs: np.ndarray, y: np.ndarray, n_bins: int) -> dict[str, float]:
+    return {
+        "accuracy": M.accuracy(probs, y),
+        "nll": M.nll(probs, y),
+        "ece": M.ece(probs, y, n_bins=n_bins),
+        "brier": M.brier(probs, y),
+    }
+
+
+@torch.no_grad()
+def posterior(model: FlowGMM, z: torch.Tensor, scale: float) -> np.ndarray:
+    model.set_variance_scale(scale)
+    try:
+        return model.mixture.posterior(z, calibrated=True).numpy()
+    finally:
+        model.set_variance_scale(1.0)
+
+
+def evaluate_model(
+    model_dir: str, prepared: Prepared, cfg: Config, *, device: str = "cpu", figures_on: bool | None = None
+) -> EvalResult:
+    """Test metrics before and after calibration, bits/dim, OOD detection, the baseline and the pictures."""
+    ev = _Evaluation(model_dir, prepared, cfg, torch.device(device))
+    ev.calibrate()
+    ev.out_of_domain()
+    if cfg.eval.baselines:  # a plain classifier on the same labeled rows
+        ev.out["baseline_logreg_test_accuracy"] = logistic_regression_baseline(prepared, ev.image)
+    figs = ev.figures() if (cfg.eval.figures if figures_on is None else figures_on) else {}
+    return EvalResult(ev.out, ev.table, ev.ood_rows, ev.scale, ev.threshold, figs)
+
+
+class _Evaluation:
+    """One evaluation: the model, the encoded validation and test splits, and what has been measured so far."""
+
+    def __init__(self, model_dir: str, prepared: Prepared, cfg: Config, device: torch.device):
+        self.prepared, self.cfg, self.device = prepared, cfg, device
+        self.model, spec = load_model(model_dir, map_location=device)
+        self.model.to(device).eval()
+        self.image = spec["kind"] == "image"
+        self.dim = int(np.prod(spec["shape"]))
+        self.enc = {s: self.encode(*load_split(prepared, s)) for s in ("val", "test")}
+        self.out: dict[str, float] = {}
+        self.table: list[dict[str, Any]] = []
+        self.ood_rows: list[dict[str, Any]] = []
+        self.ood_scores: dict[str, np.ndarray] = {}
+
+    def encode(self, x: np.ndarray, y: np.ndarray):
+        self.model.to(self.device)
+        e = encode(self.model, x, y, image=self.image, device=self.device, batch_size=self.cfg.eval.batch_size)
+        self.model.cpu()
+        return e
+
+    def calibrate(self) -> None:
+        """One variance scale fit on the labeled validation split, the flow frozen; metrics before and after."""
+        enc, out, bins = self.enc, self.out, self.cfg.eval.ece_bins
+        self.scale = calibration.fit_variance_scale(self.model.mixture, enc["val"].z, torch.as_tensor(enc["val"].y))
+        for split in ("val", "test"):
+            name = "final_val" if split == "val" else split  # per-epoch "val_*" metrics are logged in training
+            for label, s in (("uncalibrated", 1.0), ("calibrated", self.scale)):
+                m = classification_metrics(posterior(self.model, enc[split].z, s), enc[split].y, bins)
+                self.table.append({"split": split, "model": label, "variance_scale": s, **m})
+                suffix = "" if label == "uncalibrated" else "_calibrated"
+                out.update({f"{name}_{k}{suffix}": v for k, v in m.items()})
+            out[f"{name}_bpd"] = bits_per_dim(enc[split].log_px, self.dim, self.image)
+        out["variance_scale"] = self.scale
+
+    def out_of_domain(self) -> None:
+        """log p(x) and max p(y|x) (calibrated) against each OOD set; in-domain = the test split."""
+        test, out = self.enc["test"], self.out
+        self.threshold = float(np.percentile(self.enc["val"].log_px.numpy(), self.cfg.eval.ood_percentile))
+        out["ood_threshold"] = self.threshold
+        out["test_ood_flag_rate"] = float((test.log_px.numpy() < self.threshold).mean())
+        test_conf = posterior(self.model, test.z, self.scale).max(1)
+        for name in self.prepared.manifest.get("ood", {}) or {}:
+            e = self.encode(*load_split(self.prepared, f"ood/{name}"))
+            conf = posterior(self.model, e.z, self.scale).max(1)
+            for score, s_in, s_out in (
+                ("log_px", test.log_px.numpy(), e.log_px.numpy()),
+                ("max_prob", test_conf, conf),
+            ):
+                r = M.ood_report(s_in, s_out)
+                self.ood_rows.append({"ood_set": name, "score": score, **r})
+                out.update({f"ood_{name}_{score}_{k}": v for k, v in r.items()})
+            out[f"ood_{name}_flag_rate"] = float((e.log_px.numpy() < self.threshold).mean())
+            out[f"ood_{name}_bpd"] = bits_per_dim(e.log_px, self.dim, self.image)
+            self.ood_scores[name] = e.log_px.numpy()
+
+    def figures(self) -> dict[str, bytes]:
+        test, bins, names, model = self.enc["test"], self.cfg.eval.ece_bins, self.prepared.class_names, self.model
+        p_before, p_after = posterior(model, test.z, 1.0), posterior(model, test.z, self.scale)
+        figs = {
+            "plots/reliability.png": figures.reliability(
+                M.reliability_bins(p_before, test.y, n_bins=bins), M.reliability_bins(p_after, test.y, n_bins=bins)
+            ),
+            "plots/confusion_matrix.png": figures.confusion(p_after.argmax(1), test.y, names),
+        }
+        if self.ood_scores:
+            figs["plots/ood_log_px_hist.png"] = figures.ood_histogram(
+                test.log_px.numpy(), self.ood_scores, self.threshold, self.dim
+            )
+        if self.image:
+            t = self.cfg.eval.sample_temperature
+            figs["plots/class_means.png"] = figures.class_means(model, names)
+            figs[f"plots/samples_t{t:g}.png"] = figures.class_samples(model, names, t)
+        elif self.dim == 2:
+            figs["plots/data_and_latent.png"] = figures.two_d(model, *load_split(self.prepared, "test"))
+        return figs
+
+
+def logistic_regression_baseline(prepared: Prepared, image: bool) -> float:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x_l, y_l = load_split(prepared, "labeled")
+    x_t, y_t = load_split(prepared, "test")
+    f = lambda a: a.reshape(len(a), -1).astype(np.float32) / (255.0 if image else 1.0)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+    clf.fit(f(x_l), y_l)
+    return float((clf.predict(f(x_t)) == y_t).mean())
+
+
+def evaluate_accuracy_only(model_dir: str, prepared: Prepared, cfg: Config, device: str = "cpu") -> dict[str, float]:
+    """For baselines (the supervised-only flow): test metrics, calibrated on validation like the main model."""
+    r = evaluate_model(model_dir, prepared, cfg, device=device, figures_on=False)
+    keep = (
+        "test_accuracy",
+        "test_nll",
+        "test_ece",
+        "test_accuracy_calibrated",
+        "test_nll_calibrated",
+        "test_ece_calibrated",
+        "test_bpd",
+    )
+    return {k: r.metrics[k] for k in keep}
+
+
+def evaluate_checkpoint(checkpoint, prepared: Prepared, cfg: Config, accuracy_only: bool = False):
+    """Fetch a Ray Train checkpoint, wherever it is stored, and evaluate it (run it through
+    :func:`evaluation_task` to place it on a GPU when training used GPUs)."""
+    device = "cuda" if cfg.train.use_gpu else "cpu"
+    with checkpoint.as_directory() as d:
+        if accuracy_only:
+            return evaluate_accuracy_only(d, prepared, cfg, device=device)
+        return evaluate_model(d, prepared, cfg, device=device)
+
+
+def evaluation_task(cfg: Config):
+    """:func:`evaluate_checkpoint` as a Ray task with the resources of the training workers (a GPU share when they
+    had one), scheduled outside any placement group (a sweep trial's group holds no CPU)."""
+    import ray
+
+    t = cfg.train
+    gpus = float(t.gpus_per_worker) if t.use_gpu else 0.0
+    return ray.remote(
+        num_cpus=min(1.0, t.cpus_per_worker * max(1, t.num_workers)), num_gpus=gpus, scheduling_strategy="DEFAULT"
+    )(evaluate_checkpoint)

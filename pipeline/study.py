@@ -1,0 +1,63 @@
+"""A study: several jobs of one recipe (FlowGMM and FlowGMM-cons over seeds), then the comparison table of the
+experiment (``pipeline.results.compare``). The ``compare`` command's entry point.
+
+    python pipeline/compare.py --experiment flowgmm-digits            # compare what is there
+    python pipeline/compare.py --recipe digits --seeds 2              # train first, then compare
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.core.cli import add_store_options
+from pipeline.core.home import resolve_home
+from pipeline.job import main as run_main
+from pipeline.results.compare import compare
+
+
+def recipe(name: str, seeds: int, home: Path, tracking_uri: str | None, smoke: bool) -> str:
+    """Train FlowGMM and FlowGMM-cons (each with its supervised-flow and logistic-regression baselines) for
+    ``seeds`` seeds on experiment ``name``; returns the MLflow experiment name."""
+    from pipeline.config import experiment_name, resolve
+
+    for seed in range(seeds):
+        for method in ("flowgmm", "flowgmm_cons"):
+            argv = [
+                "--config",
+                name,
+                "--home",
+                str(home),
+                f"train.method={method}",
+                f"train.seed={seed}",
+                f"data.seed={seed}",
+                "--run-name",
+                f"compare-{name}-{method}-s{seed}",
+            ]
+            argv += ["--smoke"] if smoke else []
+            argv += ["--tracking-uri", tracking_uri] if tracking_uri else []
+            if run_main(argv) != 0:
+                raise SystemExit(f"error: run {method} seed {seed} failed")
+    return experiment_name(resolve(name))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="pipeline/compare.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--experiment", default=None, help="MLflow experiment name (e.g. flowgmm-digits)")
+    p.add_argument("--runs", nargs="*", default=None, help="only these run ids")
+    p.add_argument("--recipe", default=None, metavar="CONFIG", help="first train the methods on this experiment")
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--smoke", action="store_true")
+    add_store_options(p)
+    args = p.parse_args(argv)
+    from pipeline.results.tracking import default_tracking_uri
+
+    home = resolve_home(args.home)
+    uri = args.tracking_uri or default_tracking_uri(home)
+    experiment = args.experiment
+    if args.recipe:
+        experiment = recipe(args.recipe, args.seeds, home, args.tracking_uri, args.smoke)
+    if not experiment:
+        p.error("--experiment or --recipe is required")
+    compare(uri, experiment, args.runs)
+    return 0
