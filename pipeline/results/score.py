@@ -124,7 +124,6 @@ class Scorer:
 
         from flowgmm.spec import load
 
-        torch.set_grad_enabled(False)
         spec_path = next(Path(model_dir).rglob("spec.json"))
         self.model, self.spec = load(spec_path.parent)
         self.model.set_variance_scale(float(self.spec.get("variance_scale", 1.0)))

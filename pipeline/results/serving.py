@@ -48,11 +48,9 @@ def feature_names(spec: dict[str, Any]) -> list[str]:
 
 class FlowGMMModel(PythonModel):
     def load_context(self, context) -> None:
-        import torch
 
         from flowgmm.spec import load
 
-        torch.set_grad_enabled(False)
         self.model, self.spec = load(context.artifacts["model_dir"])
         self.model.set_variance_scale(float(self.spec.get("variance_scale", 1.0)))
         self.threshold = float(self.spec.get("ood_threshold", -np.inf))
