@@ -1,10 +1,18 @@
-"""Ingest benchmark: Parquet -> torch batches through Ray Data inside Ray Train workers, and the cost of a
-training step fed by Ray Data relative to the same step fed from tensors already in memory.
+"""Ingest benchmark: the real FlowGMM training step fed the way training feeds it (Ray Data -> the worker's rows on
+the device -> index batches + augmentation) against the same step on tensors already on the device.
 
-    .venv/bin/python bench/bench_ingest.py [--data-dir ../shared/data] [--n-unlabeled 58000] [--epochs 2]
+    python bench/bench_ingest.py                                  # digits, moons, breast_cancer (the default recipes)
+    python bench/bench_ingest.py --configs digits --steps 600 --workers 0 2
+    python bench/bench_ingest.py --configs mnist --steps 20 --workers 1 train.use_gpu=true train.batch_rows=2048 \
+        train.bf16=true train.channels_last=true                 # on a GPU
 
-Runs on a local Ray instance (2 CPUs, 2 workers x 0.5 CPU). Reports the warm epoch (the last one). Uses MNIST
-(1k labeled) when the data directory has it, else scikit-learn digits.
+Per configuration, three ways to run ``--steps`` steps of its main model (steady per-step time, the first steps
+excluded):
+    train loop    ``pipeline.train.trainer.TrainRun`` (Ray Train; ``--workers`` 0 = in the driver, else DDP workers)
+                  with one evaluation at the end: what a job runs (its ``step_s`` metric)
+    stream        ``Engine.train_step`` on ``SSLStream.in_memory`` batches (same rows, same augmentation, no Ray)
+    tensors       ``Engine.train_step`` on four batches built in advance (no batching or augmentation at all)
+The ratio train loop / tensors is what the pipeline adds to the math.
 """
 
 from __future__ import annotations
@@ -19,128 +27,112 @@ from pathlib import Path
 
 if not __package__:  # `python bench/bench_ingest.py`: import the project from this checkout
     sys.path[0] = str(Path(__file__).resolve().parents[1])
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(prepared, ispec, epochs, source, model, seed=0):
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+def engine_step_s(cfg, prepared, steps: int, prebuilt: bool) -> float:
+    """Steady seconds per ``Engine.train_step`` on stream batches (or on 4 prebuilt ones)."""
+    import torch
 
-    from bench.harness import probe_loop
-    from pipeline.data import build_datasets, data_config
+    from pipeline.data.stream import SSLStream
+    from pipeline.train.engine import Engine
+    from pipeline.train.model import model_spec
 
-    out = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    t = cfg.train
+    device = torch.device("cuda" if t.use_gpu and torch.cuda.is_available() else "cpu")
+    torch.manual_seed(t.seed)
+    engine = Engine(model_spec(cfg, prepared), cfg, device)
+    stream = SSLStream.in_memory(
+        prepared,
+        cfg.ingest,
+        seed=t.seed,
+        device=device,
+        unlabeled=t.method != "supervised",
+        second_view=t.method == "flowgmm_cons",
+    )
+    it = stream.batches(0)
+    fixed = [next(it) for _ in range(4)] if prebuilt else None
+    for i in range(3):
+        engine.train_step(fixed[i % 4] if fixed else next(it))
     t0 = time.perf_counter()
-    TorchTrainer(
-        probe_loop,
-        train_loop_config={
-            "prepared": prepared,
-            "ingest": ispec.__dict__,
-            "epochs": epochs,
-            "out_dir": str(out),
-            "seed": seed,
-            "source": source,
-            "model": model,
-        },
-        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
-        datasets=build_datasets(prepared, seed=seed),
-        dataset_config=data_config(ispec),
-        run_config=RunConfig(name=out.name, storage_path=str(out / "ray_results")),
-    ).fit()
-    wall = time.perf_counter() - t0
-    recs = [json.loads((out / f"rank-{r}.json").read_text()) for r in range(2)]
-    assert len({tuple(r["steps"]) for r in recs}) == 1, recs
-    last = [(r["steps"][-1], r["rows"][-1], r["seconds"][-1]) for r in recs]
-    steps = last[0][0]
-    sec = max(s for _, _, s in last)
-    rows = sum(r for _, r, _ in last)
+    for i in range(steps):
+        engine.train_step(fixed[i % 4] if fixed else next(it))
+    engine.check_finite()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / steps
+
+
+def loop_step_s(cfg, prepared, home: Path, workers: int) -> dict[str, float]:
+    """The training loop through Ray Train; its own steady step time and start-up figures."""
+    from dataclasses import replace
+
+    from pipeline.data import load_split
+    from pipeline.train.model import model_spec
+    from pipeline.train.trainer import TrainRun
+
+    t = replace(cfg.train, num_workers=workers, eval_every=cfg.train.steps, log_every=cfg.train.steps)
+    c = replace(cfg, train=t)
+    run = TrainRun(
+        c,
+        prepared,
+        model_spec(c, prepared),
+        run_name=f"ingest-{time.time_ns()}",
+        storage_path=str(home / "ray_results"),
+        mlflow_info=None,
+        val=load_split(prepared, "val"),
+        label=f"{cfg.name} ({workers} workers)",
+    )
+    m = run.fit().metrics
     return {
-        "steps": steps,
-        "sec": sec,
-        "unl_rows_per_s": 2 * steps * ispec.unlabeled_batch / sec,
-        "ms_per_step": 1000 * sec / steps,
-        "rows_per_s": rows / sec,
-        "first_epoch_sec": max(r["seconds"][0] for r in recs),
-        "fit_wall_s": wall,
+        "step_s": m["step_s"],
+        "trainer_start_s": m.get("time_trainer_start_s", 0.0),
+        "data_pull_s": m.get("time_data_pull_s", 0.0),
     }
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data-dir", default=os.environ.get("FLOWGMM_DATA", str(REPO.parent / "shared" / "data")))
-    ap.add_argument("--n-unlabeled", type=int, default=None)
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=64)
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--configs", nargs="+", default=["digits", "moons", "breast_cancer"])
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--workers", nargs="+", type=int, default=[0])
     ap.add_argument("--home", default=None)
-    a = ap.parse_args()
-
+    ap.add_argument("--json", default=None)
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help="configuration overrides for every config")
+    a = ap.parse_args(argv)
+    os.environ.setdefault("FLOWGMM_DATA", str(REPO.parent / "shared" / "data"))
     import ray
+    import torch
 
-    from pipeline.core.raycluster import export_checkout
-    from pipeline.data import IngestSpec
+    from pipeline.config import resolve
+    from pipeline.core.raycluster import export_checkout, quiet
+    from pipeline.data import prepare
 
-    prepared = _prepare(a)
-    export_checkout()  # the workers import bench.harness from this checkout
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=1024**3,
-        logging_level="WARNING",
-        log_to_driver=False,
-    )
-    B = a.batch
-    rep = IngestSpec(labeled_batch=B, unlabeled_batch=B, labeled_mode="replicate")
-    spl = IngestSpec(labeled_batch=B, unlabeled_batch=B, labeled_mode="split")
-    res = {}
-    res["ray/replicate/no-model"] = run(prepared, rep, a.epochs, "ray", None)
-    res["ray/replicate/mlp"] = run(prepared, rep, a.epochs, "ray", "mlp")
-    res["memory/mlp"] = run(prepared, rep, a.epochs, "memory", "mlp")
-    res["ray/split/mlp"] = run(prepared, spl, a.epochs, "ray", "mlp")
-    ray.shutdown()
-    _report(res, prepared, B)
-
-
-def _prepare(a):
-    from pipeline.core.errors import DataError
-    from pipeline.data import DataSpec, prepare
-
-    home = a.home or tempfile.mkdtemp(prefix="bench-home-")
-    t0 = time.perf_counter()
-    try:
-        spec = DataSpec(source="mnist", n_labeled=1000, n_val=1000, n_unlabeled=a.n_unlabeled, data_dir=a.data_dir)
-        prepared = prepare(spec, home)
-    except DataError as e:
-        print(f"(no MNIST: {e}; using digits)")
-        prepared = prepare(DataSpec(source="digits", n_labeled=100, n_val=100), home)
-    print(f"prepare: {time.perf_counter() - t0:.2f} s  {prepared.manifest['label_summary']}  shape={prepared.shape}")
-    return prepared
-
-
-def _report(res, prepared, B) -> None:
-    print(
-        f"\n2 workers x 0.5 CPU, batch {B} labeled + {B} unlabeled (x2 views), warm epoch "
-        f"({prepared.counts['unlabeled']} unlabeled rows)"
-    )
-    print(
-        f"{'setup':26s} {'steps':>6s} {'epoch s':>8s} {'ms/step':>8s} {'rows/s':>9s} {'1st epoch s':>11s} {'fit s':>6s}"
-    )
-    for k, r in res.items():
-        print(
-            f"{k:26s} {r['steps']:6d} {r['sec']:8.2f} {r['ms_per_step']:8.2f} {r['rows_per_s']:9.0f} "
-            f"{r['first_epoch_sec']:11.2f} {r['fit_wall_s']:6.1f}"
-        )
-    mem = res["memory/mlp"]["ms_per_step"]
-    r = res["ray/replicate/no-model"]
-    print(
-        f"\nParquet -> torch batches (Ray Data, no model): {r['unl_rows_per_s']:.0f} unlabeled Parquet rows/s "
-        f"aggregate over 2 workers ({r['rows_per_s']:.0f} rows/s counting the labeled batches too)"
-    )
-    print(
-        f"step time ratio Ray Data / in-memory, replicated labeled: {res['ray/replicate/mlp']['ms_per_step'] / mem:.2f}"
-    )
-    print(f"step time ratio Ray Data / in-memory, split labeled:      {res['ray/split/mlp']['ms_per_step'] / mem:.2f}")
+    quiet()
+    export_checkout()  # a benchmark's own Ray: no dashboard (a GPU host may lack its packages)
+    gpus = torch.cuda.device_count()
+    ray.init(num_cpus=os.cpu_count(), num_gpus=gpus, include_dashboard=False, logging_level="WARNING")
+    home = Path(a.home or tempfile.mkdtemp(prefix="bench-ingest-"))
+    rows, out = [], {}
+    for name in a.configs:
+        cfg = resolve(name, overrides=[*a.overrides, f"train.steps={a.steps + 3}"])
+        prepared = prepare(cfg.data, home)
+        tensors = engine_step_s(cfg, prepared, a.steps, prebuilt=True)
+        stream = engine_step_s(cfg, prepared, a.steps, prebuilt=False)
+        for w in a.workers:
+            loop = loop_step_s(cfg, prepared, home, w)
+            out[f"{name}/{w}"] = {"tensors_step_s": tensors, "stream_step_s": stream, **loop}
+            rows.append(
+                f"{name:<14}{w:>8}{tensors * 1e3:>11.2f}{stream * 1e3:>11.2f}{loop['step_s'] * 1e3:>11.2f}"
+                f"{loop['step_s'] / tensors:>13.3f}{loop['data_pull_s']:>11.2f}"
+            )
+    head = f"{'config':<14}{'workers':>8}{'tensors ms':>11}{'stream ms':>11}{'loop ms':>11}"
+    head += f"{'loop/tensors':>13}{'pull s':>11}"
+    print("\n".join([head, "-" * len(head), *rows]), flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1))
+    return out
 
 
 if __name__ == "__main__":

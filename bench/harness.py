@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.data.ingest import IngestSpec, SSLStream, Step, manifest_of
+from pipeline.data.ingest import IngestSpec, Step, manifest_of
 from pipeline.data.manifest import Prepared
+from pipeline.data.stream import SSLStream
 
 
 def probe_loop(config: dict) -> None:
@@ -68,6 +69,7 @@ def probe_loop(config: dict) -> None:
         rec["rows"].append(rows)
         rec["seconds"].append(time.perf_counter() - t0)
     rec["recycled_steps"] = stream.stats["recycled_steps"]
+    rec["on_device"] = stream.on_device
     out = Path(config["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank-{rank}.json").write_text(json.dumps(rec))

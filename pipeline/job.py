@@ -1,15 +1,18 @@
-"""One training job, the three stages in order: prepare the data, train FlowGMM (or FlowGMM-cons) data-parallel
-with Ray Train, then evaluate, calibrate, register and record everything in MLflow.
+"""One training job, the three stages in order: prepare the data, train FlowGMM (or FlowGMM-cons) with Ray Train
+(and the same flow on the labels alone, the baseline), then evaluate, calibrate, register and record everything in
+one MLflow run.
 
     python pipeline/run.py --config digits           # the entry script; also `flowgmm-run`, `python -m pipeline.run`
 
 Everything the run writes (prepared shards, checkpoints, the MLflow store, the final model) lives under the home
-(``pipeline.core.home``); on a multi-node cluster the home must be shared storage reachable from every node.
+(``pipeline.core.home``); on a multi-node cluster the home must be shared storage reachable from every node. The
+console shows one progress line per model and a results table; ``--verbose`` brings back Ray's and MLflow's logs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -22,12 +25,12 @@ from pipeline.core.atomic import atomic_dir, atomic_write_text
 from pipeline.core.cli import add_cluster_options, add_config_options, add_store_options
 from pipeline.core.errors import DataError
 from pipeline.core.home import resolve_home
-from pipeline.core.raycluster import connect
+from pipeline.core.raycluster import connect, quiet
 
 USAGE = """examples:
   python pipeline/run.py                                  # embedded default: digits, local Ray, local MLflow
   python pipeline/run.py --config moons --smoke           # any shipped experiment, shrunk to seconds
-  python pipeline/run.py --config mnist train.epochs=10   # the paper's MNIST setting (1k labels), on GPUs
+  python pipeline/run.py --config mnist train.steps=20000 # the paper's MNIST setting (1k labels), on GPUs
   python pipeline/run.py --config my.yaml --home /data/flowgmm --tracking-uri http://127.0.0.1:5000
   python pipeline/run.py --resume digits-20261123-101500  # continue an interrupted run from its checkpoint
   ray job submit --working-dir . -- python pipeline/run.py --config mnist
@@ -56,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"[flowgmm] home: {home}", flush=True)
-    print(f"[flowgmm] run: {run_name}\n[flowgmm] resolved configuration:\n{dump_yaml(cfg)}", flush=True)
+    if not args.verbose:
+        quiet()
     try:
         return Job(cfg, home, run_name, args, resume_info).run()
     except DataError as e:
@@ -88,29 +91,42 @@ class Job:
         self.run_dir = home / "runs" / run_name
         self.storage = args.storage_path or (resume_info or {}).get("storage_path") or str(home / "ray_results")
         self.t0 = time.time()
+        self.timing: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        t = time.time()
+        try:
+            yield
+        finally:
+            self.timing[name] = self.timing.get(name, 0.0) + time.time() - t
 
     def run(self) -> int:
         from pipeline.data.prepare import prepare
 
         self.home.mkdir(parents=True, exist_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        prepared = prepare(self.cfg.data, self.home)  # DataError -> exit 2, nothing half-written
-        print(f"[flowgmm] data: {prepared.root} counts {json.dumps(prepared.manifest.get('counts'))}", flush=True)
-        connect(self.args.address)
-        handle = self._start_tracking(prepared)
+        atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
+        print(f"[flowgmm] run {self.run_name} · home {self.home} · configuration: {self.run_dir / 'config.yaml'}")
+        if self.args.verbose:
+            print(dump_yaml(self.cfg), flush=True)
+        with self.phase("prepare"):
+            prepared = prepare(self.cfg.data, self.home)  # DataError -> exit 2, nothing half-written
+        print(f"[flowgmm] data: {self.cfg.data.source}, {prepared.manifest['label_summary']} · {prepared.root}")
+        with self.phase("ray_start"):
+            connect(self.args.address, verbose=self.args.verbose)
+        with self.phase("mlflow"):
+            handle = self._start_tracking(prepared)
         status = "FAILED"
         try:
             result = self._train_and_evaluate(prepared, handle)
             status = "FINISHED"
-            self._print_summary(result)
+            from pipeline.results.summary import print_summary
+
+            print_summary(self.cfg, result, handle, self.timing)
             return 0
         finally:
             handle.end(status)
-            print(
-                f"[flowgmm] MLflow run {handle.run_id} ({status}) in {handle.tracking_uri}; "
-                f"total {time.time() - self.t0:.1f} s",
-                flush=True,
-            )
 
     # --- steps -------------------------------------------------------------------------------------------------
     def _start_tracking(self, prepared):
@@ -118,17 +134,13 @@ class Job:
 
         resume_id = self.resume_info["run_id"] if self.resume_info else None
         uri = self.args.tracking_uri or (self.resume_info or {}).get("tracking_uri")
+        tags = {
+            "config_name": self.cfg.name,
+            "method": self.cfg.train.method,
+            "n_labeled": str(self.cfg.data.n_labeled),
+        }
         handle = start_run(
-            self.home,
-            experiment_name(self.cfg),
-            self.run_name,
-            tracking_uri=uri,
-            resume_run_id=resume_id,
-            tags={
-                "config_name": self.cfg.name,
-                "method": self.cfg.train.method,
-                "n_labeled": str(self.cfg.data.n_labeled),
-            },
+            self.home, experiment_name(self.cfg), self.run_name, tracking_uri=uri, resume_run_id=resume_id, tags=tags
         )
         record = {
             "run_id": handle.run_id,
@@ -145,29 +157,30 @@ class Job:
         return handle
 
     def _train_and_evaluate(self, prepared, handle) -> dict[str, Any]:
-        import ray
-
         from pipeline.data.shards import load_split
-        from pipeline.results.evaluate import evaluation_task
         from pipeline.train.model import model_spec
 
         cfg = self.cfg
         spec = model_spec(cfg, prepared)
         val = load_split(prepared, "val")
-        best, train_metrics = self._train(prepared, spec, val, handle)
-        ev = ray.get(evaluation_task(cfg).remote(best, prepared, cfg))
-        metrics = {**ev.metrics, **train_metrics}
+        with self.phase("train"):
+            label = "FlowGMM" + self._method_suffix()
+            trained = self._train(
+                cfg, prepared, spec, val, run_name=self.run_name, mlflow=handle.worker_info(), label=label
+            )
+        with self.phase("evaluate"):
+            ev = self._evaluate(trained.best, prepared, cfg)
+        metrics = {**ev.metrics, **self._train_metrics(trained)}
         if cfg.eval.baselines and cfg.train.method != "supervised":
-            metrics.update(self._supervised_baseline(prepared, spec, val))
+            with self.phase("baseline"):
+                metrics.update(self._supervised_baseline(prepared, spec, val))
+        with self.phase("mlflow"):
+            model_dir, served_spec = self._save_served_model(trained.best, spec, ev)
+            self._log_evaluation(handle, ev)
+            model_uri = self._register(handle, model_dir, served_spec, metrics, trained.best)
         metrics["wall_seconds"] = time.time() - self.t0
-        model_dir, served_spec = self._save_served_model(best, spec, ev)
+        metrics.update({f"time_{k}_s": v for k, v in self.timing.items()})
         handle.log_metrics(metrics)
-        handle.log_json(ev.calibration_table, "evaluation/calibration_table.json")
-        handle.log_text(_table_text(ev.calibration_table), "evaluation/calibration_table.txt")
-        handle.log_json(ev.ood_table, "evaluation/ood_table.json")
-        for path, png in ev.figures.items():
-            handle.log_bytes(png, path)
-        model_uri = self._register(handle, model_dir, served_spec, metrics, best)
         return {
             "metrics": metrics,
             "calibration": ev.calibration_table,
@@ -176,27 +189,56 @@ class Job:
             "model_uri": model_uri,
         }
 
-    def _train(self, prepared, spec, val, handle):
-        """Fit the trainer; the best checkpoint and the training metrics."""
-        from pipeline.train.trainer import best_checkpoint, make_trainer
+    def _method_suffix(self) -> str:
+        return {"flowgmm_cons": "-cons", "supervised": " (labels only)"}.get(self.cfg.train.method, "")
 
-        trainer = make_trainer(
-            self.cfg,
+    def _train(self, cfg: Config, prepared, spec, val, *, run_name: str, mlflow: dict | None, label: str):
+        """Fit one model; its best checkpoint, last report and wall time."""
+        from pipeline.train.trainer import TrainRun
+
+        run = TrainRun(
+            cfg,
             prepared,
             spec,
-            run_name=self.run_name,
+            run_name=run_name,
             storage_path=self.storage,
-            mlflow_info=handle.worker_info(),
+            mlflow_info=mlflow,
             val=val,
+            label=label,
+            resume=self.resume_info is not None,
+            verbose=self.args.verbose,
+            compile_cache=str(self.home / "compile_cache"),
         )
-        t_train = time.time()
-        result = trainer.fit()
-        last = result.metrics or {}
-        return best_checkpoint(result), {
-            "train_seconds": time.time() - t_train,
+        return run.fit()
+
+    def _train_metrics(self, trained) -> dict[str, float]:
+        last = trained.metrics
+        out = {
+            "train_seconds": trained.seconds,
             "train_steps": float(last.get("step", 0)),
             "restored_from_step": float(last.get("restored_from_step", -1)),
         }
+        keys = ("compile_warmup_s", "compile_frames", "step_s", "time_trainer_start_s", "time_data_pull_s")
+        out.update({k: float(last[k]) for k in keys if k in last})
+        return out
+
+    def _evaluate(self, best, prepared, cfg: Config, accuracy_only: bool = False):
+        """In the driver when training ran there (local mode), else as a Ray task on the workers' resources."""
+        from pipeline.results.evaluate import evaluate_checkpoint, evaluation_task
+
+        if cfg.train.num_workers == 0:
+            return evaluate_checkpoint(best, prepared, cfg, accuracy_only=accuracy_only)
+        import ray
+
+        return ray.get(evaluation_task(cfg).remote(best, prepared, cfg, accuracy_only=accuracy_only))
+
+    def _supervised_baseline(self, prepared, spec, val) -> dict[str, float]:
+        """The same flow and budget trained on the labeled rows only; evaluated like the main model."""
+        cfg = replace(self.cfg, train=replace(self.cfg.train, method="supervised", inject_failure_at_step=-1))
+        name = f"{self.run_name}-supervised"
+        trained = self._train(cfg, prepared, spec, val, run_name=name, mlflow=None, label="labels-only flow")
+        m = self._evaluate(trained.best, prepared, cfg, accuracy_only=True)
+        return {f"baseline_supervised_flow_{k}": v for k, v in m.items()}
 
     def _save_served_model(self, best, spec, ev) -> tuple[Path, dict[str, Any]]:
         """The served model: best weights + calibration scale + OOD threshold, under <home>/models/<run>."""
@@ -212,6 +254,13 @@ class Job:
             save_model(model, served_spec, tmp)
         return model_dir, served_spec
 
+    def _log_evaluation(self, handle, ev) -> None:
+        handle.log_json(ev.calibration_table, "evaluation/calibration_table.json")
+        handle.log_text(_table_text(ev.calibration_table), "evaluation/calibration_table.txt")
+        handle.log_json(ev.ood_table, "evaluation/ood_table.json")
+        for path, png in ev.figures.items():
+            handle.log_bytes(png, path)
+
     def _register(self, handle, model_dir: Path, served_spec, metrics, best) -> str:
         """Log the pyfunc model, register it, move ``champion`` if it is better on validation; the model URI."""
         from pipeline.results.registry import register
@@ -220,8 +269,7 @@ class Job:
         model_uri = log_model(handle, model_dir, served_spec)
         registered = f"flowgmm-{self.cfg.data.source}"
         version, promoted = register(handle.tracking_uri, handle.run_id, model_uri, registered, metrics)
-        verdict = " -> @champion" if promoted else " (champion unchanged: not better on validation)"
-        print(f"[flowgmm] registered {registered} version {version}{verdict}", flush=True)
+        metrics.update({"registered_version": float(version), "promoted_to_champion": float(promoted)})
         handle.set_tags(
             {
                 "model_uri": model_uri,
@@ -233,54 +281,6 @@ class Job:
             }
         )
         return model_uri
-
-    def _supervised_baseline(self, prepared, spec, val) -> dict[str, float]:
-        """The same flow and budget trained on the labeled rows only; evaluated like the main model."""
-        import ray
-
-        from pipeline.results.evaluate import evaluation_task
-        from pipeline.train.trainer import best_checkpoint, make_trainer
-
-        cfg = replace(self.cfg, train=replace(self.cfg.train, method="supervised", inject_failure_at_step=-1))
-        trainer = make_trainer(
-            cfg,
-            prepared,
-            spec,
-            run_name=f"{self.run_name}-supervised",
-            storage_path=self.storage,
-            mlflow_info=None,
-            val=val,
-        )
-        result = trainer.fit()
-        m = ray.get(evaluation_task(cfg).remote(best_checkpoint(result), prepared, cfg, accuracy_only=True))
-        return {f"baseline_supervised_flow_{k}": v for k, v in m.items()}
-
-    def _print_summary(self, result: dict[str, Any]) -> None:
-        m = result["metrics"]
-        keys = [
-            "test_accuracy",
-            "test_accuracy_calibrated",
-            "test_nll",
-            "test_nll_calibrated",
-            "test_ece",
-            "test_ece_calibrated",
-            "test_bpd",
-            "variance_scale",
-            "baseline_supervised_flow_test_accuracy",
-            "baseline_logreg_test_accuracy",
-            "train_seconds",
-            "wall_seconds",
-        ]
-        print("[flowgmm] results:")
-        for k in keys:
-            if k in m:
-                print(f"  {k:45s} {m[k]:.4f}")
-        for row in result["ood"]:
-            print(
-                f"  OOD {row['ood_set']:>15s} by {row['score']:8s} AUROC {row['auroc']:.4f} "
-                f"AUPR {row['aupr']:.4f} FPR95 {row['fpr95']:.4f}"
-            )
-        print(f"  model: {result['model_uri']} (weights in {result['model_dir']})", flush=True)
 
 
 def _table_text(rows: list[dict[str, Any]]) -> str:

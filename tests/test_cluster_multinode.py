@@ -41,7 +41,7 @@ from cluster.local_cluster import FAST_HEALTH_CHECKS, LocalCluster, free_port  #
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 8
+STEPS, EVERY = 56, 7  # training steps; validation + checkpoint interval
 REL_TOL = 1e-5
 # tiny Parquet files are packed into one 128 MiB read task by default; one task per file, as with real-size files,
 # lets the reads spread over the nodes
@@ -57,20 +57,14 @@ def _common(home: Path, strategy: str = "SPREAD") -> list[str]:
         str(home),
         "eval.baselines=false",
         "eval.figures=false",
-        f"train.epochs={EPOCHS}",
+        "train.num_workers=2",
+        f"train.steps={STEPS}",
+        f"train.eval_every={EVERY}",
         "train.log_every=1",
         "train.max_failures=3",
         f"train.placement_strategy={strategy}",
         "ingest.spread_reads=true",
     ]
-
-
-def _steps_per_epoch(home: Path) -> int:
-    from pipeline.config import resolve
-    from pipeline.data import prepare, steps_per_epoch
-
-    cfg = resolve("moons")
-    return steps_per_epoch(prepare(cfg.data, home), cfg.ingest, cfg.train.num_workers)
 
 
 def _record(record_property, key: str, value: float) -> None:
@@ -246,8 +240,7 @@ def test_two_nodes_match_one_node_and_reads_span_both(cluster, tmp_path, record_
     by_name = {r.info.run_name: r for r in runs}
     a, b = by_name["one-node"], by_name["two-nodes"]
     assert a.info.status == b.info.status == "FINISHED"
-    spe = _steps_per_epoch(home)
-    assert a.data.metrics["train_steps"] == b.data.metrics["train_steps"] == EPOCHS * spe
+    assert a.data.metrics["train_steps"] == b.data.metrics["train_steps"] == STEPS
     keys = [
         "test_accuracy",
         "test_nll",
@@ -264,7 +257,7 @@ def test_two_nodes_match_one_node_and_reads_span_both(cluster, tmp_path, record_
         assert b.data.metrics[k] == pytest.approx(a.data.metrics[k], rel=REL_TOL, abs=1e-9), k
     hist_a = [m.value for m in client.get_metric_history(a.info.run_id, "train_loss")]
     hist_b = [m.value for m in client.get_metric_history(b.info.run_id, "train_loss")]
-    assert len(hist_a) == EPOCHS and hist_b == pytest.approx(hist_a, rel=REL_TOL)
+    assert len(hist_a) == STEPS // EVERY and hist_b == pytest.approx(hist_a, rel=REL_TOL)
     worst = max(abs(b.data.metrics[k] - a.data.metrics[k]) / max(abs(a.data.metrics[k]), 1e-12) for k in keys)
     _record(record_property, "placement_max_rel_diff", worst)
     _record(record_property, "one_node_wall_s", round(walls["one-node"], 1))
@@ -317,10 +310,9 @@ def test_driver_killed_then_resume_continues_from_checkpoint(cluster, tmp_path, 
     url, server_home = mlflow_server
     home = tmp_path / "home"
     name = "driver-killed"
-    spe = _steps_per_epoch(home)
     args = [*_common(home), "--run-name", name, "--tracking-uri", url]
     d = Driver(cluster, args, tmp_path / "first.log")
-    committed = _wait_committed(home / "ray_results" / name, spe, d)
+    committed = _wait_committed(home / "ray_results" / name, EVERY, d)
     d.kill()  # SIGKILL the driver's process group (only the driver itself)
     killed_at = time.time() - d.t0
     run_id = json.loads((home / "runs" / name / "flowgmm_run.json").read_text())["run_id"]
@@ -328,14 +320,14 @@ def test_driver_killed_then_resume_continues_from_checkpoint(cluster, tmp_path, 
     assert [r.info.run_id for r in runs] == [run_id] and runs[0].info.status == "RUNNING"
 
     out, wall = _run(cluster, ["--home", str(home), "--resume", name], tmp_path / "resume.log")
-    assert "restored checkpoint at epoch" in out
+    assert "resumed from step" in out
     client, runs = _mlflow_runs(url)
     assert [r.info.run_id for r in runs] == [run_id], "a resumed run keeps its MLflow run"
     run = runs[0]
     m = run.data.metrics
     assert run.info.status == "FINISHED"
     assert m["restored_from_step"] >= committed > 0
-    assert m["train_steps"] == EPOCHS * spe
+    assert m["train_steps"] == STEPS
     # artifacts went through the server's proxy into its artifact store
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")
     assert any((server_home / "artifacts").rglob("calibration_table.json"))
@@ -345,19 +337,18 @@ def test_driver_killed_then_resume_continues_from_checkpoint(cluster, tmp_path, 
     _record(record_property, "resume_wall_s", round(wall, 1))
 
 
-PROGRESS = re.compile(r"\(RayTrainWorker pid=(\d+)[^)]*\).*\[flowgmm\] epoch \d+/\d+ step (\d+)/\d+")
+PROGRESS = re.compile(r"\(RayTrainWorker pid=(\d+)[^)]*\).*\[flowgmm\].*?step\s+(\d+)/\d+")
 
 
 def test_worker_node_killed_mid_training_resumes(cluster, tmp_path, record_property):
     """Runs last in this module: it kills the cluster's worker node."""
     home = tmp_path / "home"
     name = "node-killed"
-    spe = _steps_per_epoch(home)
-    interval = spe * 1  # train.checkpoint_every = 1 epoch
+    interval = EVERY  # a checkpoint at every evaluation
     nodes = {n.name: n.node_id for n in cluster.nodes}
     actors0 = {a["actor_id"] for a in cluster.state_api("actors")}
     d = Driver(cluster, [*_common(home), "--run-name", name], tmp_path / "node-killed.log")
-    committed = _wait_committed(home / "ray_results" / name, 2 * spe, d)
+    committed = _wait_committed(home / "ray_results" / name, 2 * EVERY, d)
     first_workers = {
         a["actor_id"]: a["node_id"]
         for a in _new(cluster.state_api("actors"), actors0, "actor_id")
@@ -386,12 +377,12 @@ def test_worker_node_killed_mid_training_resumes(cluster, tmp_path, record_prope
     assert len(runs) == 1 and runs[0].info.run_name == name
     m = runs[0].data.metrics
     assert runs[0].info.status == "FINISHED"
-    assert m["train_steps"] == EPOCHS * spe
+    assert m["train_steps"] == STEPS
     restored = int(m["restored_from_step"])
     assert restored >= committed > 0 and restored % interval == 0
 
     # steps lost: the last step the first worker group printed, minus the step it restarted from
-    restart_at = out.index("restored checkpoint at epoch")
+    restart_at = out.index("resumed from step")
     first_steps = [int(s) for _pid, s in PROGRESS.findall(out[:restart_at])]
     assert first_steps, "no progress lines from the first worker group"
     steps_lost = max(first_steps) - restored

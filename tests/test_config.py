@@ -17,14 +17,14 @@ def test_overrides_are_typed_by_field():
         "moons",
         overrides=[
             "train.lr=3e-4",
-            "train.epochs=7",
+            "train.steps=7",
             "train.bf16=true",
             "data.ood=mnist,notmnist",
             "data.n_unlabeled=none",
         ],
     )
     assert cfg.train.lr == pytest.approx(3e-4) and isinstance(cfg.train.lr, float)
-    assert cfg.train.epochs == 7 and isinstance(cfg.train.epochs, int)
+    assert cfg.train.steps == 7 and isinstance(cfg.train.steps, int)
     assert cfg.train.bf16 is True
     assert cfg.data.ood == ("mnist", "notmnist")
     assert cfg.data.n_unlabeled is None
@@ -40,7 +40,7 @@ def test_unknown_key_lists_valid_keys():
 @pytest.mark.parametrize(
     "item,fragment",
     [
-        ("train.epochs=many", "train.epochs"),
+        ("train.steps=many", "train.steps"),
         ("train.bf16=maybe", "train.bf16"),
         ("train.method=magic", "train.method"),
         ("train.lr=-1", "train.lr"),
@@ -58,9 +58,9 @@ def test_yaml_round_trip_and_base(tmp_path):
     p.write_text(dump_yaml(cfg))
     assert load_yaml(p) == cfg
     q = tmp_path / "d.yaml"
-    q.write_text("base: mnist\ntrain:\n  epochs: 3\n")
+    q.write_text("base: mnist\ntrain:\n  steps: 3\n")
     d = resolve(str(q))
-    assert d.data.source == "mnist" and d.train.epochs == 3 and d.data.n_labeled == 1000
+    assert d.data.source == "mnist" and d.train.steps == 3 and d.data.n_labeled == 1000
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  epochz: 3\n")
     with pytest.raises(ConfigError, match="epochz"):
@@ -70,7 +70,7 @@ def test_yaml_round_trip_and_base(tmp_path):
 def test_smoke_shrinks_but_keeps_the_experiment():
     full, small = resolve("mnist"), resolve("mnist", smoke=True)
     assert small.data.source == full.data.source == "mnist"
-    assert small.train.epochs <= 3 and small.data.n_unlabeled <= 1024 and not small.train.use_gpu
+    assert small.train.steps <= 48 and small.data.n_unlabeled <= 1024 and not small.train.use_gpu
     assert small.model.mid_channels < full.model.mid_channels
 
 

@@ -12,7 +12,8 @@ import torch
 from bench.harness import probe_loop
 from pipeline.data import DataSpec, load_split, prepare
 from pipeline.data.augment import jitter_vectors, translate_images
-from pipeline.data.ingest import IngestSpec, SSLStream, build_datasets, data_config, steps_per_epoch
+from pipeline.data.ingest import IngestSpec, build_datasets, data_config, steps_per_epoch
+from pipeline.data.stream import SSLStream
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +79,13 @@ def test_in_memory_stream_is_deterministic(moons):
     c = list(SSLStream.in_memory(moons, spec, 2, 1, seed=3).epoch(5))
     assert all(torch.equal(p.x_unl, q.x_unl) and torch.equal(p.y_lab, q.y_lab) for p, q in zip(a, b))
     assert not torch.equal(a[0].x_unl, c[0].x_unl)
+    # a resumed stream (started at a global step) yields exactly what an uninterrupted one yields there
+    s = SSLStream.in_memory(moons, spec, 2, 1, seed=3)
+    k = 4 * s.steps_per_epoch + 2
+    resumed = s.batches(start=k)
+    for p in a[2:]:
+        q = next(resumed)
+        assert torch.equal(p.x_lab, q.x_lab) and torch.equal(p.x_unl, q.x_unl) and torch.equal(p.x_unl2, q.x_unl2)
     # vectors: raw space, noise in standardized units (noise_std * feature_std)
     s = SSLStream.in_memory(moons, IngestSpec(augment=False, labeled_batch=8, unlabeled_batch=32), 1, 0, seed=0)
     st = next(iter(s.epoch(0)))
@@ -111,6 +119,18 @@ def _fit(prepared, ispec, out_dir, epochs=2, seed=1, materialize=False):
     return [json.loads((out_dir / f"rank-{r}.json").read_text()) for r in range(2)]
 
 
+def test_ray_rows_on_the_device_reshuffled_per_epoch_and_reproducible(ray_local, digits_uneven, tmp_path):
+    """Rows pulled once onto the device (the default for data that fits): every epoch is a new permutation, and a
+    second run with the same seed sees the same batches."""
+    ispec = IngestSpec(labeled_batch=16, unlabeled_batch=16, augment=False)
+    a = _fit(digits_uneven, ispec, tmp_path / "da")
+    b = _fit(digits_uneven, ispec, tmp_path / "db")
+    for r in a:
+        assert r["on_device"] and r["first_unl_sum"][0] != r["first_unl_sum"][1], r
+    assert [r["first_unl_sum"] for r in a] == [r["first_unl_sum"] for r in b]
+    assert a[0]["first_unl_sum"] != a[1]["first_unl_sum"]  # the ranks hold different rows
+
+
 def test_ray_two_workers_equal_steps_uneven_count(ray_local, digits_uneven, tmp_path):
     """Replicated labeled set, 301 unlabeled rows over 2 workers: both run steps_per_epoch steps, 2 epochs."""
     ispec = IngestSpec(labeled_batch=16, unlabeled_batch=16, labeled_mode="replicate")
@@ -124,10 +144,10 @@ def test_ray_two_workers_equal_steps_uneven_count(ray_local, digits_uneven, tmp_
 
 
 def test_ray_materialized_unlabeled_reshuffled_per_epoch_and_reproducible(ray_local, digits_uneven, tmp_path):
-    """A materialized unlabeled set (the same blocks every epoch): each worker's first unlabeled batch differs between
-    epochs (per-epoch local shuffle) and is identical in a second run with the same seed; with the shuffle off the
-    epochs repeat."""
-    ispec = IngestSpec(labeled_batch=16, unlabeled_batch=16, augment=False)  # rows as stored
+    """Streamed (in_memory_bytes=0), a materialized unlabeled set (the same blocks every epoch): each worker's first
+    unlabeled batch differs between epochs (per-epoch local shuffle) and is identical in a second run with the same
+    seed; with the shuffle off the epochs repeat."""
+    ispec = IngestSpec(labeled_batch=16, unlabeled_batch=16, augment=False, in_memory_bytes=0)  # rows as stored
     a = _fit(digits_uneven, ispec, tmp_path / "a", materialize=True)
     b = _fit(digits_uneven, ispec, tmp_path / "b", materialize=True)
     off = _fit(digits_uneven, replace(ispec, shuffle_buffer=0), tmp_path / "off", materialize=True)

@@ -1,5 +1,6 @@
-"""The main job end to end on 2 CPU workers: training, evaluation, calibration, MLflow contents, the logged model,
-fault tolerance (a worker killed mid-run) and bad input. Iterations are capped by the smoke configuration."""
+"""The main job end to end: the default experiment trained in the driver process (Ray Train local mode), evaluation,
+calibration, MLflow contents, the logged model, scoring; fault tolerance with 2 DDP workers (a worker killed
+mid-run) and resume in local mode; bad input. Steps are capped by the smoke configuration."""
 
 from __future__ import annotations
 
@@ -33,10 +34,8 @@ def _artifacts(client, run_id: str, path: str = "") -> set[str]:
     return out
 
 
-def _expected_steps(cfg, home: Path) -> int:
-    from pipeline.data import prepare, steps_per_epoch
-
-    return cfg.train.epochs * steps_per_epoch(prepare(cfg.data, home), cfg.ingest, cfg.train.num_workers)
+def _evaluation_points(cfg) -> int:
+    return -(-cfg.train.steps // cfg.train.eval_every)
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +73,14 @@ def test_smoke_digits_trains_end_to_end_and_is_recorded(digits_run):
     # calibration is fit on validation: it cannot make validation NLL worse
     assert m["final_val_nll_calibrated"] <= m["final_val_nll"] + 1e-6
     cfg = resolve("digits", smoke=True)
-    assert int(m["train_steps"]) == _expected_steps(cfg, home)
+    assert int(m["train_steps"]) == cfg.train.steps
     assert params["train.lr"] == str(cfg.train.lr) and params["data.source"] == "digits"
     assert run.data.tags["code_version"]
-    # per-epoch metrics
+    # validation every eval_every steps and at the last
     hist = client.get_metric_history(run.info.run_id, "val_accuracy")
-    assert len(hist) == cfg.train.epochs
+    assert [h.step for h in hist] == [min((i + 1) * cfg.train.eval_every, cfg.train.steps) for i in range(len(hist))]
+    assert len(hist) == _evaluation_points(cfg)
+    assert "compile_warmup_s" in m and m["compile_frames"] == 0  # eager: no compiled frames
     arts = _artifacts(client, run.info.run_id)
     for a in (
         "config/resolved.yaml",
@@ -185,12 +186,11 @@ def test_scoring_bad_input_leaves_no_output(digits_run, tmp_path, capsys):
 
 
 def test_worker_killed_mid_run_resumes_from_checkpoint(ray_local, tmp_path):
+    """2 DDP workers; rank 1 dies hard between two checkpoints; Ray Train restarts the group from the last one."""
     home = tmp_path / "home"
-    cfg = resolve("moons", smoke=True)
-    from pipeline.data import prepare, steps_per_epoch
-
-    per_epoch = steps_per_epoch(prepare(cfg.data, home), cfg.ingest, cfg.train.num_workers)
-    kill_at = per_epoch + per_epoch // 2  # in the middle of epoch 2, after the epoch-1 checkpoint
+    cfg = resolve("moons", smoke=True, overrides=["train.num_workers=2"])
+    every = cfg.train.eval_every
+    kill_at = every + every // 2  # after the first checkpoint, before the second
     rc = main(
         [
             "--config",
@@ -200,6 +200,7 @@ def test_worker_killed_mid_run_resumes_from_checkpoint(ray_local, tmp_path):
             str(home),
             "--run-name",
             "ft",
+            "train.num_workers=2",
             f"train.inject_failure_at_step={kill_at}",
             "train.max_failures=2",
             "eval.baselines=false",
@@ -213,9 +214,50 @@ def test_worker_killed_mid_run_resumes_from_checkpoint(ray_local, tmp_path):
     assert len(runs) == 1, "a restart must keep logging into the same MLflow run"
     m = runs[0].data.metrics
     assert runs[0].info.status == "FINISHED"
-    assert m["restored_from_step"] > 0, "the restarted worker group did not resume from a checkpoint"
-    assert m["restored_from_step"] == per_epoch
-    assert int(m["train_steps"]) == cfg.train.epochs * per_epoch
+    assert m["restored_from_step"] == every, "the restarted worker group did not resume from the last checkpoint"
+    assert int(m["train_steps"]) == cfg.train.steps
+
+
+def test_local_mode_resume_equals_uninterrupted(ray_local, tmp_path):
+    """Training in the driver keeps its own checkpoints: a driver killed (SIGKILL) between two checkpoints is
+    continued with --resume from the latest one, into the same MLflow run, and ends with the same model as an
+    uninterrupted run (batches are a function of the step; generators and optimizer state are restored)."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    cfg = resolve("moons", smoke=True)
+    every = cfg.train.eval_every
+    common = ["--config", "moons", "--smoke", "--home", str(home)]
+    extra = ["eval.baselines=false", "eval.figures=false"]
+    assert main([*common, "--run-name", "whole", *extra]) == 0
+    repo = Path(__file__).resolve().parent.parent
+    killed = subprocess.run(
+        [
+            sys.executable,
+            str(repo / "pipeline" / "run.py"),
+            *common,
+            "--run-name",
+            "cut",
+            *extra,
+            f"train.inject_failure_at_step={2 * every + every // 2}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+        env=dict(os.environ),
+        timeout=900,
+    )
+    assert killed.returncode == -9, killed.stdout[-2000:] + killed.stderr[-2000:]
+    assert main(["--home", str(home), "--resume", "cut"]) == 0
+    client, runs = _runs(home, "flowgmm-moons")
+    by_name = {r.info.run_name: r for r in runs}
+    assert set(by_name) == {"whole", "cut"}, "the resumed run keeps its MLflow run"
+    cut, whole = by_name["cut"].data.metrics, by_name["whole"].data.metrics
+    assert cut["restored_from_step"] == 2 * every and cut["train_steps"] == whole["train_steps"] == cfg.train.steps
+    for k in ("final_val_nll", "test_nll", "test_accuracy", "variance_scale", "train_loss"):
+        assert cut[k] == pytest.approx(whole[k], rel=1e-6), k
 
 
 def test_bad_config_and_bad_data_exit_non_zero(tmp_path, capsys):
@@ -226,3 +268,23 @@ def test_bad_config_and_bad_data_exit_non_zero(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "error:" in err and "no-data-here" in err
+
+
+def test_compiled_couplings_run_in_training_and_track_the_eager_loss(ray_local, tmp_path):
+    """train.compile=couplings acts on the model training runs: compiled frames execute inside the training loop
+    (the compile_frames metric) and, with the cheap `eager` backend on CPU, the losses track the eager run's
+    within 1e-4 relative (the same math, traced by Dynamo)."""
+    home = tmp_path / "home"
+    common = ["--config", "moons", "--smoke", "--home", str(home)]
+    extra = ["eval.baselines=false", "eval.figures=false"]
+    assert main([*common, "--run-name", "eager", *extra]) == 0
+    compiled = ["train.compile=couplings", "train.compile_backend=eager"]
+    assert main([*common, "--run-name", "compiled", *extra, *compiled]) == 0
+    client, runs = _runs(home, "flowgmm-moons")
+    by_name = {r.info.run_name: r for r in runs}
+    eager, compiled = by_name["eager"], by_name["compiled"]
+    assert eager.data.metrics["compile_frames"] == 0 and compiled.data.metrics["compile_frames"] > 0
+    assert "compile_warmup_s" in compiled.data.metrics
+    h_e = [m.value for m in client.get_metric_history(eager.info.run_id, "train_loss")]
+    h_c = [m.value for m in client.get_metric_history(compiled.info.run_id, "train_loss")]
+    assert len(h_e) == len(h_c) > 0 and h_c == pytest.approx(h_e, rel=1e-4)

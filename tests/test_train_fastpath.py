@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,9 +16,9 @@ import torch
 
 from flowgmm.spec import build_model
 from pipeline.config import resolve
+from pipeline.config.scaling import scaled_lr
 from pipeline.data.ingest import Step
-from pipeline.train.fastpath import accelerate, compile_stats, scaled_lr
-from pipeline.train.step import apply_gradients, compute_loss
+from pipeline.train.fastpath import accelerate, compile_stats
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC = {
@@ -122,50 +121,32 @@ def test_scaled_lr():
 def test_bench_tiny_runs_two_steps(tmp_path):
     out = tmp_path / "bench.json"
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    t0 = time.perf_counter()
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "bench_train_step.py"),
-            "--tiny",
-            "--steps",
-            "2",
-            "--ref-steps",
-            "2",
-            "--json",
-            str(out),
-        ],
+        [sys.executable, str(REPO / "bench" / "bench_train_step.py"), "--tiny", "--steps", "2", "--json", str(out)],
         capture_output=True,
         text=True,
         env=env,
         timeout=120,
         cwd=REPO,
     )
-    elapsed = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())["results"]
     assert [r["setting"] for r in res] == ["reference", "fast_eager"]
     for r in res:
         assert "error" not in r, r
         assert r["steps"] == 2 and r["images_per_s"] > 0 and r["flops_per_image"] > 0
-        assert r["first_bad_step"] == -1
     assert "img/s" in proc.stdout
-    assert elapsed < 30, f"tiny bench took {elapsed:.1f} s"
 
 
 def test_non_finite_guard_names_the_step():
-    """The training loop's device-side guard (as in pipeline/train/loop.py) fed a poisoned step: its check raises
-    NonFiniteLossError naming the first bad step; finite steps pass."""
-    pytest.importorskip("ray")
-    from pipeline.train.loop import _check_finite
+    """The training engine's device-side guard (what the loop checks every log_every steps) fed a poisoned step:
+    its check raises NonFiniteLossError naming the first bad step; finite steps pass."""
+    from pipeline.train.engine import Engine
     from pipeline.train.state import NonFiniteLossError
 
     cfg = resolve("mnist", smoke=True)
-    t = cfg.train
     torch.manual_seed(0)
-    model = build_model(SPEC)
-    forward = accelerate(model, t, "cpu")
-    opt = torch.optim.AdamW(model.parameters(), lr=t.lr)
+    engine = Engine(SPEC, cfg, torch.device("cpu"))
 
     def batch(poison: bool) -> Step:
         xl, xu = torch.rand(4, 1, 28, 28), torch.rand(8, 1, 28, 28)
@@ -173,24 +154,24 @@ def test_non_finite_guard_names_the_step():
             xu[3, 0, 5, 5] = float("nan")
         return Step(xl, torch.arange(4) % 10, xu, torch.rand(8, 1, 28, 28))
 
-    first_bad = torch.full((), -1, dtype=torch.long)
     for step in range(4):
-        loss, _ = compute_loss(forward, model, batch(poison=step == 2), t, step, image=True)
-        apply_gradients(loss, model, opt, None, t.grad_clip)
-        bad = ~torch.isfinite(loss.detach())
-        first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
+        engine.train_step(batch(poison=step == 2))
         if step < 2:
-            _check_finite(first_bad, loss, step + 1)  # no error before the poisoned step
+            engine.check_finite()  # no error before the poisoned step
     with pytest.raises(NonFiniteLossError, match=r"non-finite training loss at step 2\b"):
-        _check_finite(first_bad, loss, 4)
+        engine.check_finite()
 
 
 def test_large_batch_recipe():
-    from pipeline.train.fastpath import large_batch
-
+    """train.batch_rows applies the large-batch recipe when the configuration is resolved (what training reads)."""
     cfg = resolve("mnist")
-    big = large_batch(cfg, 2048)
+    big = resolve("mnist", overrides=["train.batch_rows=2048"])
     assert (big.ingest.labeled_batch, big.ingest.unlabeled_batch) == (512, 1536)
     assert big.train.lr == pytest.approx(1e-3 * 8**0.5)
     assert (big.train.warmup_steps, big.train.consistency_ramp_steps) == (25, 250)
-    assert (cfg.ingest.labeled_batch, cfg.train.lr) == (64, 1e-3)  # the original is untouched
+    assert (cfg.ingest.labeled_batch, cfg.train.lr) == (64, 1e-3)
+    again = resolve("mnist", overrides=["train.batch_rows=2048", f"train.lr={big.train.lr}"])
+    assert again.train.lr == pytest.approx(big.train.lr * 8**0.5)  # scaled from the lr it was given
+    from pipeline.config import Config
+
+    assert Config.from_dict(big.to_dict()) == big  # a resolved record re-read (resume) is not scaled twice

@@ -30,7 +30,7 @@ def test_consistency_weight_zero_is_plain_flowgmm():
     cons = trial_config(base, {**p, "consistency_weight": 0.3})
     assert cons.train.method == "flowgmm_cons" and cons.train.consistency_weight == 0.3
     # everything else is the base configuration
-    assert cons.data == base.data and cons.ingest == base.ingest and cons.train.epochs == base.train.epochs
+    assert cons.data == base.data and cons.ingest == base.ingest and cons.train.steps == base.train.steps
 
 
 @pytest.mark.parametrize("name", ["moons", "digits", "mnist"])
@@ -106,7 +106,7 @@ def _row(tid, status, lr, w, acc=None, nll=None, last_acc=0.5):
         "final_val_accuracy_calibrated": acc,
         "final_val_nll_calibrated": nll,
         "last_val_accuracy": last_acc,
-        "curve": [{"epoch": 1.0, "val_accuracy": last_acc, "val_nll": 1.0, "score": last_acc}],
+        "curve": [{"step": 16.0, "val_accuracy": last_acc, "val_nll": 1.0, "score": last_acc}],
     }
 
 
@@ -223,7 +223,7 @@ SWEEP_ARGS = [
     f"lr={BAD_LR}",
     "--run-name",
     "smoke-sweep",
-    # the test's base configuration: a learning rate that learns in 3 smoke epochs, no extras
+    # the test's base configuration: a learning rate that learns in the smoke steps, no extras
     "train.lr=1e-2",
     "eval.baselines=false",
     "eval.figures=false",
@@ -286,10 +286,10 @@ def test_bad_point_is_stopped_early_by_asha(sweep):
     assert sweep["rc"] == 0
     home = sweep["home"]
     rows = json.loads((home / "sweeps" / "smoke-sweep" / "trials.json").read_text())
-    epochs = resolve("moons", smoke=True).train.epochs
+    steps = resolve("moons", smoke=True).train.steps
     bad = [r for r in rows if r["lr"] == pytest.approx(BAD_LR)]
     assert len(bad) == 1
-    assert bad[0]["status"] == STOPPED and bad[0]["epochs_run"] < epochs, bad[0]
+    assert bad[0]["status"] == STOPPED and bad[0]["steps_run"] < steps, bad[0]
     default = [r for r in rows if r["is_default"]]
     assert len(default) == 1 and default[0]["lr"] == pytest.approx(1e-2)
     assert default[0]["status"] == COMPLETED  # evaluated first: ASHA has nothing to compare it with
@@ -314,7 +314,7 @@ def test_mlflow_parent_and_children(sweep):
         assert float(c.data.params["train.lr"]) == pytest.approx(row["lr"])
         assert c.data.params["train.method"] == ("flowgmm_cons" if row["consistency_weight"] > 0 else "flowgmm")
         hist = client.get_metric_history(c.info.run_id, "val_accuracy")
-        assert len(hist) >= 1  # per-epoch metrics from rank 0
+        assert len(hist) >= 1  # validation metrics from rank 0
         if row["status"] == COMPLETED:
             for k in (
                 "test_accuracy_calibrated",
@@ -324,7 +324,8 @@ def test_mlflow_parent_and_children(sweep):
                 "variance_scale",
             ):
                 assert k in c.data.metrics, k
-            assert len(hist) == resolve("moons", smoke=True).train.epochs
+            t = resolve("moons", smoke=True).train
+            assert len(hist) == -(-t.steps // t.eval_every)
     arts = {
         f.path
         for d in ("sweep", "plots", "best_config", "config")
@@ -371,7 +372,7 @@ def test_best_config_runs_through_the_pipeline(sweep):
         "model.means_scale",
         "model.variance",
         "model.learn_variance",
-        "train.epochs",
+        "train.steps",
         "data.n_labeled",
     ):
         assert run.data.params[key] == best_child.data.params[key], key

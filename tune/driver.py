@@ -15,12 +15,13 @@ The configuration is the one of ``pipeline/run.py`` (``--config``, ``--smoke``, 
     (log-uniform) and whether the variances are learned                                    (see tune/space.py)
 
 with a seeded Optuna TPE searcher (``--search random``: Tune's seeded random search) that evaluates the base
-configuration first (the "default" trial), and ASHA on the per-epoch validation metric (``--metric``). Each trial
-trains with ``pipeline.train.trainer.make_trainer`` (Ray Train V2, Tune's documented function-trainable pattern with
-``TuneReportCallback``); a trial that runs to the end is calibrated and evaluated with the pipeline's evaluation.
+configuration first (the "default" trial), and ASHA on the validation metric (``--metric``) reported every
+``train.eval_every`` steps, in training steps (``--grace-period``). Each trial trains with
+``pipeline.train.trainer.TrainRun`` on at least one Ray Train worker (Tune's documented function-trainable pattern
+with ``TuneReportCallback``); a trial that runs to the end is calibrated and evaluated with the pipeline's evaluation.
 
 MLflow (experiment ``flowgmm-<data source>``): a parent run per sweep with one child run per trial (params,
-per-epoch metrics, final calibrated metrics; trials ASHA stopped end KILLED, failed ones FAILED); on the parent,
+metrics during training, final calibrated metrics; trials ASHA stopped end KILLED, failed ones FAILED); on the parent,
 ``sweep/trials.csv`` + ``.json``, ``plots/sweep_comparison.png`` and ``best_config/best.yaml``, also written to
 ``<home>/sweeps/<name>/best.yaml``:
 
@@ -48,7 +49,7 @@ from pipeline.core.atomic import atomic_write_bytes, atomic_write_text
 from pipeline.core.cli import add_cluster_options, add_config_options, add_store_options
 from pipeline.core.errors import DataError
 from pipeline.core.home import resolve_home
-from pipeline.core.raycluster import connect
+from pipeline.core.raycluster import connect, quiet
 from tune.report import COMPLETED, ERROR, FINAL_KEYS, STOPPED, best_row
 from tune.resources import ReleaseTrialResources, live_placement_groups, wait_released
 from tune.space import (
@@ -83,9 +84,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--metric",
         choices=sorted(METRICS),
         default=d.metric,
-        help="per-epoch validation metric for ASHA and the searcher (default %(default)s)",
+        help="validation metric for ASHA and the searcher (default %(default)s)",
     )
-    s.add_argument("--grace-period", type=int, default=d.grace_period, help="epochs before ASHA may stop a trial")
+    s.add_argument(
+        "--grace-period",
+        type=int,
+        default=d.grace_period,
+        help="training steps before ASHA may stop a trial (0: the first evaluation, train.eval_every)",
+    )
     s.add_argument("--reduction-factor", type=float, default=d.reduction_factor, help="ASHA halving rate")
     s.add_argument("--search", choices=SEARCHERS, default=d.search, help="search algorithm (default %(default)s)")
     s.add_argument("--seed", type=int, default=d.seed, help="searcher seed")
@@ -152,10 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     home = resolve_home(args.home)
     try:
         cfg = config_from_args(args)
+        if cfg.train.num_workers == 0:  # Tune hears a trial's reports through a Ray Train callback: a worker group
+            cfg = replace(cfg, train=replace(cfg.train, num_workers=1))
         settings = settings_from_args(args, cfg)
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if not args.verbose:
+        quiet()
     name = args.run_name or f"{cfg.name}{'-smoke' if args.smoke else ''}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"[sweep] home: {home}\n[sweep] sweep: {name}\n[sweep] base configuration:\n{dump_yaml(cfg)}", flush=True)
     try:
@@ -188,7 +198,7 @@ class Sweep:
         self.home.mkdir(parents=True, exist_ok=True)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         prepared = prepare(self.cfg.data, self.home)
-        connect(self.args.address, pin_api_address=True)
+        connect(self.args.address, verbose=self.args.verbose, pin_api_address=True)
         check_state_api()
         pgs_before = live_placement_groups()
         self.release = ReleaseTrialResources(ray.get_runtime_context().gcs_address, pgs_before)
@@ -251,10 +261,10 @@ class Sweep:
                 verbose=1,
             ),
         )
-        grace = min(st.grace_period, cfg.train.epochs)
+        grace = self._grace()
         print(
             f"[sweep] {st.num_samples} trials, searcher {st.search} (seed {st.seed}), ASHA on {st.metric} "
-            f"({st.mode}), max_t {cfg.train.epochs} epochs, grace {grace}, "
+            f"({st.mode}), max_t {cfg.train.steps} steps, grace {grace} steps, "
             f"max {st.max_concurrent} at once; points first: {points}",
             flush=True,
         )
@@ -262,6 +272,10 @@ class Sweep:
         results = tuner.fit()
         self.summary["tune_fit_seconds"] = time.time() - t
         return results
+
+    def _grace(self) -> int:
+        t = self.cfg.train
+        return min(self.settings.grace_period or t.eval_every, t.steps)
 
     def _trainable(self, prepared, val, parent):
         """The trial function with the sweep's data, context and resources bound."""
@@ -285,11 +299,11 @@ class Sweep:
         from ray import tune
         from ray.tune.schedulers import ASHAScheduler
 
-        st, epochs = self.settings, self.cfg.train.epochs
+        st = self.settings
         scheduler = ASHAScheduler(
-            time_attr="training_iteration",
-            max_t=epochs,
-            grace_period=min(st.grace_period, epochs),
+            time_attr="step",
+            max_t=self.cfg.train.steps,
+            grace_period=self._grace(),
             reduction_factor=st.reduction_factor,
             stop_last_trials=False,
         )

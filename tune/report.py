@@ -42,7 +42,7 @@ def trial_id_of(result) -> str:
 
 
 def trial_rows(results, children: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """One row per trial of a ``ResultGrid``: parameters, how far it got, the per-epoch validation curve (from
+    """One row per trial of a ``ResultGrid``: parameters, how far it got, the validation curve (from
     Tune) and, for trials that ran to the end, the final calibrated metrics (from the trial's MLflow child run in
     ``children``, keyed by trial id). Status: ``completed`` (evaluated), ``stopped_early`` (ended by the scheduler
     before evaluation) or ``error``."""
@@ -51,11 +51,11 @@ def trial_rows(results, children: dict[str, Any] | None = None) -> list[dict[str
     for r in results:
         tid = trial_id_of(r)
         df = r.metrics_dataframe
-        epochs: list[dict[str, float]] = []
-        if df is not None and len(df) and "epoch" in df.columns:
-            for _, e in df[df["epoch"].notna()].iterrows():
-                epochs.append(
-                    {k: float(e[k]) for k in ("epoch", "val_accuracy", "val_nll", "score") if k in e and _finite(e[k])}
+        points: list[dict[str, float]] = []
+        if df is not None and len(df) and "step" in df.columns:
+            for _, e in df[df["step"].notna()].iterrows():
+                points.append(
+                    {k: float(e[k]) for k in ("step", "val_accuracy", "val_nll", "score") if k in e and _finite(e[k])}
                 )
         child = children.get(tid)
         final = dict(child.data.metrics) if child is not None else {}
@@ -67,17 +67,17 @@ def trial_rows(results, children: dict[str, Any] | None = None) -> list[dict[str
             row[k] = cfg.get(k)
         w = cfg.get("consistency_weight")
         row["method"] = None if w is None else ("flowgmm_cons" if float(w) > 0 else "flowgmm")
-        row["epochs_run"] = int(max((e["epoch"] for e in epochs), default=0))
-        lastep = epochs[-1] if epochs else {}
+        row["steps_run"] = int(max((e["step"] for e in points), default=0))
+        lastep = points[-1] if points else {}
         for k in ("val_accuracy", "val_nll", "score"):
             row[f"last_{k}"] = lastep.get(k)
-        row["best_score"] = max((e["score"] for e in epochs if "score" in e), default=None)
+        row["best_score"] = max((e["score"] for e in points if "score" in e), default=None)
         for k in FINAL_KEYS:
             v = final.get(k) if status == COMPLETED else None
             row[k] = float(v) if _finite(v) else None
         row["mlflow_run_id"] = child.info.run_id if child is not None else None
         row["error"] = None if r.error is None else f"{type(r.error).__name__}: {str(r.error)[:300]}"
-        row["curve"] = epochs
+        row["curve"] = points
         rows.append(row)
     rows.sort(key=lambda x: x["trial_id"])
     return rows
@@ -126,7 +126,7 @@ def to_text(rows: list[dict[str, Any]]) -> str:
         "means_scale",
         "variance",
         "learn_variance",
-        "epochs_run",
+        "steps_run",
         "last_val_accuracy",
         "final_val_accuracy_calibrated",
         "final_val_nll_calibrated",
@@ -140,8 +140,8 @@ def to_text(rows: list[dict[str, Any]]) -> str:
 
 def comparison_png(rows: list[dict[str, Any]], metric: str, best_id: str | None, default_id: str | None) -> bytes:
     """Validation accuracy against learning rate (colour: consistency weight) and against consistency weight
-    (colour: log10 lr), and the per-epoch curves of the sweep metric. Completed trials show their final
-    calibrated validation accuracy (filled), stopped ones their last reported epoch (crosses)."""
+    (colour: log10 lr), and the validation curves of the sweep metric. Completed trials show their final
+    calibrated validation accuracy (filled), stopped ones their last report (crosses)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -184,7 +184,7 @@ def _scatter_panels(plt, axes, rows, weights: list[float], best_id, default_id) 
     axes[0].set_title("by learning rate (colour: consistency weight)")
     for i, w in enumerate(weights):
         axes[0].scatter([], [], color=cmap(i), label=f"cons. weight {w:g}" + (" (FlowGMM)" if w == 0 else ""))
-    axes[0].scatter([], [], marker="x", color="gray", label="stopped early (last epoch)")
+    axes[0].scatter([], [], marker="x", color="gray", label="stopped early (last report)")
     axes[0].scatter([], [], facecolors="none", edgecolors="red", label="best")
     axes[0].scatter([], [], facecolors="none", edgecolors="black", linestyle="--", label="default")
     axes[0].legend(fontsize=7, loc="best")
@@ -197,16 +197,16 @@ def _curves_panel(ax, rows, metric: str, best_id) -> None:
     import numpy as np
 
     for r in rows:
-        pts = [(e["epoch"], e[metric]) for e in r.get("curve", []) if metric in e]
+        pts = [(e["step"], e[metric]) for e in r.get("curve", []) if metric in e]
         if not pts:
             continue
         x, y = np.array(pts).T
         style = "-" if r["status"] == COMPLETED else "--"
         lw = 3 if r["trial_id"] == best_id else 1.2
         ax.plot(x, y, style, marker="o", ms=3, lw=lw, label=f"{r['trial_id']} ({r['status']})")
-    ax.set_xlabel("epoch (training_iteration)")
+    ax.set_xlabel("training step")
     ax.set_ylabel(metric)
-    ax.set_title("per-epoch validation (dashed: stopped by ASHA)")
+    ax.set_title("validation during training (dashed: stopped by ASHA)")
     if len(rows) <= 12:
         ax.legend(fontsize=6, loc="best")
 

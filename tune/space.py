@@ -26,7 +26,7 @@ from typing import Any
 from pipeline.config import Config, ConfigError, validate
 
 PARAMS = ("lr", "consistency_weight", "means_scale", "variance", "learn_variance")
-METRICS = {"val_accuracy": "max", "val_nll": "min", "score": "max"}  # reported by rank 0 every epoch
+METRICS = {"val_accuracy": "max", "val_nll": "min", "score": "max"}  # reported by rank 0 at every evaluation
 SEARCHERS = ("optuna", "random")
 
 
@@ -92,7 +92,7 @@ class SweepSettings:
     num_samples: int = 8  # trials in total, the points to evaluate included
     max_concurrent: int = 1  # trials at once (each trial already uses all Train workers it asks for)
     metric: str = "val_accuracy"  # what ASHA and the searcher optimise: val_accuracy | val_nll | score
-    grace_period: int = 1  # epochs before ASHA may stop a trial
+    grace_period: int = 0  # training steps before ASHA may stop a trial (0: the first evaluation, train.eval_every)
     reduction_factor: float = 2.0  # ASHA keeps the top 1/reduction_factor at each rung
     search: str = "optuna"  # "optuna" (TPE, seeded) | "random" (Tune's BasicVariantGenerator, seeded)
     seed: int = 0
@@ -109,8 +109,10 @@ class SweepSettings:
             raise ConfigError(f"--metric {self.metric!r} is not one of {sorted(METRICS)}")
         if self.search not in SEARCHERS:
             raise ConfigError(f"--search {self.search!r} is not one of {SEARCHERS}")
-        if self.num_samples < 1 or self.max_concurrent < 1 or self.grace_period < 1:
-            raise ConfigError("--num-samples, --max-concurrent and --grace-period must be >= 1")
+        if self.num_samples < 1 or self.max_concurrent < 1:
+            raise ConfigError("--num-samples and --max-concurrent must be >= 1")
+        if self.grace_period < 0:
+            raise ConfigError(f"--grace-period {self.grace_period} must be >= 0 (steps; 0 = train.eval_every)")
         if not self.reduction_factor > 1:
             raise ConfigError(f"--reduction-factor {self.reduction_factor} must be > 1")
 

@@ -1,10 +1,10 @@
-"""One Tune trial: the pipeline's own training loop (``pipeline.train.trainer.make_trainer``) on the trial's
+"""One Tune trial: the pipeline's own training loop (``pipeline.train.trainer.TrainRun``) on the trial's
 configuration, then the pipeline's calibrated evaluation of the best checkpoint, all recorded in an MLflow child run.
 
 Runs inside the Tune trial actor (a function trainable; Ray Train V2's documented pattern for Tune over Train):
 
     trial driver (0 CPU)  ->  TorchTrainer(..., callbacks=[TuneReportCallback()]).fit()
-                               rank 0 reports val_accuracy / val_nll / score every epoch -> Tune -> ASHA
+                               rank 0 reports val_accuracy / val_nll / score every eval_every steps -> Tune -> ASHA
                           ->  evaluate_checkpoint(best) in a Ray task (calibrated metrics)
                           ->  final metrics -> MLflow child run (FINISHED)
 
@@ -52,9 +52,9 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], prepared, val, ct
         raise
     handle.end("FINISHED")
     # The final (calibrated) metrics live in the child run, where the sweep driver reads them. They are not sent
-    # to Tune as one more result: the trial's main thread may still be forwarding the last epoch's result from
+    # to Tune as one more result: the trial's main thread may still be forwarding the last report from
     # TuneReportCallback's queue, and a second producer on Tune's one-slot result queue can deadlock the trial.
-    # Return only once that queue is drained, so the last epoch's result always reaches Tune.
+    # Return only once that queue is drained, so the last report always reaches Tune.
     _drain(report)
 
 
@@ -82,9 +82,9 @@ def _train_and_evaluate(cfg, prepared, val, handle, report, ctx: dict[str, Any])
 
     from pipeline.results.evaluate import evaluation_task
     from pipeline.train.model import model_spec
-    from pipeline.train.trainer import best_checkpoint, make_trainer
+    from pipeline.train.trainer import TrainRun
 
-    trainer = make_trainer(
+    run = TrainRun(
         cfg,
         prepared,
         model_spec(cfg, prepared),
@@ -93,18 +93,16 @@ def _train_and_evaluate(cfg, prepared, val, handle, report, ctx: dict[str, Any])
         mlflow_info=handle.worker_info(),
         val=val,
         callbacks=[report],
+        label=ctx["run_name"].rsplit("-", 1)[-1],
     )
-    t0 = time.time()
-    result = trainer.fit()
-    train_seconds = time.time() - t0
-    best = best_checkpoint(result)
-    ev = ray.get(evaluation_task(cfg).remote(best, prepared, cfg))
-    steps = float((result.metrics or {}).get("step", 0))
-    handle.log_metrics({**ev.metrics, "train_seconds": train_seconds, "train_steps": steps, EVALUATED: 1.0})
+    trained = run.fit()
+    ev = ray.get(evaluation_task(cfg).remote(trained.best, prepared, cfg))
+    steps = float(trained.metrics.get("step", 0))
+    handle.log_metrics({**ev.metrics, "train_seconds": trained.seconds, "train_steps": steps, EVALUATED: 1.0})
     handle.log_json(ev.calibration_table, "evaluation/calibration_table.json")
     for path, png in ev.figures.items():
         handle.log_bytes(png, path)
-    handle.set_tags({"best_checkpoint": best.path, "trial_status": "completed"})
+    handle.set_tags({"best_checkpoint": trained.best.path, "trial_status": "completed"})
 
 
 def _drain(report, timeout_s: float = 60.0) -> None:

@@ -1,7 +1,7 @@
 """Typed experiment configuration: the code here is the source of truth; YAML files and ``key=value`` overrides
 only change fields of it.
 
-    >>> cfg = resolve("moons", smoke=True, overrides=["train.lr=3e-3", "train.epochs=2"])
+    >>> cfg = resolve("moons", smoke=True, overrides=["train.lr=3e-3", "train.steps=20"])
     >>> cfg.train.lr, cfg.data.source
     (0.003, 'moons')
 

@@ -11,7 +11,7 @@ from pipeline.data.spec import DataSpec
 
 
 def _digits() -> Config:
-    # Sized for the embedded default: 2 CPU workers finish it in about 2-3 minutes with the baselines.
+    # The embedded default: trained in the driver process (no worker group to start), about a minute in all.
     return Config(
         name="digits",
         data=DataSpec(source="digits", n_labeled=100, n_val=200, seed=0, shard_rows=512),
@@ -21,11 +21,12 @@ def _digits() -> Config:
             method="flowgmm",
             loss_form="ce",
             label_weight=64.0,
-            epochs=12,
+            steps=200,
+            eval_every=50,
+            log_every=50,
             lr=2e-3,
             warmup_steps=20,
             consistency_ramp_steps=150,
-            log_every=50,
         ),
         eval=EvalConfig(sample_temperature=0.25),
     )
@@ -37,7 +38,9 @@ def _moons() -> Config:
         data=DataSpec(source="moons", n_labeled=10, n_val=50, n_points=1000, noise=0.05, seed=0, shard_rows=256),
         ingest=IngestSpec(labeled_batch=10, unlabeled_batch=64, noise_std=0.05),
         model=ModelConfig(num_couplings=6, hidden=64, depth=2, means_scale=2.0),
-        train=TrainConfig(method="flowgmm", loss_form="nll", epochs=20, lr=3e-3, warmup_steps=20),
+        train=TrainConfig(
+            method="flowgmm", loss_form="nll", steps=150, eval_every=25, log_every=50, lr=3e-3, warmup_steps=20
+        ),
     )
 
 
@@ -53,7 +56,9 @@ def _mnist() -> Config:
             method="flowgmm_cons",
             loss_form="ce",
             label_weight=3.0,
-            epochs=30,
+            steps=9000,
+            eval_every=1000,
+            log_every=100,
             lr=1e-3,
             warmup_steps=200,
             consistency_ramp_steps=2000,
@@ -61,7 +66,6 @@ def _mnist() -> Config:
             use_gpu=True,
             cpus_per_worker=4,
             bf16=True,
-            log_every=100,
         ),
     )
 
@@ -79,7 +83,9 @@ def _breast_cancer() -> Config:
         data=DataSpec(source="breast_cancer", n_labeled=20, n_val=60, seed=0, shard_rows=256),
         ingest=IngestSpec(labeled_batch=20, unlabeled_batch=64, noise_std=0.05),
         model=ModelConfig(num_couplings=6, hidden=128, depth=2, means_scale=1.5),
-        train=TrainConfig(method="flowgmm", loss_form="nll", epochs=20, lr=1e-3, warmup_steps=20),
+        train=TrainConfig(
+            method="flowgmm", loss_form="nll", steps=60, eval_every=10, log_every=20, lr=1e-3, warmup_steps=20
+        ),
     )
 
 
@@ -93,7 +99,7 @@ EXPERIMENTS: dict[str, typing.Callable[[], Config]] = {
 
 
 def smoke(cfg: Config) -> Config:
-    """Shrink an experiment to seconds on 2 CPU cores: same code path, fewer rows, epochs and channels."""
+    """Shrink an experiment to seconds on 2 CPU cores: same code path, fewer rows, steps and channels."""
     d, t, m = cfg.data, cfg.train, cfg.model
     data = replace(
         d,
@@ -105,7 +111,8 @@ def smoke(cfg: Config) -> Config:
     model = replace(m, mid_channels=min(m.mid_channels, 16), num_blocks=min(m.num_blocks, 1), hidden=min(m.hidden, 64))
     train = replace(
         t,
-        epochs=min(t.epochs, 3),
+        steps=min(t.steps, 48),
+        eval_every=min(t.eval_every, 16),
         num_workers=min(t.num_workers, 2),
         use_gpu=False,
         cpus_per_worker=0.5,
@@ -114,7 +121,7 @@ def smoke(cfg: Config) -> Config:
         channels_last=False,
         warmup_steps=min(t.warmup_steps, 5),
         consistency_ramp_steps=min(t.consistency_ramp_steps, 20),
-        log_every=min(t.log_every, 10),
+        log_every=min(t.log_every, 16),
     )
     ingest = replace(
         cfg.ingest, labeled_batch=min(cfg.ingest.labeled_batch, 32), unlabeled_batch=min(cfg.ingest.unlabeled_batch, 64)

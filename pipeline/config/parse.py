@@ -14,6 +14,7 @@ import yaml
 from pipeline.config.experiments import EXPERIMENTS
 from pipeline.config.experiments import smoke as shrink
 from pipeline.config.fields import ConfigError, build, merge, parse_text, plain, resolve_type, set_path
+from pipeline.config.scaling import apply_batch_rows
 from pipeline.config.schema import Config
 
 
@@ -25,10 +26,11 @@ def resolve(name_or_path: str | None = None, *, smoke: bool = False, overrides: 
         cfg = load_yaml(name_or_path)
     else:
         raise ConfigError(f"unknown config {name_or_path!r}: not a file and not one of {sorted(EXPERIMENTS)}")
+    if smoke:  # shrink first: explicit overrides win over the smoke settings
+        cfg = shrink(cfg)
     for item in overrides:
         cfg = apply_override(cfg, item)
-    if smoke:
-        cfg = shrink(cfg)
+    cfg = apply_batch_rows(cfg)
     validate(cfg)
     return cfg
 
@@ -83,8 +85,9 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}={value!r} is not one of {allowed}")
     positive = {
         "train.lr": t.lr,
-        "train.epochs": t.epochs,
-        "train.num_workers": t.num_workers,
+        "train.steps": t.steps,
+        "train.eval_every": t.eval_every,
+        "train.log_every": t.log_every,
         "model.variance": cfg.model.variance,
         "model.means_scale": cfg.model.means_scale,
         "ingest.labeled_batch": cfg.ingest.labeled_batch,
@@ -94,6 +97,8 @@ def validate(cfg: Config) -> None:
     for key, value in positive.items():
         if not value > 0:
             raise ConfigError(f"{key}={value!r} must be > 0")
+    if t.num_workers < 0:
+        raise ConfigError(f"train.num_workers={t.num_workers!r} must be >= 0 (0: train in the driver process)")
     if t.consistency_weight < 0:
         raise ConfigError(f"train.consistency_weight={t.consistency_weight!r} must be >= 0")
     if t.use_gpu and not (0 < t.gpus_per_worker <= 1 or float(t.gpus_per_worker).is_integer()):

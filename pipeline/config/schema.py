@@ -35,7 +35,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """The optimisation recipe and the Ray Train scaling."""
+    """The optimisation recipe, its length in optimizer steps, the fast path and the Ray Train scaling."""
 
     method: str = "flowgmm"  # "flowgmm" | "flowgmm_cons" | "supervised" (the flow on labels only)
     loss_form: str = "nll"  # "nll" (generative, all data) | "ce" (label-weighted cross-entropy, images)
@@ -43,24 +43,27 @@ class TrainConfig:
     unlabeled_weight: float = 1.0
     consistency_weight: float = 1.0  # used when method == "flowgmm_cons"
     consistency_ramp_steps: int = 500
-    epochs: int = 10
+    steps: int = 2000  # optimizer steps in all (an epoch is one pass over a worker's unlabeled rows)
+    eval_every: int = 200  # steps between validation + report (+ checkpoint); the last step always
+    checkpoint_every: int = 1  # evaluation points between checkpoints; the last one always
+    log_every: int = 200  # steps between progress lines
     lr: float = 1e-3
     weight_decay: float = 0.0
     lr_schedule: str = "cosine"  # "cosine" | "constant"
     warmup_steps: int = 50
     grad_clip: float = 100.0
+    batch_rows: int = 0  # > 0: rows per step per worker (labeled + unlabeled, same mix); lr, warm-up, ramp scaled
     bf16: bool = False  # autocast to bfloat16; log-dets and the prior stay float32
     compile: str = "none"  # torch.compile unit: "none" | "couplings" | "full" (see pipeline/train/fastpath.py)
+    compile_backend: str = "inductor"  # torch.compile backend ("eager" / "aot_eager": cheap CPU checks)
     channels_last: bool = False  # images: channels-last memory format in the coupling nets
     seed: int = 0
-    num_workers: int = 2
+    num_workers: int = 0  # 0: train in the driver process (Ray Train local mode, no worker group to start)
     use_gpu: bool = False
     gpus_per_worker: float = 1.0  # with use_gpu; a fraction (e.g. 0.25) lets sweep trials share one GPU
-    cpus_per_worker: float = 0.5  # on a 2-core machine leave a CPU for Ray Data reads
+    cpus_per_worker: float = 0.5  # on a 2-core machine leave a CPU for Ray Data reads; in the driver: its threads
     placement_strategy: str = "PACK"  # Train workers' placement group: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
-    checkpoint_every: int = 1  # epochs
     max_failures: int = 1
-    log_every: int = 50  # steps between progress lines
     inject_failure_at_step: int = -1  # testing fault tolerance: rank 1 kills itself once at this global step
 
 

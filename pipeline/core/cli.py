@@ -21,6 +21,7 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smoke", action="store_true", help="shrink the experiment to seconds")
     p.add_argument("--run-name", default=None, help="name of this run (default: <config>-<timestamp>)")
     p.add_argument("--data-dir", default=None, help="directory of downloaded data sets (default $FLOWGMM_DATA)")
+    p.add_argument("--verbose", action="store_true", help="Ray's and MLflow's own logs, and the configuration")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override config fields, e.g. train.lr=3e-4")
 
 

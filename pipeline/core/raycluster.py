@@ -7,8 +7,10 @@ local Ray's workers import this checkout: its root goes on the ``PYTHONPATH`` th
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +27,11 @@ def connect(address: str | None = None, *, verbose: bool = False, pin_api_addres
             ``RAY_API_SERVER_ADDRESS`` to every worker (Tune's placement-group cleaner then queries this cluster
             even when other Ray instances run on the host).
     """
+    _default_env()
     import ray
 
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "token")  # explicit; a local Ray enables token auth anyway
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = {}
     if not address:
@@ -44,6 +46,32 @@ def connect(address: str | None = None, *, verbose: bool = False, pin_api_addres
         logging_level="INFO" if verbose else "WARNING",
         **kwargs,
     )
+
+
+def quiet() -> None:
+    """The console a person reads: no Ray Data progress bars or execution banners, no per-report logs of Ray Train,
+    no duplicated worker prints, no MLflow info lines. Call before Ray starts; errors still print in full."""
+    _default_env()
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # Train V2 re-emits every worker print
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    for name in ("ray.data", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ("mlflow", "alembic", "ray.data._internal.progress"):  # "Progress bars disabled" is what we asked for
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="ray")
+
+
+def _default_env() -> None:
+    """Before Ray is first imported (it reads its settings then): token auth, explicitly (a local Ray enables it
+    anyway, and the CLI needs the same setting)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def export_checkout() -> None:

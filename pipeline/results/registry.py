@@ -10,6 +10,8 @@ OOD threshold on log p(x)), beside the spec inside the model itself.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 from typing import Any
 
@@ -38,7 +40,8 @@ def register(
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri)
     score = validation_score(metrics)
-    mv = mlflow.register_model(model_uri, name, tags={"run_id": run_id})
+    with contextlib.redirect_stderr(io.StringIO()):  # its "Successfully registered ..." lines; errors still raise
+        mv = mlflow.register_model(model_uri, name, tags={"run_id": run_id})
     tags: dict[str, Any] = {
         "val_score": score,
         "variance_scale": metrics.get("variance_scale"),

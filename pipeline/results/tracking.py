@@ -16,6 +16,7 @@ import platform
 import socket
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,8 @@ def log_model(handle: RunHandle, model_dir: Path, spec: dict[str, Any]) -> str:
 
     repo = Path(__file__).resolve().parents[2]
     mlflow.set_tracking_uri(handle.tracking_uri)
-    with mlflow.start_run(run_id=handle.run_id):
+    with mlflow.start_run(run_id=handle.run_id), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # MLflow's advice on type hints; the signature is given
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(Path(serving.__file__).resolve()),

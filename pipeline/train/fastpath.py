@@ -3,7 +3,7 @@ for large batches, and the compile warm-up / cache helpers.
 
 The step itself stays in :mod:`pipeline.train.step`; this module only builds the ``forward`` that the step calls::
 
-    cfg = large_batch(cfg, 2048)                          # 512 + 1536 rows, lr/warm-up/ramp scaled (optional)
+    cfg = resolve("mnist", overrides=["train.batch_rows=2048"])  # 512 + 1536 rows, lr/warm-up/ramp scaled
     model = build_model(spec).to(device)
     forward = accelerate(model, cfg.train, device)        # before building the optimizer
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, fused=device.type == "cuda")
@@ -41,14 +41,13 @@ in every coupling, and the log-det is summed in ``logdet_dtype(x)`` = float32 an
 ``Sequential``. Inductor keeps the same dtypes (it computes bf16 pointwise math in float32 internally). The only
 bf16 rounding the log-det sees is that of ``s_raw``, the conv output, before the float32 sum.
 
-Learning rate for large batches: :func:`scaled_lr` uses the square-root rule by default (the scaling rule for
-Adam-type optimizers; Malladi et al., 2022), ``rule="linear"`` for the linear rule (Goyal et al., 2017).
+Learning rate for large batches: ``train.batch_rows`` (``pipeline.config.scaling``, applied when the configuration
+is resolved).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import threading
 import time
@@ -62,8 +61,6 @@ from flowgmm.coupling import AffineCoupling
 
 __all__ = [
     "accelerate",
-    "scaled_lr",
-    "large_batch",
     "FastForward",
     "CompileWarmup",
     "compile_stats",
@@ -238,54 +235,6 @@ def share_parametrized_classes(model: nn.Module) -> int:
             m.__class__ = shared[key]
             changed += 1
     return changed
-
-
-def scaled_lr(base_lr: float, batch: int, base_batch: int, rule: str = "sqrt") -> float:
-    """The learning rate for ``batch`` rows per step given ``base_lr`` tuned at ``base_batch``.
-
-    ``rule="sqrt"`` (default): ``base_lr * sqrt(batch / base_batch)``, the square-root rule for Adam/AdamW;
-    ``rule="linear"``: ``base_lr * batch / base_batch`` (SGD's linear rule; too aggressive for Adam at 8x).
-    Pair either with a learning-rate warm-up (``train.warmup_steps``).
-
-        >>> scaled_lr(1e-3, 2048, 256)
-        0.0028284271247461905
-    """
-    if batch <= 0 or base_batch <= 0:
-        raise ValueError("batch sizes must be positive")
-    ratio = batch / base_batch
-    if rule == "sqrt":
-        return base_lr * math.sqrt(ratio)
-    if rule == "linear":
-        return base_lr * ratio
-    raise ValueError(f"rule must be 'sqrt' or 'linear', got {rule!r}")
-
-
-def large_batch(cfg: Any, rows: int, rule: str = "sqrt") -> Any:
-    """A copy of ``cfg`` (a :class:`~pipeline.config.Config`) training with ``rows`` = labeled + unlabeled rows per
-    step per worker, in the configuration's labeled:unlabeled ratio. The learning rate follows :func:`scaled_lr`;
-    ``warmup_steps`` and ``consistency_ramp_steps`` shrink by the same factor as the batch grows, so that they
-    still span the same number of examples. Example: ``mnist`` (64 + 192 at lr 1e-3) at 2048 rows is 512 + 1536
-    at lr 2.83e-3, warm-up 25 steps, consistency ramp 250 steps."""
-    import dataclasses
-
-    ing, t = cfg.ingest, cfg.train
-    base = ing.labeled_batch + ing.unlabeled_batch
-    if rows < 2:
-        raise ValueError("rows must be at least 2")
-    n_lab = max(1, round(rows * ing.labeled_batch / base))
-    factor = rows / base
-    ingest = dataclasses.replace(ing, labeled_batch=n_lab, unlabeled_batch=rows - n_lab)
-    train = dataclasses.replace(
-        t,
-        lr=scaled_lr(t.lr, rows, base, rule),
-        warmup_steps=max(1, round(t.warmup_steps / factor)) if t.warmup_steps > 0 else t.warmup_steps,
-        consistency_ramp_steps=(
-            max(1, round(t.consistency_ramp_steps / factor))
-            if t.consistency_ramp_steps > 0
-            else t.consistency_ramp_steps
-        ),
-    )
-    return dataclasses.replace(cfg, ingest=ingest, train=train)
 
 
 # ------------------------------------------------------------------------------------------- compile warm-up

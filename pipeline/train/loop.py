@@ -1,9 +1,9 @@
-"""The per-worker training loop (Ray Train, DDP).
+"""The per-worker training loop (Ray Train; DDP with several workers, or in the driver process with none).
 
-Reads top to bottom: build the model, restore the latest checkpoint if this worker group is a restart, then for
-every epoch stream labeled + unlabeled batches from Ray Data, take FlowGMM steps, evaluate on validation (rank 0),
-and report metrics with a checkpoint. One flag, ``is_main`` (rank 0), gates every side effect: checkpoints,
-MLflow and progress lines.
+Reads top to bottom: build the engine (model, fast path, optimizer), restore the latest checkpoint when this is a
+restart or a resumed run, then take ``train.steps`` FlowGMM steps on batches from the stream; every ``log_every``
+steps check the loss is finite and print one progress line, every ``eval_every`` steps (and at the last) validate,
+report and checkpoint. One flag, ``is_main`` (rank 0), gates every side effect: checkpoints, MLflow and the console.
 
 Launch (through the pipeline, which prepares data and sets up MLflow first):
 
@@ -13,6 +13,7 @@ Launch (through the pipeline, which prepares data and sets up MLflow first):
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
@@ -21,186 +22,180 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray.train
 import ray.train.torch
-import torch
 
-from flowgmm.spec import build_model
-from flowgmm.spec import save as save_model
-from pipeline.config import Config, TrainConfig
-from pipeline.data.ingest import SSLStream, steps_per_epoch
+from pipeline.config import Config
 from pipeline.data.manifest import Prepared
-from pipeline.train.state import STATE_FILE, NonFiniteLossError, TrainState, lr_lambda
-from pipeline.train.step import apply_gradients, compute_loss
+from pipeline.data.stream import SSLStream
+from pipeline.train.engine import Engine
+from pipeline.train.state import CheckpointStore
 from pipeline.train.validate import validate
-
-LOSS_PARTS = ("loss", "labeled_nll", "unlabeled_nll", "ce", "consistency")
 
 
 def train_loop_per_worker(loop: dict[str, Any]) -> None:
-    """The Ray Train function. ``loop``: config (dict), prepared, spec (the model spec), val (x, y), mlflow
-    (tracking URI + run id, or None), failure_marker (fault-injection tests)."""
+    """The Ray Train function. ``loop``: config (dict), prepared, spec (the model spec), val (x, y), label (for the
+    console), mlflow (tracking URI + run id, or None), store (checkpoint root in local mode), resume, verbose,
+    compile_cache, failure_marker (fault-injection tests)."""
+    t_enter = time.time()
     w = Worker(loop)
     w.restore()
-    while w.state.epoch < w.t.epochs:
-        sums, steps = w.train_epoch()
-        w.end_epoch(sums, steps)
-
-
-def build_optimizer(model: torch.nn.Module, t: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW with weight decay on the coupling nets' weight matrices only (not on biases, gains or the mixture)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 or "mixture" in name else decay).append(p)
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=t.lr,
-        fused=device.type == "cuda",
-    )
+    w.startup = {"trainer_start_s": t_enter - loop.get("fit_started", t_enter)}
+    t_pull = time.time()
+    for batch in w.stream.batches(start=w.engine.step):
+        if "data_pull_s" not in w.startup:  # the first batch: rows pulled from Ray Data onto the device
+            w.startup["data_pull_s"] = time.time() - t_pull
+        _maybe_inject_failure(w.t, w.engine.step, w.rank, loop.get("failure_marker"))
+        w.engine.train_step(batch)
+        step = w.engine.step
+        if step % w.t.log_every == 0 or step == w.t.steps:
+            w.engine.check_finite()
+        if step % w.t.eval_every == 0 or step == w.t.steps:
+            w.evaluate_and_report()
+        if w.is_main and (step % w.t.log_every == 0 or step == w.t.steps):
+            w.progress()
+        if step >= w.t.steps:
+            break
 
 
 class Worker:
-    """One training worker: its configuration, model, optimizer, data stream and progress."""
+    """One training worker: its engine, data stream, validation, reports and console line."""
 
     def __init__(self, loop: dict[str, Any]):
         self.loop = loop
         self.cfg = cfg = Config.from_dict(loop["config"])
         self.t = cfg.train
         self.prepared: Prepared = loop["prepared"]
-        self.spec: dict[str, Any] = loop["spec"]
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.is_main = self.rank == 0
+        self.local_mode = loop.get("store") is not None
+        if not loop.get("verbose"):
+            _quiet_ray_train()
         self.device = ray.train.torch.get_device()
-        torch.manual_seed(self.t.seed)
-        self.image = self.spec["kind"] == "image"
-        self.model = build_model(self.spec).to(self.device)
-        self.optimizer = build_optimizer(self.model, self.t, self.device)
-        self.n_steps = steps_per_epoch(self.prepared, cfg.ingest, self.world)
-        self.total_steps = self.n_steps * self.t.epochs
-        scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, self.total_steps))
-        self.state = TrainState(self.model, self.optimizer, scheduler)
-        self.val_x, self.val_y = loop["val"]
+        if self.local_mode:  # the driver's threads, as Ray gives a worker: its CPUs (whole ones, at least one)
+            _torch_threads(max(1, int(self.t.cpus_per_worker)))
+        _torch_seed(self.t.seed)
+        self.engine = Engine(loop["spec"], cfg, self.device, compile_cache=loop.get("compile_cache"))
+        method = self.t.method
         self.stream = SSLStream(
-            self.prepared, cfg.ingest, world_size=self.world, rank=self.rank, seed=self.t.seed, device=self.device
+            self.prepared,
+            cfg.ingest,
+            world_size=self.world,
+            rank=self.rank,
+            seed=self.t.seed,
+            device=self.device,
+            unlabeled=method != "supervised",
+            second_view=method == "flowgmm_cons",
         )
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        self.val_x, self.val_y = loop["val"]
         self.tracker = _RankZeroTracker(loop.get("mlflow")) if self.is_main else None
+        self.store = CheckpointStore(loop["store"]) if self.local_mode else None
+        self.evals = 0
+        self.last_val: dict[str, float] = {}
+        self.startup: dict[str, float] = {}
 
     def restore(self) -> None:
         checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None and self.store is not None and self.loop.get("resume"):
+            latest = self.store.latest()
+            checkpoint = self.store.checkpoint(latest) if latest else None
         if checkpoint is not None:
             with checkpoint.as_directory() as d:
-                self.state.load(Path(d), self.device)
+                st = self.engine.load(d)
+            self.evals = int(st.get("evals", 0))
             if self.is_main:
-                print(f"[flowgmm] restored checkpoint at epoch {self.state.epoch}, step {self.state.step}", flush=True)
-        self.ddp = ray.train.torch.prepare_model(self.model)
-        self.start_time, self.start_step = time.time(), self.state.step
+                print(f"[flowgmm] {self.loop.get('label', 'train')}: resumed from step {self.engine.step}", flush=True)
+        if self.world > 1:
+            self.engine.distribute(ray.train.torch.prepare_model)
+        self.t_start, self.step_start = time.time(), self.engine.step
 
-    def train_epoch(self) -> tuple[torch.Tensor, int]:
-        state, t = self.state, self.t
-        epoch = state.epoch
-        self.ddp.train()
-        sums = torch.zeros(len(LOSS_PARTS), device=self.device)
-        steps = 0
-        for batch in self.stream.epoch(epoch):
-            _maybe_inject_failure(t, state.step, self.rank, self.loop.get("failure_marker"))
-            loss, parts = compute_loss(self.ddp, self.model, batch, t, state.step, self.image)
-            apply_gradients(loss, self.model, self.optimizer, state.scheduler, t.grad_clip)
-            # non-finite guard without a host sync per step: remember the first bad step on the device
-            bad = ~torch.isfinite(loss.detach())
-            self.first_bad = torch.where(
-                bad & (self.first_bad < 0), torch.full_like(self.first_bad, state.step), self.first_bad
-            )
-            lv = loss.detach()
-            sums += torch.stack([_part(parts, lv, k) for k in LOSS_PARTS])
-            state.step += 1
-            steps += 1
-            if state.step % t.log_every == 0:
-                _check_finite(self.first_bad, loss, state.step)
-                if self.is_main:
-                    self.progress(epoch, float(loss.detach()))
-        _check_finite(self.first_bad, sums[0], state.step)
-        state.epoch = epoch + 1
-        return sums, steps
-
-    def end_epoch(self, sums: torch.Tensor, steps: int) -> None:
-        """Validation, report and checkpoint (rank 0 writes)."""
-        state, t = self.state, self.t
-        means = dict(zip(LOSS_PARTS, (sums / max(steps, 1)).tolist()))
+    def evaluate_and_report(self) -> None:
+        """Validation (rank 0), the report every worker makes, a checkpoint every ``checkpoint_every`` reports."""
+        e, t = self.engine, self.t
+        self.evals += 1
+        means = e.pop_means()
         metrics: dict[str, float] = {
-            "epoch": state.epoch,
-            "step": state.step,
-            "steps_in_epoch": steps,
+            "step": e.step,
+            "epoch": e.step / self.stream.steps_per_epoch,
             **{f"train_{k}": v for k, v in means.items()},
-            "restored_from_step": state.restored_from_step,
-            "lr": state.scheduler.get_last_lr()[0],
+            "restored_from_step": e.restored_from_step,
+            "lr": e.scheduler.get_last_lr()[0],
+            **e.fast_path_metrics(),
+            **{f"time_{k}": v for k, v in self.startup.items()},
         }
         if t.method != "supervised":  # bits/dim of the unlabeled batches (mixture density, dequantized data)
-            dim = int(np.prod(self.spec["shape"]))
-            metrics["train_bpd"] = (means["unlabeled_nll"] + (dim * math.log(256) if self.image else 0.0)) / (
+            dim = math.prod(self.engine.spec["shape"])
+            metrics["train_bpd"] = (means["unlabeled_nll"] + (dim * math.log(256) if e.image else 0.0)) / (
                 dim * math.log(2)
             )
         if self.is_main:
-            self.validate_into(metrics, means["loss"])
-        if state.epoch % t.checkpoint_every == 0 or state.epoch == t.epochs:
-            with tempfile.TemporaryDirectory() as tmp:
-                ckpt = None
-                if self.is_main:
-                    save_model(self.model, self.spec, tmp)
-                    torch.save(state.state_dict(), os.path.join(tmp, STATE_FILE))
-                    ckpt = ray.train.Checkpoint.from_directory(tmp)
-                ray.train.report(metrics, checkpoint=ckpt)
+            self.validate_into(metrics)
+        last = e.step >= t.steps
+        if self.evals % t.checkpoint_every == 0 or last:
+            self.report_with_checkpoint(metrics)
         else:
             ray.train.report(metrics)
 
-    def validate_into(self, metrics: dict[str, float], loss: float) -> None:
-        state = self.state
+    def validate_into(self, metrics: dict[str, float]) -> None:
         val = validate(
-            self.model,
+            self.engine.model,
             self.val_x,
             self.val_y,
-            image=self.image,
+            image=self.engine.image,
             device=self.device,
             batch_size=self.cfg.eval.batch_size,
         )
         metrics.update({f"val_{k}": v for k, v in val.items()})
         metrics["score"] = val["accuracy"] - 1e-3 * val["nll"]
-        state.best_score = max(state.best_score, metrics["score"])
+        self.engine.best_score = max(self.engine.best_score, metrics["score"])
+        self.last_val = val
         if self.tracker:
-            self.tracker.log_epoch(metrics, state.step)
+            self.tracker.log(metrics, self.engine.step)
+
+    def report_with_checkpoint(self, metrics: dict[str, float]) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if self.is_main:
+                self.engine.save(tmp, extra={"evals": self.evals})
+                if self.store is not None:  # local mode: Ray keeps only a reference, so persist it first
+                    ckpt = self.store.checkpoint(self.store.save(tmp, self.engine.step, metrics.get("score", 0.0)))
+                else:
+                    ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ckpt)
+
+    def progress(self) -> None:
+        step, total = self.engine.step, self.t.steps
+        rate = (step - self.step_start) / max(time.time() - self.t_start, 1e-9)
+        eta = (total - step) / max(rate, 1e-9)
+        val = f" | val acc {self.last_val['accuracy']:.3f}" if self.last_val else ""
         print(
-            f"[flowgmm] epoch {state.epoch}/{self.t.epochs} step {state.step} loss {loss:.4g} "
-            f"val_acc {val['accuracy']:.4f} val_nll {val['nll']:.4f} val_bpd {val['bpd']:.4f}",
+            f"[flowgmm] {self.loop.get('label', 'train'):<17} step {step:>6}/{total} {100 * step / total:3.0f}% | "
+            f"{rate:6.1f} steps/s | ETA {int(eta) // 60}:{int(eta) % 60:02d}{val}",
             flush=True,
         )
 
-    def progress(self, epoch: int, loss: float) -> None:
-        done = self.state.step - self.start_step
-        rate = done / max(time.time() - self.start_time, 1e-9)
-        eta = (self.total_steps - self.state.step) / max(rate, 1e-9)
-        print(
-            f"[flowgmm] epoch {epoch + 1}/{self.t.epochs} step {self.state.step}/{self.total_steps} "
-            f"loss {loss:.4g} {rate:.2f} steps/s ETA {eta / 60:.1f} min",
-            flush=True,
-        )
+
+def _torch_threads(n: int) -> None:
+    """Intra-op threads of the process. More threads than free cores make every step wait on the slowest one (on a
+    2-core machine 2 threads ran a digits step 3.5x slower than 1 thread when another process held a core)."""
+    import torch
+
+    torch.set_num_threads(n)
 
 
-def _part(parts: dict[str, torch.Tensor], like: torch.Tensor, *names: str) -> torch.Tensor:
-    for n in names:
-        if n in parts:
-            return torch.as_tensor(parts[n], dtype=torch.float32, device=like.device).reshape(())
-    return like.new_zeros(())
+def _torch_seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
 
 
-def _check_finite(first_bad: torch.Tensor, loss: torch.Tensor, step: int) -> None:
-    bad_step = int(first_bad)
-    if bad_step >= 0:
-        raise NonFiniteLossError(
-            f"non-finite training loss at step {bad_step} (checked at step {step}); lower train.lr, "
-            f"enable gradient clipping (train.grad_clip) or disable train.bf16"
-        )
+def _quiet_ray_train() -> None:
+    """Ray Train V2 logs every report ("Reporting training result ...") from a logger named after its file."""
+    from ray.train.v2._internal.execution import context
+
+    for name in (context.__file__, context.__name__, "ray.train", "ray.data"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _maybe_inject_failure(t, step: int, rank: int, marker: str | None) -> None:
@@ -212,7 +207,7 @@ def _maybe_inject_failure(t, step: int, rank: int, marker: str | None) -> None:
     the documented guarantee: a restart resumes from the latest committed checkpoint."""
     if t.inject_failure_at_step < 0 or step != t.inject_failure_at_step or marker is None:
         return
-    if rank != min(1, t.num_workers - 1) or os.path.exists(marker):
+    if rank != min(1, max(t.num_workers, 1) - 1) or os.path.exists(marker):
         return
     time.sleep(2 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0)) + 1)
     Path(marker).write_text(f"killed rank {rank} at step {step}\n")
@@ -220,7 +215,7 @@ def _maybe_inject_failure(t, step: int, rank: int, marker: str | None) -> None:
 
 
 class _RankZeroTracker:
-    """Logs per-epoch metrics into the driver's MLflow run (the same run id across worker restarts)."""
+    """Logs metrics into the driver's MLflow run (the same run id across worker restarts)."""
 
     def __init__(self, info: dict[str, str] | None):
         self.client = None
@@ -229,7 +224,7 @@ class _RankZeroTracker:
 
             self.client, self.run_id = MlflowClient(tracking_uri=info["tracking_uri"]), info["run_id"]
 
-    def log_epoch(self, metrics: dict[str, float], step: int) -> None:
+    def log(self, metrics: dict[str, float], step: int) -> None:
         if self.client is None:
             return
         from mlflow.entities import Metric

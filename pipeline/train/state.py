@@ -1,59 +1,29 @@
-"""What training carries from step to step and saves in every checkpoint: :class:`TrainState` (model, optimizer,
-schedule, step, epoch, best score, RNG), the learning-rate schedule, and the error raised on a non-finite loss."""
+"""What outlives a step: the learning-rate schedule, the error raised on a non-finite loss, and the checkpoint store
+that training in the driver process (Ray Train's local mode, which keeps no checkpoints) writes itself.
+
+A checkpoint directory holds ``spec.json`` + ``weights.pt`` (the model, loadable by ``flowgmm.spec.load``) and
+``train_state.pt`` (optimizer, schedule, step, best score, random generators).
+"""
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
-from pathlib import Path
+import os
 from typing import Any
 
-import torch
-
-from flowgmm.model import FlowGMM
 from pipeline.config import Config
 
 STATE_FILE = "train_state.pt"
+INDEX_FILE = "checkpoints.json"
 
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when a training loss is NaN or infinite; the message names the step."""
 
 
-@dataclass
-class TrainState:
-    """Everything that changes while training; saved in every checkpoint."""
-
-    model: FlowGMM
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    step: int = 0
-    epoch: int = 0  # the next epoch to run
-    best_score: float = -math.inf
-    restored_from_step: int = -1
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "step": self.step,
-            "epoch": self.epoch,
-            "best_score": self.best_score,
-            "torch_rng": torch.get_rng_state(),
-        }
-
-    def load(self, directory: Path, device: torch.device) -> None:
-        weights = torch.load(directory / "weights.pt", map_location=device, weights_only=True)
-        self.model.load_state_dict(weights)
-        st = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
-        self.optimizer.load_state_dict(st["optimizer"])
-        self.scheduler.load_state_dict(st["scheduler"])
-        self.step, self.epoch, self.best_score = int(st["step"]), int(st["epoch"]), float(st["best_score"])
-        torch.set_rng_state(st["torch_rng"])
-        self.restored_from_step = self.step
-
-
 def lr_lambda(cfg: Config, total_steps: int):
+    """Linear warm-up, then cosine decay to 1% of the learning rate at ``total_steps`` (or constant)."""
     warm, kind = max(cfg.train.warmup_steps, 0), cfg.train.lr_schedule
 
     def f(step: int) -> float:
@@ -65,3 +35,64 @@ def lr_lambda(cfg: Config, total_steps: int):
         return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return f
+
+
+class CheckpointStore:
+    """Checkpoints under ``root`` (a path or a URI pyarrow understands, e.g. ``s3://bucket/runs/name``) as
+    ``checkpoint_<step>`` directories plus an index; keeps the ``keep`` best by score and the latest.
+
+        store = CheckpointStore("/home/u/.flowgmm/ray_results/digits-1")
+        store.save(local_dir, step=200, score=0.91)      # copied in; returns the checkpoint's path
+        store.best(), store.latest()                      # paths, or None
+    """
+
+    def __init__(self, root: str, keep: int = 2):
+        import pyarrow.fs as pafs
+
+        if "://" in root:
+            self.fs, self.root = pafs.FileSystem.from_uri(root)
+        else:
+            self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(root)
+        self.keep = keep
+
+    def entries(self) -> list[dict[str, Any]]:
+        try:
+            with self.fs.open_input_stream(f"{self.root}/{INDEX_FILE}") as f:
+                return json.loads(f.read().decode())
+        except (FileNotFoundError, OSError, ValueError):
+            return []
+
+    def save(self, local_dir: str, step: int, score: float) -> str:
+        import pyarrow.fs as pafs
+
+        path = f"{self.root}/checkpoint_{step:08d}"
+        self.fs.create_dir(path, recursive=True)
+        pafs.copy_files(local_dir, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
+        entries = [e for e in self.entries() if e["step"] != step] + [{"step": step, "score": score, "path": path}]
+        keep = {e["path"] for e in sorted(entries, key=lambda e: -e["score"])[: self.keep]}
+        keep.add(max(entries, key=lambda e: e["step"])["path"])
+        for e in entries:
+            if e["path"] not in keep:
+                self.fs.delete_dir(e["path"])
+        self._write_index([e for e in entries if e["path"] in keep])
+        return path
+
+    def best(self) -> str | None:
+        entries = self.entries()
+        return max(entries, key=lambda e: (e["score"], e["step"]))["path"] if entries else None
+
+    def latest(self) -> str | None:
+        entries = self.entries()
+        return max(entries, key=lambda e: e["step"])["path"] if entries else None
+
+    def checkpoint(self, path: str):
+        import ray.train
+
+        return ray.train.Checkpoint(path, filesystem=self.fs)
+
+    def _write_index(self, entries: list[dict[str, Any]]) -> None:
+        data = json.dumps(sorted(entries, key=lambda e: e["step"]), indent=1).encode()
+        tmp = f"{self.root}/.{INDEX_FILE}.{os.getpid()}.tmp"
+        with self.fs.open_output_stream(tmp) as f:
+            f.write(data)
+        self.fs.move(tmp, f"{self.root}/{INDEX_FILE}")

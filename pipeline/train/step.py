@@ -25,7 +25,8 @@ def compute_loss(
     computed in float32 even under bf16 autocast."""
     x_lab, x_unl = batch.x_lab, batch.x_unl
     if image:
-        x_lab, x_unl = dequantize(x_lab, noise="uniform"), dequantize(x_unl, noise="uniform")
+        x_lab = dequantize(x_lab, noise="uniform")
+        x_unl = None if x_unl is None else dequantize(x_unl, noise="uniform")
     n_lab = x_lab.shape[0]
     cons_w = 0.0
     if t.method == "flowgmm_cons":

@@ -1,13 +1,20 @@
 """The driver side of training: the Ray Datasets a run trains on, the ``TorchTrainer`` that runs the per-worker
-loop, and picking the best checkpoint from its result.
+loop, and the best checkpoint of the result.
 
-    trainer = make_trainer(cfg, prepared, spec, run_name=name, storage_path=storage, mlflow_info=info, val=val)
-    best = best_checkpoint(trainer.fit())
+    run = TrainRun(cfg, prepared, spec, run_name=name, storage_path=storage, mlflow_info=info, val=val)
+    trained = run.fit()                   # trained.best (a Checkpoint), trained.metrics, trained.seconds
+
+``train.num_workers = 0`` trains in the driver process (Ray Train's local mode: no worker group to start, ~20-40 s
+saved on a small machine); the loop then keeps its checkpoints itself (``CheckpointStore`` under
+``<storage>/<run name>``), and ``--resume`` continues from the latest. With one or more workers Ray Train runs
+the loop data-parallel (DDP), keeps the best two checkpoints and restarts failed worker groups.
 """
 
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,14 +25,22 @@ from pipeline.config import Config
 from pipeline.data.ingest import build_datasets, data_config
 from pipeline.data.manifest import Prepared
 from pipeline.train.loop import train_loop_per_worker
+from pipeline.train.state import CheckpointStore
 
 MATERIALIZE_BYTES = 2 * 1024**3
 
 
+@dataclass
+class Trained:
+    best: Any  # ray.train.Checkpoint with the best validation score
+    metrics: dict[str, Any]  # the last report
+    seconds: float  # fit() wall time, worker start-up included
+
+
 def training_datasets(prepared: Prepared, cfg: Config) -> dict[str, Any]:
-    """Ray Datasets for training. The unlabeled stream is materialized in the object store when its shards are
-    small (under 2 GiB on disk): re-reading Parquet every epoch costs seconds of fixed overhead per epoch on a
-    small cluster, while large data sets keep streaming."""
+    """Ray Datasets for training. Workers whose unlabeled rows fit on their device pull them once; otherwise the
+    unlabeled stream is materialized in the object store when its shards are small (under 2 GiB on disk):
+    re-reading Parquet every epoch costs seconds of fixed overhead per epoch on a small cluster."""
     ds = build_datasets(
         prepared,
         seed=cfg.train.seed,
@@ -33,56 +48,91 @@ def training_datasets(prepared: Prepared, cfg: Config) -> dict[str, Any]:
         preserve_order=cfg.ingest.preserve_order,
         spread_reads=cfg.ingest.spread_reads,
     )
+    world = max(cfg.train.num_workers, 1)
+    row_bytes = prepared.dim * (1 if prepared.kind == "image" else 4)
+    on_device = prepared.counts["unlabeled"] // world * row_bytes <= cfg.ingest.in_memory_bytes
     size = sum(f.stat().st_size for f in prepared.split_dir("unlabeled").glob("*.parquet"))
-    if size < MATERIALIZE_BYTES:
+    if not on_device and size < MATERIALIZE_BYTES:
         ds["unlabeled"] = ds["unlabeled"].materialize()
     return ds
 
 
-def make_trainer(
-    cfg: Config,
-    prepared: Prepared,
-    spec: dict[str, Any],
-    *,
-    run_name: str,
-    storage_path: str,
-    mlflow_info: dict[str, str] | None,
-    val: tuple[np.ndarray, np.ndarray],
-    callbacks: list | None = None,
-) -> ray.train.torch.TorchTrainer:
-    t = cfg.train
-    resources = {"CPU": t.cpus_per_worker}
-    if t.use_gpu:
-        resources["GPU"] = t.gpus_per_worker
-    loop = {
-        "config": cfg.to_dict(),
-        "prepared": prepared,
-        "spec": spec,
-        "mlflow": mlflow_info,
-        "val": val,
-        "failure_marker": os.path.join(storage_path, run_name, ".injected_failure"),
-    }
-    return ray.train.torch.TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=t.num_workers,
-            use_gpu=t.use_gpu,
-            resources_per_worker=resources,
-            placement_strategy=t.placement_strategy,
-        ),
-        datasets=training_datasets(prepared, cfg),
-        dataset_config=data_config(cfg.ingest),
-        run_config=ray.train.RunConfig(
-            name=run_name,
-            storage_path=storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute="score", checkpoint_score_order="max"
+class TrainRun:
+    """One training run of ``cfg`` on ``prepared``: its trainer and where its checkpoints go."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        prepared: Prepared,
+        spec: dict[str, Any],
+        *,
+        run_name: str,
+        storage_path: str,
+        mlflow_info: dict[str, str] | None,
+        val: tuple[np.ndarray, np.ndarray],
+        callbacks: list | None = None,
+        label: str = "train",
+        resume: bool = False,
+        verbose: bool = False,
+        compile_cache: str | None = None,
+    ):
+        self.cfg, self.run_name, self.storage_path = cfg, run_name, storage_path
+        self.local = cfg.train.num_workers == 0
+        self.store_root = f"{storage_path.rstrip('/')}/{run_name}"
+        self.loop = {
+            "config": cfg.to_dict(),
+            "prepared": prepared,
+            "spec": spec,
+            "mlflow": mlflow_info,
+            "val": val,
+            "label": label,
+            "store": self.store_root if self.local else None,
+            "resume": resume,
+            "verbose": verbose,
+            "compile_cache": compile_cache,
+            "failure_marker": os.path.join(storage_path, run_name, ".injected_failure"),
+        }
+        self.trainer = self._trainer(prepared, callbacks or [])
+
+    def _trainer(self, prepared: Prepared, callbacks: list) -> ray.train.torch.TorchTrainer:
+        t = self.cfg.train
+        resources = {"CPU": t.cpus_per_worker}
+        if t.use_gpu:
+            resources["GPU"] = t.gpus_per_worker
+        return ray.train.torch.TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=self.loop,
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=t.num_workers,
+                use_gpu=t.use_gpu,
+                resources_per_worker=resources,
+                placement_strategy=t.placement_strategy,
             ),
-            callbacks=callbacks or [],
-        ),
-    )
+            datasets=training_datasets(prepared, self.cfg),
+            dataset_config=data_config(self.cfg.ingest),
+            run_config=ray.train.RunConfig(
+                name=self.run_name,
+                storage_path=self.storage_path,
+                failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(
+                    num_to_keep=2, checkpoint_score_attribute="score", checkpoint_score_order="max"
+                ),
+                callbacks=callbacks,
+            ),
+        )
+
+    def fit(self) -> Trained:
+        t0 = time.time()
+        self.loop["fit_started"] = t0
+        result = self.trainer.fit()
+        seconds = time.time() - t0
+        if self.local:
+            store = CheckpointStore(self.store_root)
+            best = store.best()
+            if best is None:
+                raise RuntimeError("training reported no checkpoint")
+            return Trained(store.checkpoint(best), dict(result.metrics or {}), seconds)
+        return Trained(best_checkpoint(result), dict(result.metrics or {}), seconds)
 
 
 def best_checkpoint(result):

@@ -1,0 +1,171 @@
+"""What the pipeline costs beyond the math: the default job's training in plain single-process PyTorch (same model,
+data, steps, batches, augmentation and loss) against the same job through ``pipeline/run.py``, side by side in one
+run, with the job's breakdown (process start, Ray start, data preparation, trainer start, data pull, training,
+evaluation, baseline, MLflow).
+
+    python bench/bench_overhead.py                      # the default job (digits), its current recipe
+    python bench/bench_overhead.py --config moons --repeats 2
+
+Both sides use the machine's default torch threads. The plain loop draws its batches with the same seeded index
+permutations and augmentation as the training stream, on tensors already in memory, and calls the same loss
+(``pipeline.train.step``); it validates nothing and writes nothing. Results go to stdout and ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if not __package__:  # `python bench/bench_overhead.py`: import the project from this checkout
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def plain_pytorch(config: str, home: Path, overrides: list[str]) -> dict[str, float]:
+    """The job's main model, trained in a plain loop: build, then ``train.steps`` steps on in-memory tensors."""
+    import torch
+
+    from flowgmm.spec import build_model
+    from pipeline.config import resolve
+    from pipeline.data import prepare
+    from pipeline.data.stream import SSLStream
+    from pipeline.train.engine import build_optimizer
+    from pipeline.train.model import model_spec
+    from pipeline.train.state import lr_lambda
+    from pipeline.train.step import apply_gradients, compute_loss
+
+    cfg = resolve(config, overrides=overrides)
+    t = cfg.train
+    prepared = prepare(cfg.data, home)
+    t0 = time.perf_counter()
+    torch.manual_seed(t.seed)
+    model = build_model(model_spec(cfg, prepared))
+    opt = build_optimizer(model, t, torch.device("cpu"))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, t.steps))
+    stream = SSLStream.in_memory(
+        prepared, cfg.ingest, seed=t.seed, unlabeled=t.method != "supervised", second_view=t.method == "flowgmm_cons"
+    )
+    it = stream.batches(0)
+    t_build = time.perf_counter()
+    image = prepared.kind == "image"
+    for k in range(t.steps):
+        loss, _ = compute_loss(model, model, next(it), t, k, image)
+        apply_gradients(loss, model, opt, sched, t.grad_clip)
+    float(loss)
+    end = time.perf_counter()
+    return {
+        "plain_build_s": t_build - t0,
+        "plain_train_s": end - t_build,
+        "plain_total_s": end - t0,
+        "steps": float(t.steps),
+        "plain_step_s": (end - t_build) / t.steps,
+    }
+
+
+def through_run_py(config: str, home: Path, overrides: list[str]) -> dict[str, float]:
+    """``python pipeline/run.py`` in a subprocess; its wall time and the breakdown it logged to MLflow."""
+    from mlflow import MlflowClient
+
+    name = f"overhead-{time.strftime('%H%M%S')}"
+    cmd = [
+        sys.executable,
+        str(REPO / "pipeline" / "run.py"),
+        "--config",
+        config,
+        "--home",
+        str(home),
+        "--run-name",
+        name,
+        *overrides,
+    ]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=dict(os.environ), timeout=1800)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"run.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    run = next(
+        r for e in client.search_experiments() for r in client.search_runs([e.experiment_id]) if r.info.run_name == name
+    )
+    m = run.data.metrics
+    out = {"job_wall_s": wall, "console_lines": float(len(proc.stdout.splitlines()) + len(proc.stderr.splitlines()))}
+    out["process_start_s"] = wall - m["wall_seconds"]
+    for k in (
+        "wall_seconds",
+        "train_seconds",
+        "step_s",
+        "time_trainer_start_s",
+        "time_data_pull_s",
+        "test_accuracy",
+        "baseline_supervised_flow_test_accuracy",
+    ):
+        if k in m:
+            out[k] = m[k]
+    out.update({k: v for k, v in m.items() if k.startswith("time_") and k.endswith("_s")})
+    out["console"] = proc.stdout  # type: ignore[assignment]
+    return out
+
+
+def report(p: dict[str, float], j: dict[str, Any]) -> list[str]:
+    lines = [
+        f"{'':34}{'seconds':>10}",
+        f"{'plain PyTorch: build model':34}{p['plain_build_s']:>10.1f}",
+        f"{'plain PyTorch: ' + str(int(p['steps'])) + ' training steps':34}{p['plain_train_s']:>10.1f}",
+        f"{'run.py: whole job (wall)':34}{j['job_wall_s']:>10.1f}",
+        f"{'  process start, imports':34}{j['process_start_s']:>10.1f}",
+    ]
+    for key, label in (
+        ("time_ray_start_s", "Ray start"),
+        ("time_prepare_s", "data preparation"),
+        ("time_train_s", "training (the main model)"),
+        ("time_trainer_start_s", "    trainer start"),
+        ("time_data_pull_s", "    data pull onto the device"),
+        ("train_seconds", "    fit()"),
+        ("time_evaluate_s", "evaluation + calibration"),
+        ("time_baseline_s", "labels-only baseline"),
+        ("time_mlflow_s", "MLflow (run, model, registry)"),
+    ):
+        if key in j:
+            lines.append(f"{'  ' + label:34}{j[key]:>10.1f}")
+    ratio = j["time_train_s"] / p["plain_train_s"]
+    lines.append(
+        f"training through run.py / plain PyTorch: {ratio:.2f}x "
+        f"(per step {j.get('step_s', float('nan')) * 1000:.1f} ms vs {p['plain_step_s'] * 1000:.1f} ms)"
+    )
+    lines.append(f"console lines: {j['console_lines']:.0f}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default="digits")
+    ap.add_argument("--repeats", type=int, default=1, help="alternate plain / run.py this many times")
+    ap.add_argument("--home", default=None)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("overrides", nargs="*", metavar="key=value")
+    a = ap.parse_args(argv)
+    home = Path(a.home or tempfile.mkdtemp(prefix="bench-overhead-"))
+    os.environ.setdefault("FLOWGMM_DATA", str(REPO.parent / "shared" / "data"))
+    out: dict[str, Any] = {"config": a.config, "overrides": a.overrides, "runs": []}
+    for i in range(a.repeats):
+        p = plain_pytorch(a.config, home, a.overrides)
+        j = through_run_py(a.config, home, a.overrides)
+        console = j.pop("console")
+        print(f"--- repeat {i + 1}: {a.config} {' '.join(a.overrides)}\n" + "\n".join(report(p, j)), flush=True)
+        out["runs"].append({"plain": p, "job": j})
+        out["console_of_last_job"] = console
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The results table a job prints when it ends: accuracy, NLL and ECE before and after calibration, the baselines,
+out-of-domain detection, where the time went, and where the run and the model live."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def summary_lines(cfg, result: dict[str, Any], handle, timing: dict[str, float]) -> list[str]:
+    m = result["metrics"]
+    out = [f"[flowgmm] results on the test split ({cfg.data.source}, {cfg.data.n_labeled} labels)"]
+    out.append(f"  {'model':<40}{'accuracy':>9}{'NLL':>8}{'ECE':>8}")
+
+    def row(name: str, prefix: str, suffix: str = "") -> None:
+        acc = m.get(f"{prefix}accuracy{suffix}")
+        if acc is None:
+            return
+        nll, ece = m.get(f"{prefix}nll{suffix}"), m.get(f"{prefix}ece{suffix}")
+        cells = "".join(f"{v:>8.3f}" if v is not None else f"{'':>8}" for v in (nll, ece))
+        out.append(f"  {name:<40}{acc:>9.3f}{cells}")
+
+    method = {"flowgmm_cons": "FlowGMM-cons", "supervised": "labels-only flow"}.get(cfg.train.method, "FlowGMM")
+    row(f"{method}, uncalibrated", "test_")
+    row(f"{method}, calibrated (variance x{m.get('variance_scale', 1.0):.2f})", "test_", "_calibrated")
+    row("labels-only flow, calibrated", "baseline_supervised_flow_test_", "_calibrated")
+    for key, name in (
+        ("logreg", "logistic regression"),
+        ("knn", "k-nearest neighbours"),
+        ("label_spreading", "label spreading"),
+    ):
+        row(name, f"baseline_{key}_test_")
+    out += _ood_lines(result["ood"], m)
+    out.append(_time_line(m, timing))
+    registered = f"models:/flowgmm-{cfg.data.source}/{m['registered_version']:.0f}" if "registered_version" in m else ""
+    promoted = " (@champion)" if m.get("promoted_to_champion") else ""
+    out.append(f"  model: {registered or result['model_uri']}{promoted} · weights in {result['model_dir']}")
+    out.append(f"  MLflow: run {handle.run_id} · view with: {ui_command(handle.tracking_uri)}")
+    return out
+
+
+def print_summary(cfg, result: dict[str, Any], handle, timing: dict[str, float]) -> None:
+    print("\n".join(summary_lines(cfg, result, handle, timing)), flush=True)
+
+
+def ui_command(tracking_uri: str) -> str:
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri}"
+    return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+
+
+def _ood_lines(rows: list[dict[str, Any]], m: dict[str, Any]) -> list[str]:
+    out = []
+    if "test_bpd" in m:
+        out.append(f"  bits/dim (test) {m['test_bpd']:.3f}")
+    for r in rows:
+        out.append(
+            f"  out-of-domain {r['ood_set']} by {r['score']}: AUROC {r['auroc']:.3f}, FPR at 95% TPR {r['fpr95']:.3f}"
+        )
+    return out
+
+
+def _time_line(m: dict[str, Any], timing: dict[str, float]) -> str:
+    names = (
+        ("ray_start", "Ray"),
+        ("prepare", "data"),
+        ("train", "training"),
+        ("evaluate", "evaluation"),
+        ("baseline", "baseline"),
+        ("mlflow", "MLflow"),
+    )
+    parts = " + ".join(f"{label} {timing[k]:.0f}" for k, label in names if k in timing)
+    wall, steps = m.get("wall_seconds", 0), m.get("train_steps", 0)
+    return f"  time: {wall:.0f} s wall = {parts} (+ the rest) · {steps:.0f} training steps"

@@ -1,0 +1,155 @@
+"""The training engine: the model, the forward the step calls (with the fast path applied), the optimizer and
+schedule, and one step with its non-finite guard. Ray-free, so that the training loop and the benchmarks run the
+same object.
+
+    engine = Engine(spec, cfg, device)           # accelerate(): compile / channels-last from cfg.train
+    loss = engine.train_step(batch)              # compute_loss + apply_gradients + guard; engine.step += 1
+    engine.check_finite()                        # raises NonFiniteLossError naming the first bad step
+    engine.pop_means()                           # mean loss parts since the last call
+
+Save and restore with :meth:`save` / :meth:`load` (model spec + weights + optimizer, schedule, step, generators).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flowgmm.spec import build_model
+from flowgmm.spec import save as save_model
+from pipeline.config import Config, TrainConfig
+from pipeline.data.ingest import Step
+from pipeline.train.fastpath import accelerate, compile_stats, enable_compile_cache
+from pipeline.train.state import STATE_FILE, NonFiniteLossError, lr_lambda
+from pipeline.train.step import apply_gradients, compute_loss
+
+LOSS_PARTS = ("loss", "labeled_nll", "unlabeled_nll", "ce", "consistency")
+WARMUP_STEPS = 3  # the first steps, whose extra time is the compile warm-up
+
+
+def build_optimizer(model: torch.nn.Module, t: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with weight decay on the coupling nets' weight matrices only (not on biases, gains or the mixture);
+    fused on CUDA."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 or "mixture" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=t.lr, fused=device.type == "cuda")
+
+
+class Engine:
+    """Model + forward + optimizer + schedule + step counter for one training run on one device."""
+
+    def __init__(self, spec: dict[str, Any], cfg: Config, device: torch.device, *, compile_cache: str | None = None):
+        t = cfg.train
+        self.spec, self.cfg, self.t, self.device = spec, cfg, t, torch.device(device)
+        self.image = spec["kind"] == "image"
+        if compile_cache and t.compile != "none":
+            enable_compile_cache(compile_cache)
+        self.model = build_model(spec).to(self.device)
+        # the fast path acts on the model training runs: compile unit, backend, channels-last (before the optimizer)
+        self.forward: torch.nn.Module = accelerate(
+            self.model, t, self.device, backend=t.compile_backend, compile_on_cpu=True
+        )
+        self.optimizer = build_optimizer(self.model, t, self.device)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, t.steps))
+        self.step = 0
+        self.best_score = -math.inf
+        self.restored_from_step = -1
+        self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._sums = torch.zeros(len(LOSS_PARTS), device=self.device)
+        self._count = 0
+        self._calls = 0
+        self._frames0 = compile_stats().get("frames_ok", 0)
+        self.timing: dict[str, float] = {}
+
+    def distribute(self, wrap) -> None:
+        """Wrap the forward for data parallelism (``ray.train.torch.prepare_model``); checkpoints keep ``model``."""
+        self.forward = wrap(self.forward)
+
+    def train_step(self, batch: Step) -> torch.Tensor:
+        """One optimizer step. No host synchronisation: the loss stays on the device."""
+        self._calls += 1
+        if self._calls == 1:
+            self._sync()
+            self.timing["t0"] = time.perf_counter()
+        self.forward.train()
+        loss, parts = compute_loss(self.forward, self.model, batch, self.t, self.step, self.image)
+        apply_gradients(loss, self.model, self.optimizer, self.scheduler, self.t.grad_clip)
+        lv = loss.detach()
+        bad = ~torch.isfinite(lv)  # remember the first bad step on the device, without a host sync
+        self._first_bad = torch.where(
+            bad & (self._first_bad < 0), torch.full_like(self._first_bad, self.step), self._first_bad
+        )
+        self._sums += torch.stack([_part(parts, lv, k) for k in LOSS_PARTS])
+        self._count += 1
+        self.step += 1
+        if self._calls == WARMUP_STEPS:
+            self._sync()
+            self.timing["warmup_s"] = time.perf_counter() - self.timing["t0"]
+            self.timing["t_warm"] = time.perf_counter()
+        return lv
+
+    def check_finite(self) -> None:
+        bad_step = int(self._first_bad)
+        if bad_step >= 0:
+            raise NonFiniteLossError(
+                f"non-finite training loss at step {bad_step} (checked at step {self.step}); lower train.lr, "
+                "enable gradient clipping (train.grad_clip) or disable train.bf16"
+            )
+
+    def pop_means(self) -> dict[str, float]:
+        """Mean loss parts over the steps since the last call (one host sync)."""
+        means = dict(zip(LOSS_PARTS, (self._sums / max(self._count, 1)).tolist()))
+        self._sums.zero_()
+        self._count = 0
+        return means
+
+    def fast_path_metrics(self) -> dict[str, float]:
+        """Compile warm-up (the first steps' time beyond the steady cost of as many steps) and compiled frames."""
+        out = {"compile_frames": float(compile_stats().get("frames_ok", 0) - self._frames0)}
+        if "t_warm" in self.timing and self._calls > WARMUP_STEPS:
+            self._sync()
+            steady = (time.perf_counter() - self.timing["t_warm"]) / (self._calls - WARMUP_STEPS)
+            out["compile_warmup_s"] = max(0.0, self.timing["warmup_s"] - WARMUP_STEPS * steady)
+            out["step_s"] = steady
+        return out
+
+    # -- checkpoints
+    def save(self, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> None:
+        save_model(self.model, self.spec, directory)
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "best_score": self.best_score,
+            "torch_rng": torch.get_rng_state(),
+            **(extra or {}),
+        }
+        torch.save(state, os.path.join(directory, STATE_FILE))
+
+    def load(self, directory: str | os.PathLike) -> dict[str, Any]:
+        d = Path(directory)
+        self.model.load_state_dict(torch.load(d / "weights.pt", map_location=self.device, weights_only=True))
+        st = torch.load(d / STATE_FILE, map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.step, self.best_score = int(st["step"]), float(st["best_score"])
+        torch.set_rng_state(st["torch_rng"])
+        self.restored_from_step = self.step
+        return st
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def _part(parts: dict[str, torch.Tensor], like: torch.Tensor, name: str) -> torch.Tensor:
+    if name in parts:
+        return torch.as_tensor(parts[name], dtype=torch.float32, device=like.device).reshape(())
+    return like.new_zeros(())
