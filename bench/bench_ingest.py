@@ -2,7 +2,7 @@
 the device -> index batches + augmentation) against the same step on tensors already on the device.
 
     python bench/bench_ingest.py                                  # digits, moons, breast_cancer (the default recipes)
-    python bench/bench_ingest.py --configs digits --steps 600 --workers 0 2
+    python bench/bench_ingest.py --configs digits --steps 600 --workers 0,2
     python bench/bench_ingest.py --configs mnist --steps 20 --workers 1 train.use_gpu=true train.batch_rows=2048 \
         train.bf16=true train.channels_last=true                 # on a GPU
 
@@ -94,33 +94,34 @@ def loop_step_s(cfg, prepared, home: Path, workers: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--configs", nargs="+", default=["digits", "moons", "breast_cancer"])
+    ap.add_argument("--configs", default="digits,moons,breast_cancer", help="comma-separated")
     ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--workers", nargs="+", type=int, default=[0])
+    ap.add_argument("--workers", default="0", help="comma-separated worker counts (0: in the driver)")
     ap.add_argument("--home", default=None)
     ap.add_argument("--json", default=None)
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="configuration overrides for every config")
     a = ap.parse_args(argv)
     os.environ.setdefault("FLOWGMM_DATA", str(REPO.parent / "shared" / "data"))
+    from pipeline.core.raycluster import export_checkout, quiet
+
+    quiet()  # before Ray is imported
     import ray
     import torch
 
     from pipeline.config import resolve
-    from pipeline.core.raycluster import export_checkout, quiet
     from pipeline.data import prepare
 
-    quiet()
     export_checkout()  # a benchmark's own Ray: no dashboard (a GPU host may lack its packages)
     gpus = torch.cuda.device_count()
-    ray.init(num_cpus=os.cpu_count(), num_gpus=gpus, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=gpus, include_dashboard=False, logging_level="WARNING")
     home = Path(a.home or tempfile.mkdtemp(prefix="bench-ingest-"))
     rows, out = [], {}
-    for name in a.configs:
+    for name in a.configs.split(","):
         cfg = resolve(name, overrides=[*a.overrides, f"train.steps={a.steps + 3}"])
         prepared = prepare(cfg.data, home)
         tensors = engine_step_s(cfg, prepared, a.steps, prebuilt=True)
         stream = engine_step_s(cfg, prepared, a.steps, prebuilt=False)
-        for w in a.workers:
+        for w in (int(v) for v in a.workers.split(",")):
             loop = loop_step_s(cfg, prepared, home, w)
             out[f"{name}/{w}"] = {"tensors_step_s": tensors, "stream_step_s": stream, **loop}
             rows.append(

@@ -401,6 +401,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "    " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}), flush=True
         )
         out["results"].append(res)
+        if a.json:  # after every setting: a run stopped by its time limit keeps what it measured
+            Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(a.json).write_text(json.dumps(out, indent=1, default=str))
     if out["results"]:
         print_table(out["results"], info.get("gpu", "CPU"))
     if a.check_bf16:

@@ -17,7 +17,7 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 TINY=0
-BUDGET=480
+BUDGET=470
 CARRY="$REPO/.device_carry"
 OUTDIR="${OUT:-/tmp/gpu_check_out}"
 while [ $# -gt 0 ]; do
@@ -66,8 +66,8 @@ if [ "$TINY" = 1 ]; then
     STEP=(--tiny --steps 2); WARM=(--tiny --steps 2); BF16=(--tiny --check-steps 8)
     INGEST=(--configs digits --steps 20 --workers 1); MNIST=(--tiny); FAST=()
 else
-    STEP=(--batch 2048 --steps 10); WARM=(--batch 2048 --steps 5); BF16=(--check-steps 100)
-    INGEST=(--configs mnist --steps 20 --workers 1 train.use_gpu=true train.batch_rows=2048 train.bf16=true
+    STEP=(--batch 2048 --steps 6); WARM=(--batch 2048 --steps 4); BF16=(--check-steps 100)
+    INGEST=(--configs mnist --steps 10 --workers 1 train.use_gpu=true train.batch_rows=2048 train.bf16=true
             train.channels_last=true train.cpus_per_worker=4)
     MNIST=(); FAST=(train.batch_rows=2048 train.bf16=true train.channels_last=true train.compile=couplings)
 fi
@@ -75,7 +75,7 @@ fi
 
 # 1. step table (cold compile), then the warm compile warm-up in a second process --------------------------------
 say "1. training step: reference vs fast settings (cold compile)"
-run 240 "$PY" "$REPO/bench/bench_train_step.py" --settings reference,fast_eager,fast_couplings "${STEP[@]}" \
+run 300 "$PY" "$REPO/bench/bench_train_step.py" --settings reference,fast_eager,fast_couplings "${STEP[@]}" \
     "${BACKEND[@]}" --compile-cache "$CC" --json "$OUTDIR/step_cold.json"
 say "1b. fast_couplings again in a new process: the compile cache is warm"
 run 120 "$PY" "$REPO/bench/bench_train_step.py" --settings fast_couplings "${WARM[@]}" "${BACKEND[@]}" \
@@ -84,14 +84,14 @@ run 120 "$PY" "$REPO/bench/bench_train_step.py" --settings fast_couplings "${WAR
 # 2. Ray Data -> Ray Train feeding the step vs tensors on the device ----------------------------------------------
 if [ "$HAVE_RAY" = 1 ]; then
     say "2. ingest: the training loop through Ray Train vs the same step on tensors on the device"
-    run 150 "$PY" "$REPO/bench/bench_ingest.py" "${INGEST[@]}" --json "$OUTDIR/ingest.json"
+    run 120 "$PY" "$REPO/bench/bench_ingest.py" "${INGEST[@]}" --home "$FLOWGMM_HOME" --json "$OUTDIR/ingest.json"
 else
     say "2. skipped: Ray is not importable"
 fi
 
 # 3. bf16 vs float32 -----------------------------------------------------------------------------------------------
 say "3. bf16 against float32"
-run 90 "$PY" "$REPO/bench/bench_train_step.py" --no-step --check-bf16 "${BF16[@]}" --json "$OUTDIR/bf16.json"
+run 60 "$PY" "$REPO/bench/bench_train_step.py" --no-step --check-bf16 "${BF16[@]}" --json "$OUTDIR/bf16.json"
 
 # 4. MNIST FlowGMM-cons for the remaining minutes ------------------------------------------------------------------
 REMAIN=$(( $(left) - 45 ))  # evaluation (calibration, two OOD sets) and the summary after training
@@ -99,6 +99,7 @@ if [ "$REMAIN" -gt 20 ]; then
     MINUTES=$(awk "BEGIN { printf \"%.2f\", $REMAIN / 60 }")
     say "4. MNIST, 1k labels, FlowGMM-cons for $MINUTES minutes"
     run $(( REMAIN + 40 )) "$PY" "$REPO/bench/gpu_mnist.py" --minutes "$MINUTES" "${MNIST[@]}" --compile-cache "$CC" \
+        --home "$FLOWGMM_HOME" \
         --json "$OUTDIR/mnist.json" "${FAST[@]}"
 else
     say "4. skipped: no time left"

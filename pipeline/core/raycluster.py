@@ -69,9 +69,12 @@ def quiet() -> None:
 
 
 def _default_env() -> None:
-    """Before Ray is first imported (it reads its settings then): token auth, explicitly (a local Ray enables it
-    anyway, and the CLI needs the same setting)."""
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    """Token auth, explicitly (a local Ray enables it anyway, and the CLI needs the same setting). Only before Ray is
+    first imported: it reads the setting then, and a local Ray started with another one fails its own auth check."""
+    import sys
+
+    if "ray" not in sys.modules:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def export_checkout() -> None:

@@ -196,6 +196,7 @@ def _quiet_ray_train() -> None:
 
     for name in (context.__file__, context.__name__, "ray.train", "ray.data"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "Progress bars disabled": asked for
 
 
 def _maybe_inject_failure(t, step: int, rank: int, marker: str | None) -> None:
