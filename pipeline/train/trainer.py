@@ -38,9 +38,11 @@ class Trained:
 
 
 def training_datasets(prepared: Prepared, cfg: Config) -> dict[str, Any]:
-    """Ray Datasets for training. Workers whose unlabeled rows fit on their device pull them once; otherwise the
-    unlabeled stream is materialized in the object store when its shards are small (under 2 GiB on disk):
-    re-reading Parquet every epoch costs seconds of fixed overhead per epoch on a small cluster."""
+    """Ray Datasets for training. With Ray Train workers the unlabeled set is materialized in the object store
+    when its shards are small (under 2 GiB on disk), before the workers start: read tasks need a CPU each, and
+    workers that hold a node's CPUs (1-CPU nodes with SPREAD placement) would otherwise leave them none, and
+    re-reading Parquet every epoch of a streamed set costs seconds. Training in the driver pulls rows that fit on
+    its device straight from the files."""
     ds = build_datasets(
         prepared,
         seed=cfg.train.seed,
@@ -52,7 +54,7 @@ def training_datasets(prepared: Prepared, cfg: Config) -> dict[str, Any]:
     row_bytes = prepared.dim * (1 if prepared.kind == "image" else 4)
     on_device = prepared.counts["unlabeled"] // world * row_bytes <= cfg.ingest.in_memory_bytes
     size = sum(f.stat().st_size for f in prepared.split_dir("unlabeled").glob("*.parquet"))
-    if not on_device and size < MATERIALIZE_BYTES:
+    if size < MATERIALIZE_BYTES and (cfg.train.num_workers > 0 or not on_device):
         ds["unlabeled"] = ds["unlabeled"].materialize()
     return ds
 
