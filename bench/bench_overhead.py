@@ -55,9 +55,9 @@ def plain_pytorch(config: str, home: Path, overrides: list[str]) -> dict[str, fl
     )
     it = stream.batches(0)
     t_build = time.perf_counter()
-    image = prepared.kind == "image"
+    levels = prepared.levels
     for k in range(t.steps):
-        loss, _ = compute_loss(model, model, next(it), t, k, image)
+        loss, _ = compute_loss(model, model, next(it), t, k, levels)
         apply_gradients(loss, model, opt, sched, t.grad_clip)
     float(loss)
     end = time.perf_counter()

@@ -160,7 +160,7 @@ def flops_per_image(cfg: Config, batch: Step, device: torch.device) -> float:
     t = type(cfg.train)(**{**vars(cfg.train), "bf16": False, "compile": "none", "channels_last": False})
     small = Step(batch.x_lab[:nl], batch.y_lab[:nl], batch.x_unl[:nu], batch.x_unl2[:nu])
     with FlopCounterMode(display=False) as fc:
-        loss, _ = compute_loss(model, model, small, t, t.consistency_ramp_steps + 1, True)
+        loss, _ = compute_loss(model, model, small, t, t.consistency_ramp_steps + 1, 256)
         loss.backward()
     return fc.get_total_flops() / (nl + nu)
 

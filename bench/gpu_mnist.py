@@ -74,7 +74,7 @@ def quick_accuracy(engine, prepared, split: str, device) -> float:
     from pipeline.train.validate import validate
 
     x, y = load_split(prepared, split)
-    return validate(engine.model, x, y, image=True, device=device, batch_size=2000)["accuracy"]
+    return validate(engine.model, x, y, levels=256, device=device, batch_size=2000)["accuracy"]
 
 
 def train(a: argparse.Namespace, cfg, prepared, device, engine, stream) -> list[dict[str, Any]]:

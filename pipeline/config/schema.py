@@ -13,13 +13,16 @@ from pipeline.data.spec import DataSpec
 
 @dataclass
 class ModelConfig:
-    """The flow and the latent mixture. Which flow is built follows the data (images or vectors)."""
+    """The flow and the latent mixture. Vectors get the vector flow; images the multiscale image flow (``flow =
+    "image"``) or the vector flow over their flattened pixels after the logit (``flow = "vector"``)."""
 
+    flow: str = "image"  # images: "image" (multiscale RealNVP) | "vector" (MLP couplings on the flat pixels)
     # image flow (multiscale RealNVP, the paper's sizes)
     num_scales: int = 2
     mid_channels: int = 64
     num_blocks: int = 8
-    # vector flow (RealNVP with MLP couplings)
+    norm: str = "batch"  # in the image flow's ResNets: "batch" (paper) | "act" (ActNorm, no batch statistics) | "none"
+    # vector flow (RealNVP with MLP couplings; also flow = "vector" on images)
     num_couplings: int = 6
     hidden: int = 128
     depth: int = 2
@@ -42,7 +45,10 @@ class TrainConfig:
     label_weight: float = 1.0
     unlabeled_weight: float = 1.0
     consistency_weight: float = 1.0  # used when method == "flowgmm_cons"
-    consistency_ramp_steps: int = 500
+    consistency_ramp_steps: int = 500  # linear ramp of the weight from consistency_start_step
+    consistency_start_step: int = 0  # no consistency term before this step (early pseudo-labels are mostly wrong)
+    consistency_rows: str = "all"  # "all" (the paper: labeled and unlabeled rows) | "unlabeled"
+    consistency_threshold: float = 0.0  # rows whose second-view posterior max is below this get no target
     steps: int = 2000  # optimizer steps in all (an epoch is one pass over a worker's unlabeled rows)
     eval_every: int = 200  # steps between validation + report (+ checkpoint); the last step always
     checkpoint_every: int = 1  # evaluation points between checkpoints; the last one always
@@ -69,7 +75,8 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    baselines: bool = True  # supervised-only flow and a logistic regression on the same labels
+    baselines: bool = True  # labels-only flow, logistic regression, kNN and label spreading on the same split
+    anchor_unlabeled: int = 20000  # label spreading: at most this many unlabeled rows (a seeded subsample)
     ood_percentile: float = 1.0  # log p(x) threshold: this percentile of validation log p(x)
     ece_bins: int = 15
     sample_temperature: float = 0.25

@@ -61,12 +61,13 @@ class IngestSpec:
 @dataclass
 class Step:
     """One step's tensors on the training device: labeled rows and labels, unlabeled rows (None for the labels-only
-    flow) and their second augmentation (FlowGMM-cons only)."""
+    flow) and the second augmentations (FlowGMM-cons only)."""
 
     x_lab: torch.Tensor
     y_lab: torch.Tensor
     x_unl: torch.Tensor | None
     x_unl2: torch.Tensor | None
+    x_lab2: torch.Tensor | None = None  # the labeled rows' second augmentation (FlowGMM-cons over all rows)
 
 
 # ----------------------------------------------------------------------------------------------- driver side

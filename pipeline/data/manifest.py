@@ -21,7 +21,7 @@ from pipeline.core.errors import DataError
 from pipeline.data import sources as S
 from pipeline.data.spec import DataSpec
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: "levels" (images)
 
 
 @dataclass
@@ -56,6 +56,11 @@ class Prepared:
     @property
     def kind(self) -> str:
         return self.manifest["kind"]
+
+    @property
+    def levels(self) -> int | None:
+        """Images: the grey levels of the data (dequantization and bits/dim use them); vectors: None."""
+        return self.manifest.get("levels") if self.kind == "image" else None
 
     @property
     def shape(self) -> tuple[int, ...]:

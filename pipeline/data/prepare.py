@@ -168,6 +168,7 @@ class _Build:
             "kind": raw.kind,
             "shape": shape,
             "dtype": raw.dtype,
+            "levels": raw.quant_levels,
             "num_classes": raw.num_classes,
             "class_names": list(raw.class_names),
             "feature_names": raw.feature_names,

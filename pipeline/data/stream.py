@@ -213,17 +213,17 @@ class SSLStream:
         return jitter_vectors(x, self._noise_scale, gen)
 
     def _make_step(self, xl_raw, yl, xu_raw, g: torch.Generator) -> Step:
-        xl = self._to_x(xl_raw)
-        if self.spec.augment_labeled:
-            xl = self._augment(xl, g)
+        xl0 = self._to_x(xl_raw)
+        xl = self._augment(xl0, g) if self.spec.augment_labeled else xl0
         yl = yl.to(self.device, non_blocking=True).to(torch.int64)
-        x1 = x2 = None
+        x1 = x2 = xl2 = None
         if xu_raw is not None:
             xu = self._to_x(xu_raw)
             x1 = self._augment(xu, g)
             if self.second_view:
                 x2 = self._augment(xu, g) if self.spec.augment else x1
-        return Step(xl, yl, x1, x2)
+                xl2 = self._augment(xl0, g) if self.spec.augment else xl
+        return Step(xl, yl, x1, x2, xl2)
 
 
 class _ShardSource:

@@ -22,8 +22,9 @@ from flowgmm.model import FlowGMM
 from flowgmm.spec import load as load_model
 from pipeline.config import Config
 from pipeline.data.manifest import Prepared
-from pipeline.data.shards import load_split
+from pipeline.data.shards import load_split, load_unlabeled_labels
 from pipeline.results import figures
+from pipeline.results.anchors import classical_baselines, flow_view
 from pipeline.train.validate import bits_per_dim, encode
 
 
@@ -62,8 +63,10 @@ def evaluate_model(
     ev = _Evaluation(model_dir, prepared, cfg, torch.device(device))
     ev.calibrate()
     ev.out_of_domain()
-    if cfg.eval.baselines:  # a plain classifier on the same labeled rows
-        ev.out["baseline_logreg_test_accuracy"] = logistic_regression_baseline(prepared, ev.image)
+    if ev.image:
+        ev.sample_share()
+    if cfg.eval.baselines:  # the classical anchors on the same split (the labels-only flow is trained by the job)
+        ev.out.update(classical_baselines(prepared, cfg.eval.anchor_unlabeled))
     figs = ev.figures() if (cfg.eval.figures if figures_on is None else figures_on) else {}
     return EvalResult(ev.out, ev.table, ev.ood_rows, ev.scale, ev.threshold, figs)
 
@@ -76,6 +79,7 @@ class _Evaluation:
         self.model, spec = load_model(model_dir, map_location=device)
         self.model.to(device).eval()
         self.image = spec["kind"] == "image"
+        self.levels: int | None = int(spec.get("levels", 256)) if self.image else None
         self.dim = int(np.prod(spec["shape"]))
         self.enc = {s: self.encode(*load_split(prepared, s)) for s in ("val", "test")}
         self.out: dict[str, float] = {}
@@ -85,7 +89,7 @@ class _Evaluation:
 
     def encode(self, x: np.ndarray, y: np.ndarray):
         self.model.to(self.device)
-        e = encode(self.model, x, y, image=self.image, device=self.device, batch_size=self.cfg.eval.batch_size)
+        e = encode(self.model, x, y, levels=self.levels, device=self.device, batch_size=self.cfg.eval.batch_size)
         self.model.cpu()
         return e
 
@@ -100,7 +104,7 @@ class _Evaluation:
                 self.table.append({"split": split, "model": label, "variance_scale": s, **m})
                 suffix = "" if label == "uncalibrated" else "_calibrated"
                 out.update({f"{name}_{k}{suffix}": v for k, v in m.items()})
-            out[f"{name}_bpd"] = bits_per_dim(enc[split].log_px, self.dim, self.image)
+            out[f"{name}_bpd"] = bits_per_dim(enc[split].log_px, self.dim, self.levels)
         out["variance_scale"] = self.scale
 
     def out_of_domain(self) -> None:
@@ -121,8 +125,27 @@ class _Evaluation:
                 self.ood_rows.append({"ood_set": name, "score": score, **r})
                 out.update({f"ood_{name}_{score}_{k}": v for k, v in r.items()})
             out[f"ood_{name}_flag_rate"] = float((e.log_px.numpy() < self.threshold).mean())
-            out[f"ood_{name}_bpd"] = bits_per_dim(e.log_px, self.dim, self.image)
+            out[f"ood_{name}_bpd"] = bits_per_dim(e.log_px, self.dim, self.levels)
             self.ood_scores[name] = e.log_px.numpy()
+
+    def sample_share(self, per_class: int = 100) -> None:
+        """Do class-conditional samples at ``eval.sample_temperature`` look like their class? A logistic regression
+        fit on every training row with a known label (labeled, validation and the unlabeled rows' withheld labels),
+        on the flow's view of the pixels, labels the samples; the share labeled as the class they were drawn from."""
+        t = self.cfg.eval.sample_temperature
+        xs, ys = zip(*(load_split(self.prepared, s) for s in ("labeled", "val", "unlabeled")))
+        y = np.concatenate([*ys[:2], load_unlabeled_labels(self.prepared)])
+        x = flow_view(self.prepared, np.concatenate(xs))
+        judge = _judge(x[y >= 0], y[y >= 0])
+        gen = torch.Generator().manual_seed(0)
+        k = self.model.mixture.num_classes
+        drawn = torch.arange(k).repeat_interleave(per_class)
+        samples = self.model.sample(len(drawn), y=drawn, temperature=t, generator=gen)
+        pred = judge.predict(samples.flatten(1).clamp(0, 1).numpy())
+        self.out["sample_class_share"] = float((pred == drawn.numpy()).mean())
+        self.out["sample_judge_test_accuracy"] = float(
+            (judge.predict(flow_view(self.prepared, load_split(self.prepared, "test")[0])) == self.enc["test"].y).mean()
+        )
 
     def figures(self) -> dict[str, bytes]:
         test, bins, names, model = self.enc["test"], self.cfg.eval.ece_bins, self.prepared.class_names, self.model
@@ -146,17 +169,10 @@ class _Evaluation:
         return figs
 
 
-def logistic_regression_baseline(prepared: Prepared, image: bool) -> float:
+def _judge(x: np.ndarray, y: np.ndarray):
     from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
-    x_l, y_l = load_split(prepared, "labeled")
-    x_t, y_t = load_split(prepared, "test")
-    f = lambda a: a.reshape(len(a), -1).astype(np.float32) / (255.0 if image else 1.0)
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
-    clf.fit(f(x_l), y_l)
-    return float((clf.predict(f(x_t)) == y_t).mean())
+    return LogisticRegression(max_iter=1000).fit(x, y)
 
 
 def evaluate_accuracy_only(model_dir: str, prepared: Prepared, cfg: Config, device: str = "cpu") -> dict[str, float]:

@@ -82,7 +82,8 @@ def predict_frame(
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
             xb = torch.as_tensor(x[i : i + batch_size])
-            xb = dequantize(xb.float() / 255.0, noise="mid") if spec["kind"] == "image" else xb.float()
+            image = spec["kind"] == "image"
+            xb = dequantize(xb.float() / 255.0, noise="mid", levels=spec.get("levels", 256)) if image else xb.float()
             z, logdet = model(xb)
             z, logdet = z.float(), logdet.float()
             p = model.mixture.posterior(z, calibrated=True)

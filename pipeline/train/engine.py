@@ -49,6 +49,7 @@ class Engine:
         t = cfg.train
         self.spec, self.cfg, self.t, self.device = spec, cfg, t, torch.device(device)
         self.image = spec["kind"] == "image"
+        self.levels: int | None = int(spec.get("levels", 256)) if self.image else None
         if compile_cache and t.compile != "none":
             enable_compile_cache(compile_cache)
         self.model = build_model(spec).to(self.device)
@@ -79,7 +80,7 @@ class Engine:
             self._sync()
             self.timing["t0"] = time.perf_counter()
         self.forward.train()
-        loss, parts = compute_loss(self.forward, self.model, batch, self.t, self.step, self.image)
+        loss, parts = compute_loss(self.forward, self.model, batch, self.t, self.step, self.levels)
         apply_gradients(loss, self.model, self.optimizer, self.scheduler, self.t.grad_clip)
         lv = loss.detach()
         bad = ~torch.isfinite(lv)  # remember the first bad step on the device, without a host sync

@@ -126,7 +126,7 @@ class Worker:
         }
         if t.method != "supervised":  # bits/dim of the unlabeled batches (mixture density, dequantized data)
             dim = math.prod(self.engine.spec["shape"])
-            metrics["train_bpd"] = (means["unlabeled_nll"] + (dim * math.log(256) if e.image else 0.0)) / (
+            metrics["train_bpd"] = (means["unlabeled_nll"] + (dim * math.log(e.levels) if e.levels else 0.0)) / (
                 dim * math.log(2)
             )
         if self.is_main:
@@ -142,7 +142,7 @@ class Worker:
             self.engine.model,
             self.val_x,
             self.val_y,
-            image=self.engine.image,
+            levels=self.engine.levels,
             device=self.device,
             batch_size=self.cfg.eval.batch_size,
         )

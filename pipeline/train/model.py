@@ -19,6 +19,8 @@ def model_spec(cfg: Config, prepared: Prepared) -> dict[str, Any]:
         "model": vars(cfg.model).copy(),
         "seed": cfg.train.seed,
     }
+    if prepared.kind == "image":
+        spec["levels"] = int(prepared.levels or 256)
     if prepared.kind == "vector":
         spec["feature_mean"], spec["feature_std"] = man["feature_mean"], man["feature_std"]
         if man.get("feature_names"):

@@ -2,7 +2,7 @@
 
 Ray-free on purpose, so `bench/` can time exactly the step that training runs on a machine without Ray.
 
-    loss, parts = compute_loss(model, model, batch, cfg.train, step=0, image=True)
+    loss, parts = compute_loss(model, model, batch, cfg.train, step=0, levels=256)
     apply_gradients(loss, model, optimizer, scheduler, cfg.train.grad_clip)
 """
 
@@ -12,33 +12,26 @@ import torch
 
 from flowgmm import dequantize, objectives
 from flowgmm.model import FlowGMM
+from flowgmm.nets import frozen_batch_stats
 from pipeline.config import TrainConfig
 from pipeline.data.ingest import Step
 
 
 def compute_loss(
-    forward: torch.nn.Module, model: FlowGMM, batch: Step, t: TrainConfig, step: int, image: bool
+    forward: torch.nn.Module, model: FlowGMM, batch: Step, t: TrainConfig, step: int, levels: int | None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The FlowGMM objective for one batch. ``forward`` is the (possibly DDP-wrapped or compiled) model, called
     once on the concatenated labeled + unlabeled batch, plus once without gradient on the second augmentation
-    for FlowGMM-cons; ``model`` is the plain FlowGMM whose mixture defines the prior. Log-dets and the prior are
-    computed in float32 even under bf16 autocast."""
-    x_lab, x_unl = batch.x_lab, batch.x_unl
-    if image:
-        x_lab = dequantize(x_lab, noise="uniform")
-        x_unl = None if x_unl is None else dequantize(x_unl, noise="uniform")
+    for FlowGMM-cons; ``model`` is the plain FlowGMM whose mixture defines the prior. ``levels``: the images' grey
+    levels (dequantized at that resolution), None for vectors. Log-dets and the prior are computed in float32 even
+    under bf16 autocast."""
+    x_lab, x_unl = _dequantized(batch.x_lab, levels), _dequantized(batch.x_unl, levels)
     n_lab = x_lab.shape[0]
-    cons_w = 0.0
-    if t.method == "flowgmm_cons":
-        cons_w = objectives.linear_ramp(step, t.consistency_ramp_steps, t.consistency_weight)
-    device_type = x_lab.device.type
-    with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=t.bf16):
+    cons_w = consistency_weight(t, step)
+    with torch.autocast(device_type=x_lab.device.type, dtype=torch.bfloat16, enabled=t.bf16):
         targets = None
         if cons_w > 0 and batch.x_unl2 is not None:
-            with torch.no_grad():
-                x2 = dequantize(batch.x_unl2, noise="uniform") if image else batch.x_unl2
-                z2, _ = forward(x2)
-                targets = objectives.consistency_targets(model.mixture, z2.float())
+            targets = _second_view_targets(forward, model, batch, t, levels)
         x = x_lab if t.method == "supervised" else torch.cat([x_lab, x_unl])
         z, logdet = forward(x)
     z, logdet = z.float(), logdet.float()
@@ -57,6 +50,32 @@ def compute_loss(
         consistency_weight=cons_w,
         cons_targets=targets,
     )
+
+
+def consistency_weight(t: TrainConfig, step: int) -> float:
+    """FlowGMM-cons: 0 before ``consistency_start_step``, then a linear ramp to ``consistency_weight``."""
+    if t.method != "flowgmm_cons" or step < t.consistency_start_step:
+        return 0.0
+    return objectives.linear_ramp(step - t.consistency_start_step, t.consistency_ramp_steps, t.consistency_weight)
+
+
+def _dequantized(x: torch.Tensor | None, levels: int | None) -> torch.Tensor | None:
+    return x if x is None or levels is None else dequantize(x, noise="uniform", levels=levels)
+
+
+@torch.no_grad()
+def _second_view_targets(
+    forward: torch.nn.Module, model: FlowGMM, batch: Step, t: TrainConfig, levels: int | None
+) -> torch.Tensor:
+    """Hard targets from the second augmentation (all rows: labeled then unlabeled, or the unlabeled rows only);
+    -1 where the posterior's max is below ``consistency_threshold``. BatchNorm statistics are left untouched."""
+    views = (
+        [batch.x_unl2] if t.consistency_rows == "unlabeled" or batch.x_lab2 is None else [batch.x_lab2, batch.x_unl2]
+    )
+    x2 = _dequantized(torch.cat(views), levels)
+    with frozen_batch_stats(model):
+        z2, _ = forward(x2)
+    return objectives.consistency_targets(model.mixture, z2.float(), t.consistency_threshold)
 
 
 def supervised_loss(

@@ -26,12 +26,13 @@ class Encoded:
 
 @torch.no_grad()
 def encode(
-    model: FlowGMM, x: np.ndarray, y: np.ndarray, *, image: bool, device: torch.device, batch_size: int = 512
+    model: FlowGMM, x: np.ndarray, y: np.ndarray, *, levels: int | None, device: torch.device, batch_size: int = 512
 ) -> Encoded:
+    """``levels``: the images' grey levels (uint8 rows, dequantized at u = 0.5), None for vectors."""
     zs, lps = [], []
     for i in range(0, len(x), batch_size):
         xb = torch.as_tensor(x[i : i + batch_size], device=device)
-        xb = dequantize(xb.float() / 255.0, noise="mid") if image else xb.float()
+        xb = dequantize(xb.float() / 255.0, noise="mid", levels=levels) if levels else xb.float()
         z, logdet = model(xb)
         z, logdet = z.float(), logdet.float()
         zs.append(z.cpu())
@@ -39,26 +40,27 @@ def encode(
     return Encoded(torch.cat(zs), torch.cat(lps), y)
 
 
-def bits_per_dim(log_px: torch.Tensor, dim: int, image: bool) -> float:
-    """Images: 8-bit discrete bits/dim (dequantized density minus D log 256). Vectors: continuous nats->bits."""
+def bits_per_dim(log_px: torch.Tensor, dim: int, levels: int | None) -> float:
+    """Images: discrete bits/dim at the data's own ``levels`` (dequantized density minus D log levels). Vectors
+    (``levels`` None): continuous nats -> bits."""
     nll = -log_px.double().mean().item()
-    if image:
-        nll += dim * math.log(256.0)
+    if levels:
+        nll += dim * math.log(float(levels))
     return nll / (dim * math.log(2.0))
 
 
 @torch.no_grad()
 def validate(
-    model: FlowGMM, x: np.ndarray, y: np.ndarray, *, image: bool, device: torch.device, batch_size: int = 512
+    model: FlowGMM, x: np.ndarray, y: np.ndarray, *, levels: int | None, device: torch.device, batch_size: int = 512
 ) -> dict[str, float]:
     """Accuracy, NLL of p(y|x) and bits/dim on a labeled split: deterministic (u = 0.5), eval mode, uncalibrated."""
     was_training = model.training
     model.eval()
-    enc = encode(model, x, y, image=image, device=device, batch_size=batch_size)
+    enc = encode(model, x, y, levels=levels, device=device, batch_size=batch_size)
     probs = model.mixture.posterior(enc.z.to(device)).cpu().numpy()
     model.train(was_training)
     return {
         "accuracy": M.accuracy(probs, y),
         "nll": M.nll(probs, y),
-        "bpd": bits_per_dim(enc.log_px, int(np.prod(x.shape[1:])), image),
+        "bpd": bits_per_dim(enc.log_px, int(np.prod(x.shape[1:])), levels),
     }

@@ -44,4 +44,5 @@ def load_sklearn(name: str) -> RawSource:
         where,
         feature_names=fnames,
         extra={"pool_index": "holdout", "holdout_seed": HOLDOUT_SEED},
+        levels=17 if name == "digits" else None,  # digits: 17 grey levels (0..16), stored on the uint8 scale
     )

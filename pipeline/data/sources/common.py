@@ -33,10 +33,16 @@ class RawSource:
     test_file: str = "<generated>"
     feature_names: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    levels: int | None = None  # images: grey levels the data really has (stored as round(255 q / (levels - 1)))
 
     @property
     def dtype(self) -> str:
         return "uint8" if self.kind == "image" else "float32"
+
+    @property
+    def quant_levels(self) -> int | None:
+        """Images: their grey levels (256 unless the source says otherwise); vectors: None (continuous)."""
+        return (self.levels or 256) if self.kind == "image" else None
 
 
 def check_labels(y: np.ndarray, num_classes: int, where: str) -> None:
