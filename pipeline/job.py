@@ -20,12 +20,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config, ConfigError, config_from_args, dump_yaml, experiment_name
+from pipeline.config import Config, ConfigError, apply_override, config_from_args, dump_yaml, experiment_name
 from pipeline.core.atomic import atomic_dir, atomic_write_text
 from pipeline.core.cli import add_cluster_options, add_config_options, add_store_options
 from pipeline.core.errors import DataError
 from pipeline.core.home import resolve_home
 from pipeline.core.raycluster import connect, quiet
+from pipeline.train.state import NonFiniteLossError
+
+RUN_RECORD = "flowgmm_run.json"
 
 USAGE = """examples:
   python pipeline/run.py                                  # embedded default: digits, local Ray, local MLflow
@@ -66,19 +69,88 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as e:  # deterministic: a rerun would repeat it, so no retry and no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 def _resolve_run(args: argparse.Namespace, home: Path) -> tuple[Config, str, dict[str, Any] | None]:
     if args.resume:
-        info_path = home / "runs" / args.resume / "flowgmm_run.json"
-        if not info_path.exists():
-            raise FileNotFoundError(f"--resume {args.resume}: no run record at {info_path}")
-        info = json.loads(info_path.read_text())
-        cfg = Config.from_dict(info["config"])
+        path = home / "runs" / args.resume / RUN_RECORD
+        info, cfg = read_run_record(path, args.resume)
+        conflicts = resume_conflicts(args, info)
+        if conflicts:
+            raise ConfigError(
+                f"--resume {args.resume}: {conflicts} conflict with the run record {path}; "
+                "resume without them (the run continues as recorded) or start a new run"
+            )
         return cfg, args.resume, info
     cfg = config_from_args(args)
     name = args.run_name or f"{cfg.name}{'-smoke' if args.smoke else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
     return cfg, name, None
+
+
+def read_run_record(path: Path, name: str) -> tuple[dict[str, Any], Config]:
+    """The run record a resumed run continues from, and its configuration; ConfigError (one line naming the file)
+    when it is missing its keys or is not JSON."""
+    if not path.exists():
+        raise FileNotFoundError(f"--resume {name}: no run record at {path}")
+    try:
+        info = json.loads(path.read_text())
+        missing = [k for k in ("config", "run_id") if k not in info]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        return info, Config.from_dict(info["config"])
+    except (ValueError, TypeError, AttributeError, ConfigError) as e:
+        why = " ".join(str(e).split())
+        raise ConfigError(f"--resume {name}: run record {path} is unreadable ({why})") from None
+
+
+def resume_conflicts(args: argparse.Namespace, info: dict[str, Any]) -> str:
+    """The options given with ``--resume`` that contradict the run record, with the recorded and the given
+    values ('' when none): --run-name, --storage-path, --tracking-uri, and --config / --smoke / --data-dir /
+    key=value overrides when they resolve to another configuration."""
+    out = []
+    for opt, given, recorded in (
+        ("--run-name", args.run_name, args.resume),
+        ("--storage-path", args.storage_path, info.get("storage_path")),
+        ("--tracking-uri", args.tracking_uri, info.get("tracking_uri")),
+    ):
+        if given is not None and given != recorded:
+            out.append(f"{opt} {given} (recorded: {recorded})")
+    options = [*(["--config " + args.config] if args.config else []), *(["--smoke"] if args.smoke else [])]
+    options += [*(["--data-dir " + args.data_dir] if args.data_dir else []), *args.overrides]
+    if options:
+        diffs = _config_changes(info["config"], _config_of_options(args, info["config"]))
+        if diffs:
+            out.append(f"{' '.join(options)} (changes {diffs})")
+    return "; ".join(out)
+
+
+def _config_of_options(args: argparse.Namespace, recorded: dict[str, Any]) -> Config:
+    """The configuration the options name: resolved afresh with --config / --smoke, else the recorded one with the
+    overrides (and --data-dir) applied."""
+    if args.config or args.smoke:
+        return config_from_args(args)
+    cfg = Config.from_dict(recorded)
+    for item in [*args.overrides, *([f"data.data_dir={args.data_dir}"] if args.data_dir else [])]:
+        cfg = apply_override(cfg, item)
+    return cfg
+
+
+def _config_changes(recorded: dict[str, Any], cfg: Config, shown: int = 3) -> str:
+    """'key: recorded -> given' for the fields that differ (the first ``shown``), '' when none."""
+    a, b = _flat(recorded), _flat(json.loads(json.dumps(cfg.to_dict(), default=str)))
+    keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    text = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:shown])
+    return text + (f", and {len(keys) - shown} more" if len(keys) > shown else "")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
 
 
 class Job:
@@ -149,7 +221,7 @@ class Job:
             "run_name": self.run_name,
             "storage_path": self.storage,
         }
-        atomic_write_text(self.run_dir / "flowgmm_run.json", json.dumps(record, indent=2, default=str))
+        atomic_write_text(self.run_dir / RUN_RECORD, json.dumps(record, indent=2, default=str))
         if not resume_id:
             handle.log_params(self.cfg.flat())
             handle.log_text(dump_yaml(self.cfg), "config/resolved.yaml")

@@ -4,10 +4,12 @@ same object.
 
     engine = Engine(spec, cfg, device)           # accelerate(): compile / channels-last from cfg.train
     loss = engine.train_step(batch)              # compute_loss + apply_gradients + guard; engine.step += 1
+    engine.first_bad_step()                      # the first non-finite step over all ranks, or -1
     engine.check_finite()                        # raises NonFiniteLossError naming the first bad step
     engine.pop_means()                           # mean loss parts since the last call
 
-Save and restore with :meth:`save` / :meth:`load` (model spec + weights + optimizer, schedule, step, generators).
+Save and restore with :meth:`save` / :meth:`load` (model spec + weights + optimizer, schedule, step, and each
+rank's generators: ``Engine(..., rank=r, world=n)`` seeds this rank's CPU and CUDA generators from (seed, rank)).
 """
 
 from __future__ import annotations
@@ -19,15 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from flowgmm.spec import build_model
 from flowgmm.spec import save as save_model
 from pipeline.config import Config, TrainConfig
 from pipeline.data.ingest import Step
 from pipeline.train.fastpath import accelerate, compile_stats, enable_compile_cache
-from pipeline.train.state import STATE_FILE, NonFiniteLossError, lr_lambda
+from pipeline.train.state import STATE_FILE, NonFiniteLossError, lr_lambda, rank_seed
 from pipeline.train.step import apply_gradients, compute_loss
 
+NO_STEP = 1 << 62  # encodes "no bad step" for the all-reduce (MAX of NO_STEP - step picks the earliest)
 LOSS_PARTS = ("loss", "labeled_nll", "unlabeled_nll", "ce", "consistency")
 WARMUP_STEPS = 3  # the first steps, whose extra time is the compile warm-up
 
@@ -45,8 +49,18 @@ def build_optimizer(model: torch.nn.Module, t: TrainConfig, device: torch.device
 class Engine:
     """Model + forward + optimizer + schedule + step counter for one training run on one device."""
 
-    def __init__(self, spec: dict[str, Any], cfg: Config, device: torch.device, *, compile_cache: str | None = None):
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        cfg: Config,
+        device: torch.device,
+        *,
+        compile_cache: str | None = None,
+        rank: int = 0,
+        world: int = 1,
+    ):
         t = cfg.train
+        self.rank, self.world = int(rank), int(world)
         self.spec, self.cfg, self.t, self.device = spec, cfg, t, torch.device(device)
         self.image = spec["kind"] == "image"
         self.levels: int | None = int(spec.get("levels", 256)) if self.image else None
@@ -68,6 +82,20 @@ class Engine:
         self._calls = 0
         self._frames0 = compile_stats().get("frames_ok", 0)
         self.timing: dict[str, float] = {}
+        self.seed_generators(0)  # after the model: its initial weights do not depend on the rank
+
+    def seed_generators(self, step: int) -> None:
+        """This rank's CPU and CUDA generators (the dequantization noise) from (seed, rank, step)."""
+        torch.manual_seed(rank_seed(self.t.seed, self.rank, step))  # seeds the CUDA generators too
+
+    def rng_state(self) -> dict[str, torch.Tensor | None]:
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+    def set_rng_state(self, state: dict[str, torch.Tensor | None]) -> None:
+        torch.set_rng_state(state["cpu"])
+        if self.device.type == "cuda" and state.get("cuda") is not None:
+            torch.cuda.set_rng_state(state["cuda"], self.device)
 
     def distribute(self, wrap) -> None:
         """Wrap the forward for data parallelism (``ray.train.torch.prepare_model``); checkpoints keep ``model``."""
@@ -96,13 +124,21 @@ class Engine:
             self.timing["t_warm"] = time.perf_counter()
         return lv
 
+    def first_bad_step(self) -> int:
+        """The first step whose loss was not finite, the earliest over all ranks (-1: none). A collective when
+        torch.distributed runs: every rank must call it at the same step."""
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return int(self._first_bad)
+        code = torch.where(self._first_bad >= 0, NO_STEP - self._first_bad, torch.zeros_like(self._first_bad))
+        dist.all_reduce(code, op=dist.ReduceOp.MAX)
+        code = int(code)
+        return NO_STEP - code if code > 0 else -1
+
     def check_finite(self) -> None:
-        bad_step = int(self._first_bad)
+        """Raise NonFiniteLossError naming the first bad step (benchmarks; the loop returns it instead)."""
+        bad_step = self.first_bad_step()
         if bad_step >= 0:
-            raise NonFiniteLossError(
-                f"non-finite training loss at step {bad_step} (checked at step {self.step}); lower train.lr, "
-                "enable gradient clipping (train.grad_clip) or disable train.bf16"
-            )
+            raise NonFiniteLossError(bad_step, self.step)
 
     def pop_means(self) -> dict[str, float]:
         """Mean loss parts over the steps since the last call (one host sync)."""
@@ -122,14 +158,18 @@ class Engine:
         return out
 
     # -- checkpoints
-    def save(self, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> None:
+    def save(
+        self, directory: str | os.PathLike, extra: dict[str, Any] | None = None, rng: list[dict] | None = None
+    ) -> None:
+        """``rng``: every rank's generator states in rank order (all-gathered by the caller); default this one's."""
         save_model(self.model, self.spec, directory)
         state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
             "best_score": self.best_score,
-            "torch_rng": torch.get_rng_state(),
+            "rng": rng if rng is not None else [self.rng_state()],
+            "world": self.world,
             **(extra or {}),
         }
         torch.save(state, os.path.join(directory, STATE_FILE))
@@ -141,7 +181,11 @@ class Engine:
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         self.step, self.best_score = int(st["step"]), float(st["best_score"])
-        torch.set_rng_state(st["torch_rng"])
+        rng = st.get("rng")
+        if isinstance(rng, list) and len(rng) == self.world:
+            self.set_rng_state(rng[self.rank])
+        else:  # another world size (or an older checkpoint): a deterministic fresh stream per rank
+            self.seed_generators(self.step)
         self.restored_from_step = self.step
         return st
 

@@ -2,8 +2,12 @@
 
 Reads top to bottom: build the engine (model, fast path, optimizer), restore the latest checkpoint when this is a
 restart or a resumed run, then take ``train.steps`` FlowGMM steps on batches from the stream; every ``log_every``
-steps check the loss is finite and print one progress line, every ``eval_every`` steps (and at the last) validate,
-report and checkpoint. One flag, ``is_main`` (rank 0), gates every side effect: checkpoints, MLflow and the console.
+steps (and at every evaluation point) check the loss is finite over all ranks and print one progress line, every
+``eval_every`` steps (and at the last) validate, report and checkpoint. A non-finite loss ends the loop with
+``{"nonfinite_step": N, "checked_at": M}`` as its return value: a deterministic failure, which the driver turns
+into an error instead of letting Ray Train retry it. Each rank draws its own noise (generators seeded from seed
+and rank, saved and restored per rank). One flag, ``is_main`` (rank 0), gates every side effect: checkpoints,
+MLflow and the console.
 
 Launch (through the pipeline, which prepares data and sets up MLflow first):
 
@@ -33,7 +37,7 @@ from pipeline.train.state import CheckpointStore
 from pipeline.train.validate import validate
 
 
-def train_loop_per_worker(loop: dict[str, Any]) -> None:
+def train_loop_per_worker(loop: dict[str, Any]) -> dict[str, int] | None:
     """The Ray Train function. ``loop``: config (dict), prepared, spec (the model spec), val (x, y), label (for the
     console), mlflow (tracking URI + run id, or None), store (checkpoint root in local mode), resume, verbose,
     compile_cache, failure_marker (fault-injection tests)."""
@@ -48,14 +52,17 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         _maybe_inject_failure(w.t, w.engine.step, w.rank, loop.get("failure_marker"))
         w.engine.train_step(batch)
         step = w.engine.step
-        if step % w.t.log_every == 0 or step == w.t.steps:
-            w.engine.check_finite()
+        if step % w.t.log_every == 0 or step % w.t.eval_every == 0 or step == w.t.steps:
+            bad = w.engine.first_bad_step()  # the same steps on every rank: a collective, the same answer
+            if bad >= 0:
+                return {"nonfinite_step": bad, "checked_at": step}
         if step % w.t.eval_every == 0 or step == w.t.steps:
             w.evaluate_and_report()
         if w.is_main and (step % w.t.log_every == 0 or step == w.t.steps):
             w.progress()
         if step >= w.t.steps:
             break
+    return None
 
 
 class Worker:
@@ -76,7 +83,9 @@ class Worker:
         if self.local_mode:  # the driver's threads, as Ray gives a worker: its CPUs (whole ones, at least one)
             _torch_threads(max(1, int(self.t.cpus_per_worker)))
         _torch_seed(self.t.seed)
-        self.engine = Engine(loop["spec"], cfg, self.device, compile_cache=loop.get("compile_cache"))
+        self.engine = Engine(
+            loop["spec"], cfg, self.device, compile_cache=loop.get("compile_cache"), rank=self.rank, world=self.world
+        )
         method = self.t.method
         self.stream = SSLStream(
             self.prepared,
@@ -154,10 +163,11 @@ class Worker:
             self.tracker.log(metrics, self.engine.step)
 
     def report_with_checkpoint(self, metrics: dict[str, float]) -> None:
+        rng = _gather(self.engine.rng_state(), self.world)  # every rank's generators, into rank 0's checkpoint
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if self.is_main:
-                self.engine.save(tmp, extra={"evals": self.evals})
+                self.engine.save(tmp, extra={"evals": self.evals}, rng=rng)
                 if self.store is not None:  # local mode: Ray keeps only a reference, so persist it first
                     ckpt = self.store.checkpoint(self.store.save(tmp, self.engine.step, metrics.get("score", 0.0)))
                 else:
@@ -185,9 +195,21 @@ def _torch_threads(n: int) -> None:
 
 
 def _torch_seed(seed: int) -> None:
+    """The model's initial weights: the same on every rank (the engine then seeds each rank's own generators)."""
     import torch
 
     torch.manual_seed(seed)
+
+
+def _gather(obj: Any, world: int) -> list[Any]:
+    """``obj`` of every rank, in rank order (a collective with several workers)."""
+    if world <= 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def _quiet_ray_train() -> None:

@@ -2,7 +2,12 @@
 that training in the driver process (Ray Train's local mode, which keeps no checkpoints) writes itself.
 
 A checkpoint directory holds ``spec.json`` + ``weights.pt`` (the model, loadable by ``flowgmm.spec.load``) and
-``train_state.pt`` (optimizer, schedule, step, best score, random generators).
+``train_state.pt`` (optimizer, schedule, step, best score, and every rank's random generators: ``rng`` is a list
+indexed by rank of ``{"cpu": ByteTensor, "cuda": ByteTensor | None}``).
+
+Each rank draws its own random numbers (the dequantization noise): its generators are seeded from
+``rank_seed(seed, rank, step)``, saved per rank and restored per rank, so a restarted run continues every rank's
+stream where it stopped; when the world size changed, each rank is reseeded from (seed, rank, restored step).
 """
 
 from __future__ import annotations
@@ -19,7 +24,32 @@ INDEX_FILE = "checkpoints.json"
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Raised when a training loss is NaN or infinite; the message names the step."""
+    """A training loss was NaN or infinite; the message names the step and what to try. Deterministic: the driver
+    raises it from the loop's return value, never as a worker failure that Ray Train would retry."""
+
+    def __init__(self, step: int, checked_at: int, where: str = ""):
+        self.step, self.checked_at = int(step), int(checked_at)
+        super().__init__(f"{where}{nonfinite_message(self.step, self.checked_at)}")
+
+
+def nonfinite_message(step: int, checked_at: int) -> str:
+    return (
+        f"non-finite training loss at step {step} (checked at step {checked_at}); "
+        "try a lower train.lr or train.grad_clip, or train.bf16=false"
+    )
+
+
+def rank_seed(seed: int, rank: int, step: int = 0) -> int:
+    """A 63-bit seed for one rank's torch generators (CPU and CUDA), from numpy's SeedSequence over
+    (seed, rank, step): distinct ranks and distinct steps give independent streams.
+
+    >>> rank_seed(0, 0) == rank_seed(0, 0), rank_seed(0, 0) != rank_seed(0, 1), rank_seed(0, 1) != rank_seed(0, 1, 5)
+    (True, True, True)
+    """
+    import numpy as np
+
+    state = np.random.SeedSequence([int(seed), int(rank), int(step)]).generate_state(1, np.uint64)[0]
+    return int(state) & ((1 << 63) - 1)
 
 
 def lr_lambda(cfg: Config, total_steps: int):

@@ -3,6 +3,7 @@ loop, and the best checkpoint of the result.
 
     run = TrainRun(cfg, prepared, spec, run_name=name, storage_path=storage, mlflow_info=info, val=val)
     trained = run.fit()                   # trained.best (a Checkpoint), trained.metrics, trained.seconds
+                                          # NonFiniteLossError when the loss went NaN/inf (never retried)
 
 ``train.num_workers = 0`` trains in the driver process (Ray Train's local mode: no worker group to start, ~20-40 s
 saved on a small machine); the loop then keeps its checkpoints itself (``CheckpointStore`` under
@@ -25,7 +26,7 @@ from pipeline.config import Config
 from pipeline.data.ingest import build_datasets, data_config
 from pipeline.data.manifest import Prepared
 from pipeline.train.loop import train_loop_per_worker
-from pipeline.train.state import CheckpointStore
+from pipeline.train.state import CheckpointStore, NonFiniteLossError
 
 MATERIALIZE_BYTES = 2 * 1024**3
 
@@ -35,6 +36,7 @@ class Trained:
     best: Any  # ray.train.Checkpoint with the best validation score
     metrics: dict[str, Any]  # the last report
     seconds: float  # fit() wall time, worker start-up included
+    latest: Any = None  # ray.train.Checkpoint of the last step
 
 
 def training_datasets(prepared: Prepared, cfg: Config) -> dict[str, Any]:
@@ -128,13 +130,17 @@ class TrainRun:
         self.loop["fit_started"] = t0
         result = self.trainer.fit()
         seconds = time.time() - t0
+        bad = getattr(result, "return_value", None) or {}
+        if "nonfinite_step" in bad:  # the loop stopped on a NaN/inf loss: deterministic, so not a worker failure
+            raise NonFiniteLossError(bad["nonfinite_step"], bad["checked_at"], where=f"run {self.run_name}: ")
+        metrics = dict(result.metrics or {})
         if self.local:
             store = CheckpointStore(self.store_root)
-            best = store.best()
-            if best is None:
+            best, latest = store.best(), store.latest()
+            if best is None or latest is None:
                 raise RuntimeError("training reported no checkpoint")
-            return Trained(store.checkpoint(best), dict(result.metrics or {}), seconds)
-        return Trained(best_checkpoint(result), dict(result.metrics or {}), seconds)
+            return Trained(store.checkpoint(best), metrics, seconds, store.checkpoint(latest))
+        return Trained(best_checkpoint(result), metrics, seconds, result.checkpoint)
 
 
 def best_checkpoint(result):
