@@ -88,9 +88,9 @@ def test_wrong_dtype(table_home):
     t = t.set_column(1, "f2", pa.array([f"v{i}" for i in range(N)]))
     pq.write_table(t, path)
     expect_error(spec, home, before, path, "column 'f2'", "string")
-    t = good_table().set_column(3, "label", pa.array([f"c{i % 3}" for i in range(N)]))
+    t = good_table().set_column(3, "label", pa.array([[i % 3] for i in range(N)]))  # text labels are fine; lists not
     pq.write_table(t, path)
-    expect_error(spec, home, before, path, "column 'label'")
+    expect_error(spec, home, before, path, "column 'label'", "list")
 
 
 def test_wrong_shape(table_home, tmp_path):
@@ -125,7 +125,70 @@ def test_labels_outside_range(table_home):
     expect_error(DataSpec(**{**spec.__dict__, "num_classes": 3}), home, before, path, "label 7", "[0, 3)")
     lab[17] = -2
     pq.write_table(t.set_column(3, "label", pa.array(lab, pa.int64())), path)
-    expect_error(spec, home, before, path, "label -2")
+    expect_error(spec, home, before, path, "label -2", "row 17", "negative")
+
+
+def _two_class(n: int = 300, labeled_every: int = 10) -> tuple[pa.Table, list]:
+    """A two-class table, every ``labeled_every``-th row labeled ('no'/'yes'), the rest unlabeled (null)."""
+    rng = np.random.default_rng(3)
+    lab = [("no", "yes")[i % 2] if i % labeled_every == 0 or i % labeled_every == 1 else None for i in range(n)]
+    return pa.table({"f1": rng.normal(size=n), "f2": rng.normal(size=n)}), lab
+
+
+def test_stray_label_is_named_with_its_row(table_home, tmp_path):
+    """One row labeled 99 in a 0/1 table: without data.num_classes it is a class of one row, named with the row;
+    with data.num_classes=2 it is outside [0, 2), named with the row."""
+    home, _, _, _, before = table_home
+    feats, lab = _two_class()
+    y = [None if v is None else int(v == "yes") for v in lab]
+    y[40] = 99
+    p = tmp_path / "stray.parquet"
+    pq.write_table(feats.append_column("label", pa.array(y, pa.int64())), p)
+    spec = DataSpec(source="table", path=str(p))
+    msg = expect_error(spec, home, before, p, "class '99'", "1 labeled row", "(row 40)", "at least 3 per class")
+    assert "n_labeled" not in msg and "100 classes" not in msg
+    expect_error(DataSpec(source="table", path=str(p), num_classes=2), home, before, p, "label 99 at row 40", "[0, 2)")
+    t = tmp_path / "test.parquet"  # a test table's label that the train table does not have
+    pq.write_table(pa.table({"f1": [0.0, 1.0], "f2": [0.0, 1.0], "label": pa.array([1, 7], pa.int64())}), t)
+    y[40] = None
+    pq.write_table(feats.append_column("label", pa.array(y, pa.int64())), p)
+    expect_error(DataSpec(source="table", path=str(p), test_path=str(t)), home, before, t, "label 7 at row 1")
+
+
+def test_single_labeled_row(table_home, tmp_path):
+    home, _, _, _, before = table_home
+    feats, _ = _two_class(n=50)
+    p = tmp_path / "one.csv"
+    lab = [""] * 50
+    lab[7] = "yes"
+    text = "f1,f2,label\n" + "".join(f"{a},{b},{c}\n" for a, b, c in zip(*feats.to_pydict().values(), lab))
+    p.write_text(text)
+    msg = expect_error(DataSpec(source="table", path=str(p)), home, before, p, "single class 'yes'", "1 labeled row")
+    assert "empty split" not in msg
+    lab[8] = "no"  # two classes, one row each: the class minimum names the class and its row
+    p.write_text("f1,f2,label\n" + "".join(f"{a},{b},{c}\n" for a, b, c in zip(*feats.to_pydict().values(), lab)))
+    expect_error(DataSpec(source="table", path=str(p)), home, before, p, "class 'no' has 1 labeled row (row 8)")
+
+
+def test_text_labels_with_num_classes(table_home, tmp_path):
+    home, _, _, _, before = table_home
+    feats, lab = _two_class()
+    p = tmp_path / "text.parquet"
+    pq.write_table(feats.append_column("label", pa.array(lab)), p)
+    expect_error(
+        DataSpec(source="table", path=str(p), num_classes=2), home, before, p, "text labels", "data.num_classes=2"
+    )
+
+
+def test_too_few_labeled_rows_for_explicit_sizes(table_home, tmp_path):
+    """The issue's failure: explicit sizes larger than the labels name the class and point at automatic sizes."""
+    home, _, _, _, before = table_home
+    feats, lab = _two_class()
+    p = tmp_path / "few.parquet"
+    pq.write_table(feats.append_column("label", pa.array(lab)), p)
+    spec = DataSpec(source="table", path=str(p), n_labeled=20, n_val=60)
+    msg = expect_error(spec, home, before, p, "n_val=60 needs 30", "leave them unset")
+    assert "class '0'" in msg or "class 'no'" in msg, msg  # the name once prepare passes class_names
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])

@@ -160,3 +160,44 @@ def test_table_csv_and_image_column(tmp_path):
     pq.write_table(t, tmp_path / "img.parquet")
     r = S.load_source(DataSpec(source="table", path=str(tmp_path / "img.parquet"), image_column="img"))
     assert r.kind == "image" and r.shape == (1, 8, 8) and r.x_train.dtype == np.uint8
+
+
+def test_table_text_labels_are_classes_in_sorted_order(tmp_path):
+    """Text (and categorical) labels: the classes are the sorted distinct labels, empty or null = unlabeled; the
+    names go with the source (manifest, model); non-contiguous integers map the same way."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lab = ["dog", None, "cat", "", " bird ", "dog", "cat", "bird", "dog", "cat", "bird", None] * 5
+    t = pa.table({"a": np.arange(60.0), "label": pa.array(lab).dictionary_encode()})
+    pq.write_table(t, tmp_path / "t.parquet")
+    r = S.load_source(DataSpec(source="table", path=str(tmp_path / "t.parquet")))
+    assert r.class_names == ["bird", "cat", "dog"] and r.num_classes == 3
+    x = np.concatenate([r.x_train[:, 0], r.x_test[:, 0]]).astype(int)
+    y = np.concatenate([r.y_train, r.y_test])
+    expect = {"bird": 0, "cat": 1, "dog": 2, "": -1, None: -1}
+    assert [int(v) for v in y] == [expect[lab[i].strip() if lab[i] else lab[i]] for i in x]
+    (tmp_path / "n.csv").write_text("a,label\n" + "".join(f"{i},{[1, 2, 5][i % 3]}\n" for i in range(30)))
+    r = S.load_source(DataSpec(source="table", path=str(tmp_path / "n.csv")))
+    assert r.class_names == ["1", "2", "5"] and set(np.r_[r.y_train, r.y_test].tolist()) == {0, 1, 2}
+
+
+def test_automatic_split_sizes():
+    """n_labeled / n_val unset: validation = 20% of each class's labeled rows (at least 1), training = the other
+    labeled rows; unlabeled rows stay unlabeled. One explicit size keeps its meaning."""
+    from pipeline.core.errors import DataError
+    from pipeline.data.splits import choose_splits
+
+    y = np.r_[np.zeros(12, int), np.ones(3, int), -np.ones(50, int)]
+    s = choose_splits(y, 2, None, None, None, seed=0)
+    assert np.bincount(y[s["val"]]).tolist() == [2, 1] and np.bincount(y[s["labeled"]]).tolist() == [10, 2]
+    assert len(s["unlabeled"]) == 50 and (y[s["unlabeled"]] == -1).all()
+    assert set(s["labeled"]) | set(s["val"]) == set(np.flatnonzero(y >= 0))
+    s = choose_splits(y, 2, 4, None, None, seed=0)
+    assert len(s["labeled"]) == 4 and np.bincount(y[s["val"]]).tolist() == [2, 1] and len(s["unlabeled"]) == 58
+    s = choose_splits(y, 2, None, 2, None, seed=0)
+    assert np.bincount(y[s["val"]]).tolist() == [1, 1] and np.bincount(y[s["labeled"]]).tolist() == [11, 2]
+    with pytest.raises(DataError, match="class 'b' has 1 labeled rows; automatic sizes"):
+        choose_splits(np.r_[y[:13], -np.ones(5, int)], 2, None, None, None, seed=0, class_names=["a", "b"])
+    with pytest.raises(DataError, match="empty split 'unlabeled'.*set data.n_labeled"):
+        choose_splits(y[:15], 2, None, None, None, seed=0)

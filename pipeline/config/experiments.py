@@ -89,12 +89,22 @@ def _breast_cancer() -> Config:
     )
 
 
+def _table() -> Config:
+    # A user's own table (--table PATH = --config table data.path=PATH): the breast_cancer recipe, every label used
+    # (validation = 20% of each class's labeled rows, training the rest; a test split held out unless test_path).
+    cfg = _breast_cancer()
+    cfg.name = "table"
+    cfg.data = replace(cfg.data, source="table", n_labeled=None, n_val=None)
+    return cfg
+
+
 EXPERIMENTS: dict[str, typing.Callable[[], Config]] = {
     "digits": _digits,
     "moons": _moons,
     "mnist": _mnist,
     "fashion_mnist": _fashion_mnist,
     "breast_cancer": _breast_cancer,
+    "table": _table,
 }
 
 
@@ -105,8 +115,8 @@ def smoke(cfg: Config) -> Config:
         d,
         n_unlabeled=min(d.n_unlabeled or 10**9, 1024),
         n_test=min(d.n_test or 10**9, 500),
-        n_val=min(d.n_val, 200),
-        n_labeled=min(d.n_labeled, 100),
+        n_val=None if d.n_val is None else min(d.n_val, 200),  # None: sized from the labels
+        n_labeled=None if d.n_labeled is None else min(d.n_labeled, 100),
     )
     model = replace(m, mid_channels=min(m.mid_channels, 16), num_blocks=min(m.num_blocks, 1), hidden=min(m.hidden, 64))
     train = replace(

@@ -1,7 +1,7 @@
 """The command-line options that the entry points share, defined once.
 
 p = argparse.ArgumentParser()
-add_config_options(p)      # --config, --smoke, --run-name, --data-dir, key=value overrides (run, sweep)
+add_config_options(p)      # --config, --table, --smoke, --run-name, --data-dir, key=value overrides (run, sweep)
 add_store_options(p)       # --home, --tracking-uri (run, sweep, score, compare)
 add_cluster_options(p)     # --address, --storage-path (run, sweep; score takes --address only)
 """
@@ -9,20 +9,62 @@ add_cluster_options(p)     # --address, --storage-path (run, sweep; score takes 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+
+class _Table(argparse.Action):
+    """``--table PATH`` = ``--config table data.path=<absolute PATH>`` (later overrides still win)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if getattr(namespace, "config", None) not in (None, "table"):
+            parser.error(f"--table runs the 'table' experiment; with --config {namespace.config} set data.path=...")
+        path = str(Path(values).expanduser().resolve())
+        namespace.table, namespace.config = path, "table"
+        namespace.overrides = [f"data.path={path}", *(getattr(namespace, "overrides", None) or [])]
+
+
+class _Config(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if getattr(namespace, "table", None) and values != "table":
+            parser.error(f"--table runs the 'table' experiment; with --config {values} set data.path=...")
+        namespace.config = values
+
+
+class _Overrides(argparse.Action):
+    """The ``key=value`` words; ``--table``'s data.path goes first whichever order argparse reads them in."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        table = getattr(namespace, "table", None)
+        namespace.overrides = [*([f"data.path={table}"] if table else []), *(values or [])]
 
 
 def add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
         default=None,
+        action=_Config,
         help="experiment name (digits, moons, mnist, fashion_mnist, "
-        "breast_cancer) or a YAML file of the same schema; default: digits",
+        "breast_cancer, table) or a YAML file of the same schema; default: digits",
+    )
+    p.add_argument(
+        "--table",
+        default=None,
+        action=_Table,
+        metavar="PATH",
+        help="your own Parquet/CSV table (a 'label' column, empty = unlabeled; every other column a number): "
+        "the 'table' experiment on it, i.e. --config table data.path=PATH",
     )
     p.add_argument("--smoke", action="store_true", help="shrink the experiment to seconds")
     p.add_argument("--run-name", default=None, help="name of this run (default: <config>-<timestamp>)")
     p.add_argument("--data-dir", default=None, help="directory of downloaded data sets (default $FLOWGMM_DATA)")
     p.add_argument("--verbose", action="store_true", help="Ray's and MLflow's own logs, and the configuration")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="override config fields, e.g. train.lr=3e-4")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        action=_Overrides,
+        metavar="key=value",
+        help="override config fields, e.g. train.lr=3e-4",
+    )
 
 
 def add_store_options(p: argparse.ArgumentParser) -> None:

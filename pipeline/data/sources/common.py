@@ -53,6 +53,25 @@ def check_labels(y: np.ndarray, num_classes: int, where: str) -> None:
         raise DataError(f"{where}: label {int(y[i])} at row {i} is outside [0, {num_classes})")
 
 
+def check_class_minimum(y: np.ndarray, minimum: int, class_names: list[str], where: str, why: str) -> None:
+    """Every class needs ``minimum`` labeled rows (``y`` in [0, K), -1 unlabeled); else one line naming the class,
+    its count and its rows.
+
+    >>> check_class_minimum(np.array([0, 1, 0, -1, 1, 0]), 2, ["a", "b"], "t.csv", "x")
+    >>> check_class_minimum(np.array([0, 1, 0, -1, 0]), 2, ["a", "b"], "t.csv", "a test split")
+    Traceback (most recent call last):
+    ...
+    pipeline.core.errors.DataError: t.csv: class 'b' has 1 labeled row (row 1); a test split needs at least 2 per class
+    """
+    for c, name in enumerate(class_names):
+        rows = np.flatnonzero(y == c)
+        if len(rows) < minimum:
+            shown = ", ".join(str(int(r)) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+            at = f" ({'row' if len(rows) == 1 else 'rows'} {shown})" if len(rows) else ""
+            count = f"{len(rows)} labeled row{'' if len(rows) == 1 else 's'}"
+            raise DataError(f"{where}: class '{name}' has {count}{at}; {why} needs at least {minimum} per class")
+
+
 def check_finite(x: np.ndarray, where: str, names: list[str] | None = None) -> None:
     if x.dtype.kind != "f":
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,8 @@ from pipeline.data.sources.common import (
     HOLDOUT_FRACTION,
     HOLDOUT_SEED,
     RawSource,
+    check_class_minimum,
     check_finite,
-    check_labels,
     stratified_holdout,
 )
 
@@ -44,43 +45,100 @@ def read_table_file(path: str | os.PathLike):
     raise DataError(f"{p}: unsupported table format '{suffix}' (use .parquet or .csv)")
 
 
-def _table_labels(table, path: Path, col: str, allow_null: bool) -> np.ndarray:
+@dataclass
+class _Labels:
+    """The label column of one table: ``values`` (text, or integer values as float64), ``known`` (False where the
+    label is null, NaN or an empty string: an unlabeled row) and ``text`` (string/categorical labels)."""
+
+    values: np.ndarray
+    known: np.ndarray
+    text: bool
+
+
+def _read_labels(table, path: Path, col: str, allow_null: bool) -> _Labels:
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     if col not in table.column_names:
         raise DataError(f"{path}: missing column '{col}' (label column)")
-    arr = table.column(col)
+    arr = table.column(col).combine_chunks()
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.cast(arr.type.value_type)
     t = arr.type
     if pa.types.is_null(t):
         if not allow_null:
             raise DataError(f"{path}: column '{col}' has no labels")
-        return np.full(len(arr), -1, np.int64)
-    if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
-        raise DataError(f"{path}: column '{col}' has dtype {t}, expected integer labels")
-    nulls = arr.is_null()
-    if pc.any(nulls).as_py() and not allow_null:
-        i = int(np.flatnonzero(nulls.to_numpy(zero_copy_only=False))[0])
-        raise DataError(f"{path}: column '{col}' has a null label at row {i} (test rows need labels)")
-    v = arr.to_numpy(zero_copy_only=False)
-    mask = nulls.to_numpy(zero_copy_only=False)
-    v = np.asarray(v, dtype=np.float64)
-    if pa.types.is_floating(t):
-        mask = mask | np.isnan(v)
-        if not allow_null and mask.any():
-            i = int(np.flatnonzero(mask)[0])
-            raise DataError(f"{path}: column '{col}' has a null label at row {i} (test rows need labels)")
-        fin = v[~mask]
-        bad = ~np.isfinite(fin) | (fin != np.round(fin))
-        if bad.any():
-            raise DataError(f"{path}: column '{col}' has non-integer label {fin[bad][0]}")
-    y = np.where(mask, -1, np.nan_to_num(v, nan=-1)).astype(np.int64)
-    neg = (~mask) & (y < 0)
+        return _Labels(np.zeros(len(arr)), np.zeros(len(arr), bool), False)
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        values = np.array([None if v is None else v.strip() for v in arr.to_pylist()], dtype=object)
+        labels = _Labels(values, np.array([bool(v) for v in values], bool), True)
+    elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
+        v = np.asarray(arr.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False), np.float64)
+        labels = _Labels(v, ~np.isnan(v), False)
+        _check_integer_labels(labels, path, col)
+    else:
+        raise DataError(f"{path}: column '{col}' has dtype {t}, expected class labels (integers or text)")
+    if not allow_null and not labels.known.all():
+        i = int(np.flatnonzero(~labels.known)[0])
+        raise DataError(f"{path}: column '{col}' has no label at row {i} (test rows need labels)")
+    return labels
+
+
+def _check_integer_labels(labels: _Labels, path: Path, col: str) -> None:
+    v, known = labels.values, labels.known
+    bad = known & (~np.isfinite(v) | (v != np.round(v)))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{path}: column '{col}' has non-integer label {v[i]} at row {i}")
+    neg = known & (v < 0)
     if neg.any():
         i = int(np.flatnonzero(neg)[0])
         raise DataError(
-            f"{path}: column '{col}': label {int(y[i])} at row {i} is outside [0, K) (use null for unlabeled rows)"
+            f"{path}: column '{col}': label {int(v[i])} at row {i} is negative (leave it empty or null for an "
+            "unlabeled row)"
         )
+
+
+def _label_key(labels: _Labels, i: int) -> str | int:
+    return labels.values[i] if labels.text else int(labels.values[i])
+
+
+def _classes(labels: _Labels, num_classes: int | None, path: Path, col: str) -> list[str | int]:
+    """Class keys in index order: 0..K-1 with ``num_classes``, else the sorted distinct labels of the train table."""
+    where = f"{path}: column '{col}'"
+    if num_classes is not None:
+        if labels.text:
+            raise DataError(
+                f"{where} has text labels (e.g. '{labels.values[labels.known][0]}'); data.num_classes={num_classes} "
+                "is for integer labels 0..K-1: leave it unset and the classes are the distinct labels"
+            )
+        return list(range(int(num_classes)))
+    keys = sorted({_label_key(labels, int(i)) for i in np.flatnonzero(labels.known)})
+    if not keys:
+        raise DataError(f"{where} has no labels at all")
+    if len(keys) < 2:
+        n = int(labels.known.sum())
+        raise DataError(
+            f"{where} has labels of a single class '{keys[0]}' ({n} labeled row{'s' if n != 1 else ''}); "
+            "a classifier needs labeled rows of at least 2 classes"
+        )
+    return keys
+
+
+def _encode(labels: _Labels, classes: list[str | int], path: Path, col: str) -> np.ndarray:
+    """Class indices (int64, -1 for an unlabeled row); a label that is not a class names its row."""
+    index = {k: c for c, k in enumerate(classes)}
+    y = np.full(len(labels.known), -1, np.int64)
+    for i in np.flatnonzero(labels.known):
+        key = _label_key(labels, int(i))
+        c = index.get(key)
+        if c is None:
+            shown = f"'{key}'" if labels.text else str(key)
+            if not labels.text and len(classes) and classes == list(range(len(classes))):
+                kinds = f"outside [0, {len(classes)})"
+            else:
+                kinds = f"not one of the {len(classes)} classes ({', '.join(map(str, classes[:10]))})"
+            raise DataError(f"{path}: column '{col}': label {shown} at row {int(i)} is {kinds}")
+        y[i] = c
     return y
 
 
@@ -163,6 +221,11 @@ def _table_features(table, path: Path, features: list[str]) -> np.ndarray:
     return x
 
 
+# A test split held out of the table takes ~20% of each class's labeled rows (at least 1), and the pool keeps at least
+# one validation and one training row per class: 3 labeled rows per class at the least (2 with a test table).
+MIN_PER_CLASS_HELD_OUT, MIN_PER_CLASS = 3, 2
+
+
 def load_table(
     path: str | os.PathLike,
     test_path: str | os.PathLike | None,
@@ -171,7 +234,9 @@ def load_table(
     image_column: str | None,
     num_classes: int | None,
 ) -> RawSource:
-    """The train pool from ``path`` and the test split from ``test_path`` (else a stratified hold-out)."""
+    """The train pool from ``path`` and the test split from ``test_path`` (else a stratified hold-out). Labels are
+    integers or text (empty or null: unlabeled); the classes are the sorted distinct labels of the train table, or
+    0..K-1 with ``num_classes``; their names (the labels as text) go into the manifest and the model."""
     p = Path(path).expanduser().resolve()
     table = read_table_file(p)
     if table.num_rows == 0:
@@ -179,8 +244,10 @@ def load_table(
     reader = _TableReader(
         p, table, _feature_list(table, p, feature_columns, label_column, image_column), label_column, image_column
     )
-    y = _table_labels(table, p, label_column, allow_null=True)
-    x = reader.rows(table, p)
+    labels = _read_labels(table, p, label_column, allow_null=True)
+    classes = _classes(labels, num_classes, p, label_column)
+    names = [str(k) for k in classes]
+    y = _encode(labels, classes, p, label_column)
     xt = yt = tp = None
     if test_path:
         tp = Path(test_path).expanduser().resolve()
@@ -188,24 +255,22 @@ def load_table(
         if tt.num_rows == 0:
             raise DataError(f"{tp}: empty split 'test' (the test table has no rows)")
         reader.check_columns(tt, tp)
-        yt = _table_labels(tt, tp, label_column, allow_null=False)
+        yt = _encode(_read_labels(tt, tp, label_column, allow_null=False), classes, tp, label_column)
+    _check_enough_labels(y, names, f"{p}: column '{label_column}'", held_out=tp is None)
+    x = reader.rows(table, p)
+    if tp is not None:
         xt = reader.rows(tt, tp)
         if xt.shape[1:] != x.shape[1:]:
             raise DataError(f"{tp}: column '{image_column}' has image shape {xt.shape[1:]}, train has {x.shape[1:]}")
-    k = _num_classes(y, yt, num_classes, p, label_column)
-    check_labels(y, k, f"{p}: column '{label_column}'")
-    if yt is not None:
-        check_labels(yt, k, f"{tp}: column '{label_column}'")
-    if xt is None:
+    else:
         pool, test = stratified_holdout(y, HOLDOUT_FRACTION, HOLDOUT_SEED)
         x, y, xt, yt = x[pool], y[pool], x[test], y[test]
-    kind = "image" if image_column else "vector"
     return RawSource(
         "table",
-        kind,
+        "image" if image_column else "vector",
         tuple(x.shape[1:]),
-        k,
-        [str(i) for i in range(k)],
+        len(classes),
+        names,
         x,
         y,
         xt,
@@ -215,6 +280,14 @@ def load_table(
         feature_names=reader.features or None,
         extra={"label_column": label_column, "image_column": image_column, "test_held_out": test_path is None},
     )
+
+
+def _check_enough_labels(y: np.ndarray, names: list[str], where: str, held_out: bool) -> None:
+    if held_out:
+        why = "holding out a test split (no data.test_path) with validation and training rows"
+        check_class_minimum(y, MIN_PER_CLASS_HELD_OUT, names, where, why)
+    else:
+        check_class_minimum(y, MIN_PER_CLASS, names, where, "a validation and a training row")
 
 
 def _feature_list(
@@ -252,12 +325,3 @@ class _TableReader:
         if self.image_column:
             return _image_from_column(tab, where, self.image_column)
         return _table_features(tab, where, self.features)
-
-
-def _num_classes(y: np.ndarray, yt: np.ndarray | None, num_classes: int | None, p: Path, label_column: str) -> int:
-    if num_classes is not None:
-        return int(num_classes)
-    labeled = y[y >= 0]
-    if len(labeled) == 0:
-        raise DataError(f"{p}: column '{label_column}' has no labels at all")
-    return int(max(labeled.max(), yt.max() if yt is not None and len(yt) else 0)) + 1
