@@ -1,42 +1,57 @@
-"""Score new data in batch with a registered FlowGMM: Ray Data ``map_batches`` over an actor pool (CPU or GPU),
-writing, for every row, the label, the calibrated class probabilities, log p(x) and the OOD flag.
+"""Score new data in batch with a registered FlowGMM: Ray Data reads the input, an actor pool (CPU or GPU) runs the
+model, and ``write_parquet`` writes, for every row, the label, the class name, the calibrated class probabilities,
+log p(x) and the OOD flag. No scored row passes through the driver, whose memory stays bounded whatever the input
+size (bench/bench_score.py measures it).
 
     python pipeline/score.py --model models:/flowgmm-digits@champion --input new.parquet --output scored.parquet
     python pipeline/score.py --model runs:/<run_id>/model --input table.csv --output scored.csv --actors 2
-    ray job submit --working-dir . -- python pipeline/score.py --model ... --input s3://... --output /shared/out
+    ray job submit --working-dir . -- python pipeline/score.py --model ... --input s3://bucket/new/ \\
+        --output s3://bucket/scored.parquet
 
-Input: Parquet (a file or a directory of shards) or CSV. Images: a column ``x`` of flattened uint8 pixels (the
-prepared-shard layout) or ``--image-column NAME``; tables: the feature columns the model was trained on. Columns
-``id`` and ``y`` pass through when present. Bad input gets a one-line error naming the file and column and exit 2;
-the output appears only when complete (written to a temporary path, then renamed).
+Input: any path or URI pyarrow opens (local, ``file://``, ``s3://``, ``gs://``, ``hdfs://``...): a Parquet file, a
+directory of Parquet shards, or CSV (a name ending in ``.csv``). Images: a column ``x`` of flattened uint8 pixels
+(the prepared-shard layout) or ``--image-column NAME``; tables: the feature columns the model was trained on.
+Columns ``id`` and ``y`` pass through. Every input file's schema is checked before Ray starts: bad input gets one
+line naming the file and the column, and exit 2.
+
+Output: a directory of Parquet (or, for a name ending in ``.csv``, CSV) files, rows in input order (files in path
+order). A local output is written to a temporary directory beside it and renamed into place when complete; a remote
+one is written in place and gets a ``_SUCCESS`` marker when complete. The row count comes from the written files.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
+import logging
+import os
+import re
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
-from pipeline.core.atomic import atomic_file
+from pipeline.core.atomic import atomic_dir
 from pipeline.core.cli import add_cluster_options, add_store_options
 from pipeline.core.errors import DataError
 from pipeline.core.home import resolve_home
-from pipeline.core.raycluster import connect
+from pipeline.core.raycluster import connect, quiet
 
 PASS_THROUGH = ("id", "y")
+SUCCESS = "_SUCCESS"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="pipeline/score.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="MLflow model URI, e.g. models:/flowgmm-digits@champion")
-    p.add_argument("--input", required=True, help="Parquet file/directory or CSV file")
-    p.add_argument("--output", required=True, help="output .parquet or .csv file (written atomically)")
+    p.add_argument("--input", required=True, help="Parquet file/directory or CSV file: a path or a URI (s3://...)")
+    p.add_argument(
+        "--output", required=True, help="output directory ending in .parquet or .csv: a path or a URI (s3://...)"
+    )
     add_store_options(p)
     p.add_argument("--image-column", default="x", help="column holding flattened uint8 pixels (image models)")
     p.add_argument("--batch-size", type=int, default=1024)
@@ -48,167 +63,344 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="CPUs reserved per actor; keep actors x cpus below the cluster's CPUs so Ray Data can read",
     )
     p.add_argument("--gpus-per-actor", type=float, default=0.0)
+    p.add_argument("--verbose", action="store_true", help="Ray's and MLflow's own logs")
     add_cluster_options(p, storage=False)
     return p.parse_args(argv)
 
 
+@dataclasses.dataclass(frozen=True)
+class Location:
+    """A path or URI resolved by pyarrow: the file system, the path within it, and what the user wrote."""
+
+    fs: Any
+    path: str
+    uri: str
+
+    @property
+    def local(self) -> bool:
+        import pyarrow.fs as pafs
+
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+
+def locate(uri: str) -> Location:
+    """``pyarrow.fs.FileSystem.from_uri`` on a URI, or on the absolute form of a local path."""
+    import pyarrow.fs as pafs
+
+    target = uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
+    try:
+        fs, path = pafs.FileSystem.from_uri(target)
+    except Exception as e:  # noqa: BLE001  unknown scheme, missing credentials, bad bucket name...
+        raise DataError(f"{uri}: not a path or URI that pyarrow can open ({type(e).__name__}: {e})") from None
+    return Location(fs, path.rstrip("/") or "/", uri)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What the schema check found: the input files (in order), their format, the feature columns, the
+    pass-through columns every file has, and the row count when the format states it (Parquet footers)."""
+
+    loc: Location
+    files: list[str]
+    fmt: str
+    columns: list[str]
+    passthrough: list[str]
+    rows: int | None
+
+
+def input_files(loc: Location, fmt: str) -> list[str]:
+    """The input's data files in path order: the file itself, or the directory's ``.<fmt>`` files (recursively,
+    skipping names that start with ``_`` or ``.``, as Spark/Hive markers and temporaries do)."""
+    import pyarrow.fs as pafs
+
+    try:
+        info = loc.fs.get_file_info(loc.path)
+    except OSError as e:
+        raise DataError(f"{loc.uri}: cannot read ({e})") from None
+    if info.type == pafs.FileType.NotFound:
+        raise DataError(f"{loc.uri}: input does not exist")
+    if info.type == pafs.FileType.File:
+        return [loc.path]
+    infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True))
+    files = sorted(
+        i.path
+        for i in infos
+        if i.type == pafs.FileType.File
+        and i.path.endswith(f".{fmt}")
+        and not any(part[:1] in ("_", ".") for part in i.path[len(loc.path) :].split("/") if part)
+    )
+    if not files:
+        raise DataError(f"{loc.uri}: no .{fmt} files")
+    return files
+
+
+def _parquet_footer(loc: Location, path: str) -> tuple[Any, int]:
+    import pyarrow.parquet as pq
+
+    try:
+        with loc.fs.open_input_file(path) as f:
+            meta = pq.ParquetFile(f).metadata
+            return meta.schema.to_arrow_schema(), meta.num_rows
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"{_shown(loc, path)}: truncated or corrupt Parquet file ({type(e).__name__}: {e})") from None
+
+
+def _csv_header(loc: Location, path: str) -> tuple[Any, None]:
+    import pyarrow.csv as pcsv
+
+    try:
+        with loc.fs.open_input_stream(path) as f:
+            return pcsv.open_csv(f).schema, None
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"{_shown(loc, path)}: not a readable CSV file ({type(e).__name__}: {e})") from None
+
+
+def _shown(loc: Location, path: str) -> str:
+    """A file as the user would name it: the path for local files, scheme://path for remote ones."""
+    if loc.local or "://" not in loc.uri:
+        return path
+    return f"{loc.uri.split('://', 1)[0]}://{path}"
+
+
+def check_input(uri: str, spec: dict[str, Any], image_column: str) -> Plan:
+    """Every input file's schema (Parquet footers, CSV headers) against the model, before any Ray Data work."""
+    loc = locate(uri)
+    fmt = "csv" if loc.path.endswith(".csv") else "parquet"
+    files = input_files(loc, fmt)
+    read: Callable[[Location, str], tuple[Any, int | None]] = _csv_header if fmt == "csv" else _parquet_footer
+    with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
+        heads = list(pool.map(lambda f: read(loc, f), files))
+    cols: list[str] = []
+    for f, (schema, _) in zip(files, heads):
+        cols = check_columns(_shown(loc, f), schema, spec, image_column)
+    rows = None if fmt == "csv" else sum(int(n) for _, n in heads)
+    extra = [c for c in PASS_THROUGH if c not in cols and all(c in schema.names for schema, _ in heads)]
+    return Plan(loc, files, fmt, cols, extra, rows)
+
+
+def check_columns(name: str, schema: Any, spec: dict[str, Any], image_column: str) -> list[str]:
+    """One file's schema against the model; returns the feature columns to read."""
+    import pyarrow as pa
+
+    names = list(schema.names)
+    if spec["kind"] == "image":
+        if image_column not in names:
+            raise DataError(f"{name}: missing image column '{image_column}' (columns: {names})")
+        d = int(np.prod(spec["shape"]))
+        t = schema.field(image_column).type
+        if not (pa.types.is_fixed_size_list(t) and t.list_size == d) and not pa.types.is_list(t):
+            raise DataError(f"{name}: column '{image_column}' has type {t}, expected a list of {d} uint8 pixels")
+        return [image_column]
+    cols = _serving().feature_names(spec)
+    missing = [c for c in cols if c not in names]
+    if missing:
+        needs = cols if len(cols) <= 6 else [*cols[:3], "...", *cols[-2:]]
+        raise DataError(f"{name}: missing feature column '{missing[0]}' (the model needs {len(cols)}: {needs})")
+    for c in cols:
+        t = schema.field(c).type
+        if not (pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_null(t)):
+            raise DataError(f"{name}: column '{c}' has type {t}, expected numbers")
+    return cols
+
+
+def _serving() -> Any:
+    """``pipeline.results.serving`` without MLflow's import-time advice about type hints on the console."""
+    import warnings
+
+    with warnings.catch_warnings():  # restores showwarning; MLflow forces its own "once" filter around the advice
+        warnings.showwarning = lambda *a, **k: None
+        from pipeline.results import serving
+    return serving
+
+
+def check_output(uri: str) -> tuple[Location, str]:
+    """The output location and format (``parquet`` or ``csv``, from the name), checked before any work."""
+    loc = locate(uri)
+    suffix = Path(loc.path).suffix
+    if suffix not in (".parquet", ".csv"):
+        raise DataError(f"{uri}: output must end in .parquet or .csv (it is a directory of such files)")
+    import pyarrow.fs as pafs
+
+    if loc.fs.get_file_info(loc.path).type == pafs.FileType.File:
+        raise DataError(f"{uri}: output exists and is a file (the output is a directory of {suffix} files)")
+    return loc, suffix[1:]
+
+
 def load_spec(model_uri: str, tracking_uri: str) -> tuple[str, dict[str, Any]]:
     """Download the model once (driver side) and read its JSON spec: shape, kind, feature names, classes."""
+    import json
+
     import mlflow
     from mlflow.exceptions import MlflowException
 
     mlflow.set_tracking_uri(tracking_uri)
     try:
         local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
-    except MlflowException as e:
-        raise DataError(f"{model_uri}: cannot load the model from {tracking_uri} ({e.message})") from None
-    specs = list(Path(local).rglob("spec.json"))
+    except (MlflowException, OSError) as e:
+        msg = getattr(e, "message", None) or str(e)
+        raise DataError(f"{model_uri}: cannot load the model from {tracking_uri} ({msg})") from None
+    specs = sorted(Path(local).rglob("spec.json"))
     if not specs:
         raise DataError(f"{model_uri}: not a flowgmm model (no spec.json among its artifacts)")
-    return local, json.loads(specs[0].read_text())
-
-
-def check_input(path: str, spec: dict[str, Any], image_column: str) -> list[str]:
-    """Validate the input's schema against the model; returns the feature columns to read."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from pipeline.results.serving import feature_names
-
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"{path}: input does not exist")
-    if path.endswith(".csv"):
-        try:
-            names = pd.read_csv(path, nrows=5).columns.tolist()
-        except Exception as e:  # noqa: BLE001
-            raise DataError(f"{path}: not a readable CSV file ({type(e).__name__}: {e})") from None
-        types: dict[str, Any] = {}
-    else:
-        files = sorted(p.rglob("*.parquet")) if p.is_dir() else [p]
-        if not files:
-            raise DataError(f"{path}: no .parquet files")
-        schema = None
-        for f in files:
-            try:
-                pf = pq.ParquetFile(f)
-                _ = pf.metadata.num_rows
-            except Exception as e:  # noqa: BLE001
-                raise DataError(f"{f}: truncated or corrupt Parquet file ({type(e).__name__}: {e})") from None
-            schema = schema or pf.schema_arrow
-        names, types = schema.names, {n: schema.field(n).type for n in schema.names}
-    if spec["kind"] == "image":
-        if image_column not in names:
-            raise DataError(f"{path}: missing image column '{image_column}' (columns: {names})")
-        d = int(np.prod(spec["shape"]))
-        t = types.get(image_column)
-        if t is not None and not (pa.types.is_fixed_size_list(t) and t.list_size == d) and not pa.types.is_list(t):
-            raise DataError(f"{path}: column '{image_column}' has type {t}, expected a list of {d} uint8 pixels")
-        return [image_column]
-    cols = feature_names(spec)
-    missing = [c for c in cols if c not in names]
-    if missing:
-        raise DataError(f"{path}: missing feature column '{missing[0]}' (the model needs {cols})")
-    for c in cols:
-        t = types.get(c)
-        if t is not None and not (pa.types.is_floating(t) or pa.types.is_integer(t)):
-            raise DataError(f"{path}: column '{c}' has type {t}, expected numbers")
-    return cols
+    return str(specs[0].parent), json.loads(specs[0].read_text())
 
 
 class Scorer:
-    """One actor of the pool: loads the model once, scores pandas batches."""
+    """One actor of the pool: loads the model once (onto CUDA when the actor has a GPU), scores NumPy batches;
+    ``source`` names the input in error messages."""
 
-    def __init__(self, model_dir: str, image_column: str):
+    def __init__(self, model_dir: str, image_column: str, source: str) -> None:
         import torch
 
         from flowgmm.spec import load
 
-        spec_path = next(Path(model_dir).rglob("spec.json"))
-        self.model, self.spec = load(spec_path.parent)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model, self.spec = load(model_dir, map_location=device)
+        self.model.to(device)
         self.model.set_variance_scale(float(self.spec.get("variance_scale", 1.0)))
         self.threshold = float(self.spec.get("ood_threshold", -np.inf))
         self.names = self.spec.get("class_names") or [str(i) for i in range(self.spec["num_classes"])]
         self.image_column = image_column
-        if torch.cuda.is_available():
-            self.model.cuda()
+        self.source = source
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        from pipeline.results.serving import feature_names, predict_frame
-
-        if self.spec["kind"] == "image":
-            x = np.stack([np.asarray(v, dtype=np.uint8) for v in batch[self.image_column]])
-        else:
-            x = batch[feature_names(self.spec)].to_numpy(np.float32)
-        if not np.isfinite(x.astype(np.float64)).all():
-            raise DataError("input has NaN or infinite feature values")
-        out = predict_frame(self.model, self.spec, self.names, self.threshold, x)
+    def __call__(self, batch: dict[str, np.ndarray]) -> pd.DataFrame:
+        x = self.features(batch)
+        out = _serving().predict_frame(self.model, self.spec, self.names, self.threshold, x)
         for c in PASS_THROUGH:
-            if c in batch.columns:
-                out.insert(0 if c == "id" else len(out.columns), c, batch[c].to_numpy())
+            if c in batch:
+                out.insert(0 if c == "id" else len(out.columns), c, batch[c])
         return out
 
+    def features(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        if self.spec["kind"] == "image":
+            col = batch[self.image_column]
+            return col if col.dtype != object else np.stack([np.asarray(v, dtype=np.uint8) for v in col])
+        cols = _serving().feature_names(self.spec)
+        x = np.stack([np.asarray(batch[c], dtype=np.float64) for c in cols], axis=1)
+        bad = ~np.isfinite(x)
+        if bad.any():
+            r, c = (int(v[0]) for v in np.nonzero(bad))
+            where = f"row id {batch['id'][r]}" if "id" in batch else f"row {r} of a batch (no 'id' column)"
+            raise DataError(f"{self.source}: column '{cols[c]}' has a NaN or infinite value ({x[r, c]}) at {where}")
+        return x.astype(np.float32)
 
-def score(args: argparse.Namespace) -> dict[str, float]:
+
+def scored_dataset(args: argparse.Namespace, model_dir: str, plan: Plan) -> Any:
+    """The lazy Ray Data pipeline: read (in file order) -> the actor pool -> scored batches."""
     import ray
 
-    from pipeline.results.tracking import default_tracking_uri
-
-    home = resolve_home(args.home)
-    uri = args.tracking_uri or default_tracking_uri(home)
-    model_dir, spec = load_spec(args.model, uri)
-    cols = check_input(args.input, spec, args.image_column)
-    out = Path(args.output)
-    if out.suffix not in (".parquet", ".csv"):
-        raise DataError(f"{args.output}: output must end in .parquet or .csv")
-    connect(args.address)
-    keep = cols + [c for c in PASS_THROUGH if c not in cols]
-    if args.input.endswith(".csv"):
-        ds = ray.data.read_csv(args.input)
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    keep = plan.columns + plan.passthrough
+    if plan.fmt == "csv":
+        ds = ray.data.read_csv(plan.files, filesystem=plan.loc.fs).select_columns(keep)
     else:
-        ds = ray.data.read_parquet(args.input)
-    present = [c for c in keep if c in ds.schema().names]
-    t0 = time.time()
-    scored = ds.select_columns(present).map_batches(
+        ds = ray.data.read_parquet(plan.files, filesystem=plan.loc.fs, columns=keep)
+    return ds.map_batches(
         Scorer,
-        fn_constructor_args=(model_dir, args.image_column),
+        fn_constructor_args=(model_dir, args.image_column, plan.loc.uri),
         batch_size=args.batch_size,
-        batch_format="pandas",
-        concurrency=args.actors,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=args.actors),
         num_cpus=args.cpus_per_actor,
         num_gpus=args.gpus_per_actor or None,
     )
-    frame = scored.to_pandas()
+
+
+def write_output(ds: Any, out: Location, fmt: str) -> int:
+    """Ray Data writes the files; a local output appears whole (temporary directory, then rename), a remote one
+    gets ``_SUCCESS`` last. Returns the row count read from the written files."""
+    if out.local:
+        with atomic_dir(out.path) as tmp:
+            _write(ds, str(tmp), fmt, None)
+            return count_rows(Location(out.fs, str(tmp), str(tmp)), fmt)
+    import pyarrow.fs as pafs
+    from ray.data import SaveMode
+
+    marker = f"{out.path}/{SUCCESS}"
+    if out.fs.get_file_info(marker).type != pafs.FileType.NotFound:  # a previous complete output is replaced
+        out.fs.delete_file(marker)
+    _write(ds, out.path, fmt, out.fs, mode=SaveMode.OVERWRITE)
+    rows = count_rows(out, fmt)
+    with out.fs.open_output_stream(marker) as f:
+        f.write(f"{rows}\n".encode())
+    return rows
+
+
+def _write(ds: Any, path: str, fmt: str, fs: Any, **kwargs: Any) -> None:
+    if fmt == "csv":
+        ds.write_csv(path, filesystem=fs, **kwargs)
+    else:
+        ds.write_parquet(path, filesystem=fs, **kwargs)
+
+
+def count_rows(loc: Location, fmt: str) -> int:
+    """Rows in the written files: Parquet footers, or CSV streamed block by block (never all in memory)."""
+    import pyarrow.csv as pcsv
+
+    files = input_files(loc, fmt)
+    if fmt == "parquet":
+        return sum(_parquet_footer(loc, f)[1] for f in files)
+    total = 0
+    for f in files:
+        with loc.fs.open_input_stream(f) as s:
+            total += sum(b.num_rows for b in pcsv.open_csv(s))
+    return total
+
+
+def score(args: argparse.Namespace) -> dict[str, float]:
+    from pipeline.results.tracking import default_tracking_uri
+
+    if not args.verbose:
+        quiet()
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # a failed UDF's trace: main prints one line
+    home = resolve_home(args.home)
+    uri = args.tracking_uri or default_tracking_uri(home)
+    out, fmt = check_output(args.output)
+    model_dir, spec = load_spec(args.model, uri)
+    plan = check_input(args.input, spec, args.image_column)
+    connect(args.address, verbose=args.verbose)
+    t0 = time.time()
+    rows = write_output(scored_dataset(args, model_dir, plan), out, fmt)
     seconds = time.time() - t0
-    if "id" in frame.columns:
-        frame = frame.sort_values("id", kind="stable").reset_index(drop=True)
-    _atomic_write(frame, out)
-    stats = {"rows": float(len(frame)), "seconds": seconds, "rows_per_s": len(frame) / max(seconds, 1e-9)}
+    if plan.rows is not None and rows != plan.rows:
+        raise DataError(f"{args.output}: wrote {rows} rows for {plan.rows} input rows")
+    stats = {"rows": float(rows), "files": float(len(plan.files)), "seconds": seconds}
+    stats["rows_per_s"] = rows / max(seconds, 1e-9)
     print(
-        f"[flowgmm] scored {len(frame)} rows in {seconds:.1f} s ({stats['rows_per_s']:.0f} rows/s) -> {out}", flush=True
+        f"[flowgmm] scored {rows} rows from {len(plan.files)} file(s) in {seconds:.1f} s "
+        f"({stats['rows_per_s']:.0f} rows/s) -> {args.output}",
+        flush=True,
     )
     return stats
 
 
-def _atomic_write(frame: pd.DataFrame, out: Path) -> None:
-    with atomic_file(out) as tmp:
-        if out.suffix == ".csv":
-            frame.to_csv(tmp, index=False)
-        else:
-            frame.to_parquet(tmp, index=False)
+def data_error(e: BaseException) -> DataError | None:
+    """The DataError inside an exception that Ray wrapped (task error, user-code error, chained causes)."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [e]
+    while stack:
+        x = stack.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, DataError):
+            return DataError(x.args[0] if x.args and isinstance(x.args[0], str) else str(x))
+        stack += [x.__cause__, x.__context__, getattr(x, "cause", None)]
+    # across processes the chain can arrive as text only (RayTaskError(UserCodeException) with the worker's trace)
+    found = re.findall(r"(?m)^\S*\bDataError: (.+)$", str(e))
+    return DataError(found[-1]) if found else None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         score(args)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001  a worker's DataError arrives wrapped in Ray's exceptions
+        err = data_error(e)
+        if err is None:
+            raise
+        msg = str(err).splitlines()[-1] if str(err).strip() else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
         return 2
-    except Exception as e:  # noqa: BLE001  a worker's DataError arrives wrapped
-        if "DataError" in type(e).__name__ or "DataError" in str(e):
-            msg = str(e).strip().splitlines()[-1]
-            print(f"error: {args.input}: {msg.split('DataError:')[-1].strip()}", file=sys.stderr)
-            return 2
-        raise
     return 0

@@ -2,8 +2,9 @@
 
 It takes raw inputs (images as uint8 pixels ``[N, C, H, W]``, or a table with the training feature columns),
 applies the training preprocessing (pixels / 255 and a fixed dequantization u = 0.5), and returns, per row, the
-predicted ``label``, the calibrated class probabilities ``prob_<class>``, ``log_px`` (log p(x) in the data space)
-and ``is_ood`` (log p(x) below the threshold chosen on validation).
+predicted ``label``, the calibrated class probabilities ``prob_<class>``, ``log_px`` (log p(x) in the data space),
+``is_ood`` (log p(x) below the threshold chosen on validation) and ``class`` (the predicted class's name). Inputs
+go to the model's device (CPU or CUDA); results come back as NumPy on the CPU.
 
     model = mlflow.pyfunc.load_model("runs:/<run_id>/model")
     out = model.predict(images_uint8)          # pandas DataFrame
@@ -33,6 +34,7 @@ def signature(spec: dict[str, Any]):
             *[ColSpec("double", f"prob_{n}") for n in names],
             ColSpec("double", "log_px"),
             ColSpec("boolean", "is_ood"),
+            ColSpec("string", "class"),
         ]
     )
     if spec["kind"] == "image":
@@ -78,24 +80,26 @@ def predict_frame(
     else:
         x = np.asarray(model_input)
     x = x.reshape(len(x), *spec["shape"])
+    device = next(model.parameters()).device
     labels, probs, logps = [], [], []
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            xb = torch.as_tensor(x[i : i + batch_size])
+            xb = torch.as_tensor(x[i : i + batch_size]).to(device)
             image = spec["kind"] == "image"
             xb = dequantize(xb.float() / 255.0, noise="mid", levels=spec.get("levels", 256)) if image else xb.float()
             z, logdet = model(xb)
             z, logdet = z.float(), logdet.float()
             p = model.mixture.posterior(z, calibrated=True)
-            probs.append(p.numpy())
-            labels.append(p.argmax(1).numpy())
-            logps.append((model.mixture.log_prob(z, calibrated=False) + logdet).numpy())
+            probs.append(p.cpu().numpy())
+            labels.append(p.argmax(1).cpu().numpy())
+            logps.append((model.mixture.log_prob(z, calibrated=False) + logdet).cpu().numpy())
     p = np.concatenate(probs) if probs else np.zeros((0, len(names)))
     logp = np.concatenate(logps) if logps else np.zeros(0)
     out = {"label": np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)}
     out.update({f"prob_{n}": p[:, k].astype(np.float64) for k, n in enumerate(names)})
     out["log_px"] = logp.astype(np.float64)
     out["is_ood"] = logp < threshold
+    out["class"] = np.asarray(names, dtype=object)[out["label"]]
     return pd.DataFrame(out)
 
 
