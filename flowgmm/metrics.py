@@ -6,6 +6,8 @@
   (15 by default; bin ``i`` holds confidences in ``(i/n, (i+1)/n]``, bin 0 also holds 0), confidence =
   max probability; ``ECE = sum_b |B_b| / N * |acc(B_b) - conf(B_b)|``.  :func:`reliability_bins` returns
   the per-bin numbers.
+* :func:`wilson_interval`: the Wilson score interval of a proportion (e.g. accuracy, ``k`` right out of ``n``),
+  95% by default; it stays inside [0, 1] and is honest about small test splits.
 * Out-of-domain detection, in-domain = positive class, higher score = more in-domain:
   :func:`auroc` (ties count 1/2), :func:`aupr` (average precision, as scikit-learn),
   :func:`fpr_at_tpr` (fraction of out-of-domain scores at or above the highest threshold that keeps a
@@ -17,6 +19,8 @@ Example:
     0.875
     >>> metrics.ece([[0.9, 0.1], [0.2, 0.8]], [0, 0], n_bins=10)   # |1 - 0.9|/2 + |0 - 0.8|/2
     0.45
+    >>> [round(v, 3) for v in metrics.wilson_interval(8, 10)]     # 80% accuracy on 10 rows: a wide interval
+    [0.49, 0.943]
 """
 
 from __future__ import annotations
@@ -26,7 +30,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["accuracy", "nll", "ece", "brier", "reliability_bins", "auroc", "aupr", "fpr_at_tpr", "ood_report"]
+__all__ = [
+    "accuracy",
+    "nll",
+    "ece",
+    "brier",
+    "reliability_bins",
+    "auroc",
+    "aupr",
+    "fpr_at_tpr",
+    "ood_report",
+    "wilson_interval",
+]
 
 
 def _np(a: Any, dtype: type = np.float64) -> np.ndarray:
@@ -72,6 +87,25 @@ def ece(probs: Any, y: Any, n_bins: int = 15) -> float:
     filled = bins["count"] > 0
     gap = np.abs(bins["accuracy"][filled] - bins["confidence"][filled])
     return float((bins["count"][filled] * gap).sum() / bins["count"].sum())
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval ``(low, high)`` of the proportion ``k / n`` (``z = 1.96``: 95%); ``(0, 1)`` when
+    ``n = 0``.
+
+    >>> wilson_interval(0, 5)[0], round(wilson_interval(0, 5)[1], 3)
+    (0.0, 0.434)
+    >>> [round(v, 4) for v in wilson_interval(900, 1000)]
+    [0.8798, 0.9171]
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    if not 0 <= k <= n:
+        raise ValueError(f"wilson_interval: k={k} must be in [0, n={n}]")
+    p, z2 = k / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return (0.0 if k == 0 else max(0.0, centre - half)), (1.0 if k == n else min(1.0, centre + half))
 
 
 def auroc(scores_in: Any, scores_out: Any) -> float:

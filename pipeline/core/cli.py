@@ -11,13 +11,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+HOW = "set data.path=PATH instead (and data.source=table)"
+
 
 class _Table(argparse.Action):
     """``--table PATH`` = ``--config table data.path=<absolute PATH>`` (later overrides still win)."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         if getattr(namespace, "config", None) not in (None, "table"):
-            parser.error(f"--table runs the 'table' experiment; with --config {namespace.config} set data.path=...")
+            parser.exit(2, f"error: --table runs the 'table' experiment; with --config {namespace.config} {HOW}\n")
         path = str(Path(values).expanduser().resolve())
         namespace.table, namespace.config = path, "table"
         namespace.overrides = [f"data.path={path}", *(getattr(namespace, "overrides", None) or [])]
@@ -26,7 +28,7 @@ class _Table(argparse.Action):
 class _Config(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         if getattr(namespace, "table", None) and values != "table":
-            parser.error(f"--table runs the 'table' experiment; with --config {values} set data.path=...")
+            parser.exit(2, f"error: --table runs the 'table' experiment; with --config {values} {HOW}\n")
         namespace.config = values
 
 

@@ -29,7 +29,7 @@ def rows_from_run(run) -> list[dict[str, Any]]:
     m, p, tags = run.data.metrics, run.data.params, run.data.tags
     if "test_accuracy" not in m:
         return []
-    labels = int(float(p.get("data.n_labeled", "nan"))) if p.get("data.n_labeled") else None
+    labels = _labels(p, m)
     seed = p.get("train.seed", "0")
     base = {"run_id": run.info.run_id, "labels": labels, "seed": seed}
     method = p.get("train.method", tags.get("method", "flowgmm"))
@@ -74,6 +74,14 @@ def rows_from_run(run) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _labels(params: dict[str, str], metrics: dict[str, float]) -> int | None:
+    """The run's labeled training rows: data.n_labeled, else (sized from the labels: "None") the evaluated count."""
+    try:
+        return int(float(params["data.n_labeled"]))
+    except (KeyError, ValueError):
+        return int(metrics["labeled_rows"]) if "labeled_rows" in metrics else None
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -106,6 +106,11 @@ class _Evaluation:
                 out.update({f"{name}_{k}{suffix}": v for k, v in m.items()})
             out[f"{name}_bpd"] = bits_per_dim(enc[split].log_px, self.dim, self.levels)
         out["variance_scale"] = self.scale
+        n_test = len(enc["test"].y)  # the sizes behind the numbers, and a 95% interval on test accuracy
+        out.update(test_rows=float(n_test), val_rows=float(len(enc["val"].y)))
+        out["labeled_rows"] = float(self.prepared.manifest["counts"]["labeled"])
+        low, high = M.wilson_interval(int(round(out["test_accuracy"] * n_test)), n_test)
+        out.update(test_accuracy_ci_low=low, test_accuracy_ci_high=high)
 
     def out_of_domain(self) -> None:
         """log p(x) and max p(y|x) (calibrated) against each OOD set; in-domain = the test split."""

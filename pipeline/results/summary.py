@@ -8,7 +8,10 @@ from typing import Any
 
 def summary_lines(cfg, result: dict[str, Any], handle, timing: dict[str, float]) -> list[str]:
     m = result["metrics"]
-    out = [f"[flowgmm] results on the test split ({cfg.data.source}, {cfg.data.n_labeled} labels)"]
+    labels = cfg.data.n_labeled if cfg.data.n_labeled is not None else m.get("labeled_rows")
+    labels = f"{labels:.0f} labels" if labels is not None else "labels sized from the data"
+    rows = f", {m['test_rows']:.0f} test rows" if "test_rows" in m else ""
+    out = [f"[flowgmm] results on the test split ({cfg.data.source}, {labels}{rows})"]
     out.append(f"  {'model':<40}{'accuracy':>9}{'NLL':>8}{'ECE':>8}")
 
     def row(name: str, prefix: str, suffix: str = "") -> None:
@@ -29,6 +32,7 @@ def summary_lines(cfg, result: dict[str, Any], handle, timing: dict[str, float])
         ("label_spreading", "label spreading"),
     ):
         row(name, f"baseline_{key}_test_")
+    out += _size_lines(m, method)
     out += _ood_lines(result["ood"], m)
     out.append(_time_line(m, timing))
     registered = f"models:/flowgmm-{cfg.data.source}/{m['registered_version']:.0f}" if "registered_version" in m else ""
@@ -46,6 +50,23 @@ def ui_command(tracking_uri: str) -> str:
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {tracking_uri}"
     return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+
+
+SMALL_VAL = 50  # below this many validation rows the calibration and the model selection are rough
+
+
+def _size_lines(m: dict[str, Any], method: str) -> list[str]:
+    """The 95% interval on test accuracy and its test rows; a note when the validation split is small."""
+    out = []
+    if "test_accuracy_ci_low" in m and "test_rows" in m:
+        low, high, n = m["test_accuracy_ci_low"], m["test_accuracy_ci_high"], m["test_rows"]
+        out.append(f"  {method} test accuracy: 95% interval [{low:.3f}, {high:.3f}] over {n:.0f} test rows")
+    if "val_rows" in m and m["val_rows"] < SMALL_VAL:
+        out.append(
+            f"  note: only {m['val_rows']:.0f} validation rows (under {SMALL_VAL}) for calibration and model "
+            "selection: the calibrated figures are rough"
+        )
+    return out
 
 
 def _ood_lines(rows: list[dict[str, Any]], m: dict[str, Any]) -> list[str]:
