@@ -142,8 +142,10 @@ def _config_changes(recorded: dict[str, Any], cfg: Config, shown: int = 3) -> st
     """'key: recorded -> given' for the fields that differ (the first ``shown``), '' when none."""
     a, b = _flat(recorded), _flat(json.loads(json.dumps(cfg.to_dict(), default=str)))
     keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if not keys:
+        return ""
     text = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:shown])
-    return text + (f", and {len(keys) - shown} more" if len(keys) > shown else "")
+    return f"{len(keys)} field{'s' if len(keys) > 1 else ''}: {text}" + (", ..." if len(keys) > shown else "")
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
