@@ -6,23 +6,38 @@ from __future__ import annotations
 import types
 import typing
 from dataclasses import fields, is_dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
+from pipeline.config.rules import type_hints
+
+KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
+
 
 class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the key and the value."""
+    """A configuration that cannot be used; the one-line message names the key, the value and what is allowed."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
 
 
 def resolve_type(cls: type, name: str, ftype: Any) -> Any:
-    hints = typing.get_type_hints(cls)
-    return hints.get(name, ftype)
+    return type_hints(cls).get(name, ftype)
+
+
+def whole(x: float, key: str, shown: Any) -> int:
+    """``x`` as an int when it is a whole number (``2e3`` is 2000); ``2.9`` is an error, never truncated."""
+    if not float(x).is_integer():
+        raise ConfigError(f"{key}={shown!r}: must be a whole number")
+    return int(x)
 
 
 def parse_text(text: str, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if origin is Literal:
+        return text  # checked against the choices by pipeline.config.rules
     if origin in (typing.Union, types.UnionType):
         if text.lower() in ("none", "null", "") and type(None) in args:
             return None
@@ -40,13 +55,15 @@ def parse_text(text: str, tp: Any, key: str) -> Any:
                 return False
             raise ValueError(text)
         if tp is int:
-            return int(float(text)) if "e" in text.lower() else int(text)
+            return int(text) if text.strip().lstrip("+-").isdigit() else whole(float(text), key, text)
         if tp is float:
             return float(text)
         if tp is str:
             return text
+    except ConfigError:
+        raise
     except ValueError:
-        raise ConfigError(f"{key}={text!r} is not a valid {getattr(tp, '__name__', tp)}") from None
+        raise ConfigError(f"{key}={text!r}: must be {KINDS.get(tp, getattr(tp, '__name__', tp))}") from None
     return yaml.safe_load(text)
 
 
@@ -72,17 +89,20 @@ def merge(base: dict, new: dict, path: str, prefix: str) -> dict:
     return out
 
 
-def build(cls: type, d: dict, where: str) -> Any:
-    hints = typing.get_type_hints(cls)
+def build(cls: type, d: dict, where: str, prefix: str = "") -> Any:
+    """``cls`` from a nested dict; errors name ``where`` (e.g. the YAML file) and the dotted key."""
+    hints = type_hints(cls)
     kwargs = {}
     for f in fields(cls):
         if f.name not in d:
             continue
         v, tp = d[f.name], hints[f.name]
         if is_dataclass(tp):
-            kwargs[f.name] = build(tp, v, where)
+            if not isinstance(v, dict):
+                raise ConfigError(f"{where}{prefix}{f.name}={v!r} must be a mapping")
+            kwargs[f.name] = build(tp, v, where, f"{prefix}{f.name}.")
         else:
-            kwargs[f.name] = coerce(v, tp, f"{where}{cls.__name__}.{f.name}")
+            kwargs[f.name] = coerce(v, tp, f"{where}{prefix}{f.name}")
     unknown = set(d) - {f.name for f in fields(cls)}
     if unknown:
         raise ConfigError(f"{where}unknown keys {sorted(unknown)} in {cls.__name__}")
@@ -90,9 +110,16 @@ def build(cls: type, d: dict, where: str) -> Any:
 
 
 def coerce(v: Any, tp: Any, key: str) -> Any:
-    if v is None:
-        return None
+    """A YAML (or JSON) value as the field's type: text is parsed, whole floats become ints, the rest must match."""
     origin = typing.get_origin(tp)
+    if v is None:
+        if origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp):
+            return None
+        raise ConfigError(f"{key}=None: must be {KINDS.get(tp, 'a value')}")
+    if origin is Literal:
+        if not isinstance(v, str):
+            raise ConfigError(f"{key}={v!r}: must be one of {', '.join(map(str, typing.get_args(tp)))}")
+        return v
     if origin is tuple or (
         origin in (typing.Union, types.UnionType) and any(typing.get_origin(a) is tuple for a in typing.get_args(tp))
     ):
@@ -102,10 +129,15 @@ def coerce(v: Any, tp: Any, key: str) -> Any:
     if tp is float and isinstance(v, int) and not isinstance(v, bool):
         return float(v)
     base = [a for a in typing.get_args(tp) if a is not type(None)] if origin else [tp]
-    if base and isinstance(base[0], type) and not isinstance(v, base[0]):
-        if base[0] is float and isinstance(v, int):
-            return float(v)
-        raise ConfigError(f"{key}={v!r} is not a valid {base[0].__name__}")
+    want = base[0] if base and isinstance(base[0], type) else None
+    if want in (int, float) and isinstance(v, bool):
+        raise ConfigError(f"{key}={v!r}: must be {KINDS[want]}")
+    if want is int and isinstance(v, float):
+        return whole(v, key, v)
+    if want is float and isinstance(v, int):
+        return float(v)
+    if want is not None and not isinstance(v, want):
+        raise ConfigError(f"{key}={v!r}: must be {KINDS.get(want, want.__name__)}")
     return v
 
 

@@ -1,4 +1,5 @@
-"""Resolution: an experiment name or YAML file, then ``key=value`` overrides, then ``--smoke``; then validation."""
+"""Resolution: an experiment name or YAML file, then ``--smoke``, then ``key=value`` overrides; then validation of
+every field against its declared rule and the rules between fields (``pipeline.config.rules``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import yaml
 from pipeline.config.experiments import EXPERIMENTS
 from pipeline.config.experiments import smoke as shrink
 from pipeline.config.fields import ConfigError, build, merge, parse_text, plain, resolve_type, set_path
+from pipeline.config.rules import CROSS_RULES, leaf_fields, problem
 from pipeline.config.scaling import apply_batch_rows
 from pipeline.config.schema import Config
 
@@ -26,12 +28,14 @@ def resolve(name_or_path: str | None = None, *, smoke: bool = False, overrides: 
         cfg = load_yaml(name_or_path)
     else:
         raise ConfigError(f"unknown config {name_or_path!r}: not a file and not one of {sorted(EXPERIMENTS)}")
+    check_fields(cfg)  # a YAML file's values before anything computes with them (smoke, batch scaling)
     if smoke:  # shrink first: explicit overrides win over the smoke settings
         cfg = shrink(cfg)
     for item in overrides:
         cfg = apply_override(cfg, item)
-    cfg = apply_batch_rows(cfg)
     validate(cfg)
+    cfg = apply_batch_rows(cfg)
+    validate(cfg)  # the scaled batch sizes too
     return cfg
 
 
@@ -70,39 +74,28 @@ def apply_override(cfg: Config, item: str) -> Config:
 
 
 def validate(cfg: Config) -> None:
-    t = cfg.train
-    choices = {
-        "train.method": (t.method, ("flowgmm", "flowgmm_cons", "supervised")),
-        "train.loss_form": (t.loss_form, ("nll", "ce")),
-        "train.lr_schedule": (t.lr_schedule, ("cosine", "constant")),
-        "model.class_weights": (cfg.model.class_weights, ("uniform", "counts")),
-        "ingest.labeled_mode": (cfg.ingest.labeled_mode, ("replicate", "split")),
-        "train.compile": (t.compile, ("none", "couplings", "full")),
-        "train.placement_strategy": (t.placement_strategy, ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")),
-    }
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ConfigError(f"{key}={value!r} is not one of {allowed}")
-    positive = {
-        "train.lr": t.lr,
-        "train.steps": t.steps,
-        "train.eval_every": t.eval_every,
-        "train.log_every": t.log_every,
-        "model.variance": cfg.model.variance,
-        "model.means_scale": cfg.model.means_scale,
-        "ingest.labeled_batch": cfg.ingest.labeled_batch,
-        "ingest.unlabeled_batch": cfg.ingest.unlabeled_batch,
-        "train.checkpoint_every": t.checkpoint_every,
-    }
-    for key, value in positive.items():
-        if not value > 0:
-            raise ConfigError(f"{key}={value!r} must be > 0")
-    if t.num_workers < 0:
-        raise ConfigError(f"train.num_workers={t.num_workers!r} must be >= 0 (0: train in the driver process)")
-    if t.consistency_weight < 0:
-        raise ConfigError(f"train.consistency_weight={t.consistency_weight!r} must be >= 0")
-    if t.use_gpu and not (0 < t.gpus_per_worker <= 1 or float(t.gpus_per_worker).is_integer()):
-        raise ConfigError(f"train.gpus_per_worker={t.gpus_per_worker!r} must be a fraction in (0, 1] or a whole number")
+    """Every field against the rule its annotation declares (type, range, choices), then the rules between fields
+    (``pipeline.config.rules.CROSS_RULES``); the first problem is a one-line :class:`ConfigError`."""
+    check_fields(cfg)
+    for rule in CROSS_RULES:
+        if (text := rule(cfg)) is not None:
+            raise ConfigError(text)
+
+
+def check_fields(cfg: Config) -> None:
+    """Each field on its own: ``key=value: must be <what is allowed>``. A field without a rule is a bug of the
+    schema (TypeError), caught by ``tests/test_config.py``."""
+    flat = cfg.flat()
+    for spec in leaf_fields(Config):
+        if not spec.has_rule:
+            raise TypeError(f"{spec.key}: the schema declares no rule for this field (see pipeline/config/rules.py)")
+        value = flat[spec.key]
+        if (text := problem(spec, value)) is not None:
+            raise ConfigError(f"{spec.key}={_shown(value)}: {text}")
+
+
+def _shown(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else repr(value)
 
 
 def experiment_name(cfg: Config) -> str:

@@ -4,9 +4,10 @@ truth; YAML files and ``key=value`` overrides only change fields of it."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pipeline.config.fields import build
+from pipeline.config.rules import NAME, Range, Text
 from pipeline.data.ingest import IngestSpec
 from pipeline.data.spec import DataSpec
 
@@ -16,78 +17,96 @@ class ModelConfig:
     """The flow and the latent mixture. Vectors get the vector flow; images the multiscale image flow (``flow =
     "image"``) or the vector flow over their flattened pixels after the logit (``flow = "vector"``)."""
 
-    flow: str = "image"  # images: "image" (multiscale RealNVP) | "vector" (MLP couplings on the flat pixels)
+    # images: "image" (multiscale RealNVP) | "vector" (MLP couplings on the flat pixels)
+    flow: Literal["image", "vector"] = "image"
     # image flow (multiscale RealNVP, the paper's sizes)
-    num_scales: int = 2
-    mid_channels: int = 64
-    num_blocks: int = 8
-    norm: str = "batch"  # in the image flow's ResNets: "batch" (paper) | "act" (ActNorm, no batch statistics) | "none"
+    num_scales: Annotated[int, Range(ge=1)] = 2
+    mid_channels: Annotated[int, Range(ge=1)] = 64
+    num_blocks: Annotated[int, Range(ge=1)] = 8
+    # in the image flow's ResNets: "batch" (paper) | "act" (ActNorm, no batch statistics) | "none"
+    norm: Literal["batch", "act", "none"] = "batch"
     # vector flow (RealNVP with MLP couplings; also flow = "vector" on images)
-    num_couplings: int = 6
-    hidden: int = 128
-    depth: int = 2
+    num_couplings: Annotated[int, Range(ge=1)] = 6
+    hidden: Annotated[int, Range(ge=1)] = 128
+    depth: Annotated[int, Range(ge=1)] = 2
     # latent Gaussian mixture
-    means_scale: float = 1.0  # each mean coordinate ~ N(0, r^2); antipodal pair for two classes
-    variance: float = 1.0  # component variance used in training
+    means_scale: Annotated[float, Range(gt=0)] = 1.0  # each mean coordinate ~ N(0, r^2); antipodal pair for two classes
+    variance: Annotated[float, Range(gt=0)] = 1.0  # component variance used in training
     per_class_variance: bool = False
     learn_means: bool = False
     learn_variance: bool = False
     learn_weights: bool = False
-    class_weights: str = "uniform"  # "uniform" | "counts" (from the labeled class counts)
+    class_weights: Literal["uniform", "counts"] = "uniform"  # "uniform" | "counts" (from the labeled class counts)
 
 
 @dataclass
 class TrainConfig:
     """The optimisation recipe, its length in optimizer steps, the fast path and the Ray Train scaling."""
 
-    method: str = "flowgmm"  # "flowgmm" | "flowgmm_cons" | "supervised" (the flow on labels only)
-    loss_form: str = "nll"  # "nll" (generative, all data) | "ce" (label-weighted cross-entropy, images)
-    label_weight: float = 1.0
-    unlabeled_weight: float = 1.0
-    consistency_weight: float = 1.0  # used when method == "flowgmm_cons"
-    consistency_ramp_steps: int = 500  # linear ramp of the weight from consistency_start_step
-    consistency_start_step: int = 0  # no consistency term before this step (early pseudo-labels are mostly wrong)
-    consistency_rows: str = "all"  # "all" (the paper: labeled and unlabeled rows) | "unlabeled"
-    consistency_threshold: float = 0.0  # rows whose second-view posterior max is below this get no target
-    steps: int = 2000  # optimizer steps in all (an epoch is one pass over a worker's unlabeled rows)
-    eval_every: int = 200  # steps between validation + report (+ checkpoint); the last step always
-    checkpoint_every: int = 1  # evaluation points between checkpoints; the last one always
-    log_every: int = 200  # steps between progress lines
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    lr_schedule: str = "cosine"  # "cosine" | "constant"
-    warmup_steps: int = 50
-    grad_clip: float = 100.0
-    batch_rows: int = 0  # > 0: rows per step per worker (labeled + unlabeled, same mix); lr, warm-up, ramp scaled
+    # "flowgmm" | "flowgmm_cons" | "supervised" (the flow on labels only)
+    method: Literal["flowgmm", "flowgmm_cons", "supervised"] = "flowgmm"
+    # "nll" (generative, all data) | "ce" (label-weighted cross-entropy, images)
+    loss_form: Literal["nll", "ce"] = "nll"
+    label_weight: Annotated[float, Range(ge=0)] = 1.0
+    unlabeled_weight: Annotated[float, Range(ge=0)] = 1.0
+    consistency_weight: Annotated[float, Range(ge=0)] = 1.0  # used when method == "flowgmm_cons"
+    consistency_ramp_steps: Annotated[int, Range(ge=0)] = 500  # linear ramp of the weight from consistency_start_step
+    # no consistency term before this step (early pseudo-labels are mostly wrong)
+    consistency_start_step: Annotated[int, Range(ge=0)] = 0
+    consistency_rows: Literal["all", "unlabeled"] = "all"  # "all" (the paper: labeled and unlabeled rows) | "unlabeled"
+    # rows whose second-view posterior max is below this get no target
+    consistency_threshold: Annotated[float, Range(ge=0, lt=1)] = 0.0
+    # optimizer steps in all (an epoch is one pass over a worker's unlabeled rows)
+    steps: Annotated[int, Range(ge=1)] = 2000
+    # steps between validation + report (+ checkpoint); the last step always
+    eval_every: Annotated[int, Range(ge=1)] = 200
+    checkpoint_every: Annotated[int, Range(ge=1)] = 1  # evaluation points between checkpoints; the last one always
+    log_every: Annotated[int, Range(ge=1)] = 200  # steps between progress lines
+    lr: Annotated[float, Range(gt=0)] = 1e-3
+    weight_decay: Annotated[float, Range(ge=0)] = 0.0
+    lr_schedule: Literal["cosine", "constant"] = "cosine"  # "cosine" | "constant"
+    warmup_steps: Annotated[int, Range(ge=0)] = 50
+    grad_clip: Annotated[float, Range(gt=0, off=0)] = 100.0
+    # > 0: rows per step per worker (labeled + unlabeled, same mix); lr, warm-up, ramp scaled
+    batch_rows: Annotated[int, Range(ge=2, off=0)] = 0
     bf16: bool = False  # autocast to bfloat16; log-dets and the prior stay float32
-    compile: str = "none"  # torch.compile unit: "none" | "couplings" | "full" (see pipeline/train/fastpath.py)
-    compile_backend: str = "inductor"  # torch.compile backend ("eager" / "aot_eager": cheap CPU checks)
+    # torch.compile unit: "none" | "couplings" | "full" (see pipeline/train/fastpath.py)
+    compile: Literal["none", "couplings", "full"] = "none"
+    # torch.compile backend ("eager" / "aot_eager": cheap CPU checks)
+    compile_backend: Annotated[str, Text(pattern=NAME)] = "inductor"
     channels_last: bool = False  # images: channels-last memory format in the coupling nets
-    seed: int = 0
-    num_workers: int = 0  # 0: train in the driver process (Ray Train local mode, no worker group to start)
+    seed: Annotated[int, Range(ge=0, lt=2**32)] = 0
+    # 0: train in the driver process (Ray Train local mode, no worker group to start)
+    num_workers: Annotated[int, Range(ge=0)] = 0
     use_gpu: bool = False
-    gpus_per_worker: float = 1.0  # with use_gpu; a fraction (e.g. 0.25) lets sweep trials share one GPU
-    cpus_per_worker: float = 0.5  # on a 2-core machine leave a CPU for Ray Data reads; in the driver: its threads
-    placement_strategy: str = "PACK"  # Train workers' placement group: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
-    max_failures: int = 1
-    inject_failure_at_step: int = -1  # testing fault tolerance: rank 1 kills itself once at this global step
+    # with use_gpu; a fraction (e.g. 0.25) lets sweep trials share one GPU
+    gpus_per_worker: Annotated[float, Range(gt=0)] = 1.0
+    # on a 2-core machine leave a CPU for Ray Data reads; in the driver: its threads
+    cpus_per_worker: Annotated[float, Range(gt=0)] = 0.5
+    # Train workers' placement group: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    max_failures: Annotated[int, Range(ge=0, off=-1, means="no limit")] = 1
+    # testing fault tolerance: rank 1 kills itself once at this global step
+    inject_failure_at_step: Annotated[int, Range(ge=0, off=-1)] = -1
 
 
 @dataclass
 class EvalConfig:
     baselines: bool = True  # labels-only flow, logistic regression, kNN and label spreading on the same split
-    anchor_unlabeled: int = 20000  # label spreading: at most this many unlabeled rows (a seeded subsample)
-    ood_percentile: float = 1.0  # log p(x) threshold: this percentile of validation log p(x)
-    ece_bins: int = 15
-    sample_temperature: float = 0.25
+    # label spreading: at most this many unlabeled rows (a seeded subsample)
+    anchor_unlabeled: Annotated[int, Range(ge=1)] = 20000
+    # log p(x) threshold: this percentile of validation log p(x)
+    ood_percentile: Annotated[float, Range(ge=0, le=100)] = 1.0
+    ece_bins: Annotated[int, Range(ge=1)] = 15
+    sample_temperature: Annotated[float, Range(gt=0)] = 0.25
     figures: bool = True
-    batch_size: int = 512
+    batch_size: Annotated[int, Range(ge=1)] = 512
 
 
 @dataclass
 class Config:
-    name: str = "digits"
-    experiment: str = ""  # MLflow experiment; defaults to the data source
+    name: Annotated[str, Text(pattern=NAME)] = "digits"
+    experiment: Annotated[str, Text()] = ""  # MLflow experiment; defaults to the data source
     data: DataSpec = field(default_factory=DataSpec)
     ingest: IngestSpec = field(default_factory=IngestSpec)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated
+
+if TYPE_CHECKING:  # the fields' rules, read by pipeline.config.rules (which resolves these names itself)
+    from pipeline.config.rules import Known, Range, Text
 
 # default sizes for the paper's MNIST setting (1k labels, 1k validation)
 PAPER_DEFAULTS = {"mnist": (1000, 1000), "fashion_mnist": (1000, 1000)}
@@ -16,23 +20,27 @@ class DataSpec:
     ``num_classes`` are read only by ``source = "table"`` (:func:`table_field_problem`)."""
 
     # moons|circles|eight_gaussians|pinwheel|digits|breast_cancer|wine|iris|mnist|fashion_mnist|cifar10|svhn|table
-    source: str = "digits"
-    n_labeled: int | None = None  # class-balanced labeled training rows (None: every labeled row not in validation)
-    n_val: int | None = None  # labeled validation rows, calibration (None: 20% of each class's labeled rows, >= 1)
-    n_unlabeled: int | None = None  # cap on unlabeled rows (None = all the rest)
-    n_test: int | None = None  # cap on test rows (None = all)
-    n_points: int = 1000  # size of generated 2-D sets (train pool); their test set uses another seed
-    noise: float = 0.05  # for the 2-D generators
-    seed: int = 0
-    shard_rows: int = 2048  # rows per Parquet shard
-    ood: tuple[str, ...] = ()  # test splits of other sources, e.g. ("fashion_mnist", "notmnist")
-    data_dir: str | None = None  # falls back to $FLOWGMM_DATA
-    path: str | None = None  # table source: Parquet or CSV file (train pool)
-    test_path: str | None = None
-    feature_columns: tuple[str, ...] = ()  # table source; empty = all but label (and "id")
-    label_column: str = "label"
-    image_column: str | None = None
-    num_classes: int | None = None  # table source: if None inferred from labels
+    source: Annotated[str, Known("sources")] = "digits"
+    # class-balanced labeled training rows (None: every labeled row not in validation)
+    n_labeled: Annotated[int | None, Range(ge=1)] = None
+    # labeled validation rows, calibration (None: 20% of each class's labeled rows, >= 1)
+    n_val: Annotated[int | None, Range(ge=1)] = None
+    n_unlabeled: Annotated[int | None, Range(ge=1)] = None  # cap on unlabeled rows (None = all the rest)
+    n_test: Annotated[int | None, Range(ge=1)] = None  # cap on test rows (None = all)
+    # size of generated 2-D sets (train pool); their test set uses another seed
+    n_points: Annotated[int, Range(ge=1)] = 1000
+    noise: Annotated[float, Range(ge=0)] = 0.05  # for the 2-D generators
+    seed: Annotated[int, Range(ge=0, lt=2**32)] = 0
+    shard_rows: Annotated[int, Range(ge=1)] = 2048  # rows per Parquet shard
+    # test splits of other sources, e.g. ("fashion_mnist", "notmnist")
+    ood: Annotated[tuple[str, ...], Known("ood_sources")] = ()
+    data_dir: Annotated[str | None, Text()] = None  # falls back to $FLOWGMM_DATA
+    path: Annotated[str | None, Text()] = None  # table source: Parquet or CSV file (train pool)
+    test_path: Annotated[str | None, Text()] = None
+    feature_columns: Annotated[tuple[str, ...], Text()] = ()  # table source; empty = all but label (and "id")
+    label_column: Annotated[str, Text()] = "label"
+    image_column: Annotated[str | None, Text()] = None
+    num_classes: Annotated[int | None, Range(ge=2)] = None  # table source: if None inferred from labels
 
     @classmethod
     def paper(cls, source: str = "mnist", **kw) -> "DataSpec":
