@@ -1,5 +1,6 @@
 """The GPU fast path on CPU: the accelerated forward computes the plain model's function, the compiled couplings
-share graphs, the benchmark's tiny path runs, and the training loop's non-finite guard names the step."""
+share graphs, the benchmark's tiny path runs; the engine's non-finite guard names the step and the training loop
+stops on it (a return value, not a retried failure); each rank's generators are its own and restored per rank."""
 
 from __future__ import annotations
 
@@ -175,3 +176,65 @@ def test_large_batch_recipe():
     from pipeline.config import Config
 
     assert Config.from_dict(big.to_dict()) == big  # a resolved record re-read (resume) is not scaled twice
+
+
+def test_training_loop_stops_on_a_non_finite_loss(ray_local, tmp_path):
+    """The loop's own guard, run by Ray Train (in the driver: train.num_workers=0): a learning rate that blows the
+    flow up ends training with NonFiniteLossError naming the first bad step and the check step, and no checkpoint
+    is written after it. Without the loop's check the run would finish (and fit() return)."""
+    from pipeline.data import load_split, prepare
+    from pipeline.train.model import model_spec
+    from pipeline.train.state import CheckpointStore, NonFiniteLossError
+    from pipeline.train.trainer import TrainRun
+
+    cfg = resolve("moons", smoke=True, overrides=["train.lr=1e6", "train.num_workers=0"])
+    prepared = prepare(cfg.data, tmp_path / "home")
+    run = TrainRun(
+        cfg,
+        prepared,
+        model_spec(cfg, prepared),
+        run_name="nan",
+        storage_path=str(tmp_path / "ray_results"),
+        mlflow_info=None,
+        val=load_split(prepared, "val"),
+    )
+    with pytest.raises(NonFiniteLossError, match=r"^run nan: non-finite training loss at step \d+ \(checked at") as e:
+        run.fit()
+    assert 0 <= e.value.step < e.value.checked_at <= cfg.train.log_every
+    assert "train.lr" in str(e.value) and "\n" not in str(e.value)
+    assert CheckpointStore(str(tmp_path / "ray_results" / "nan")).latest() is None
+
+
+def test_each_rank_draws_its_own_noise_and_gets_its_own_state_back(tmp_path):
+    """Engines of ranks 0 and 1 (same seed) start with the same weights but draw different noise; a checkpoint
+    holding both ranks' generator states gives each rank its own stream back; a checkpoint of another world size
+    reseeds every rank deterministically from (seed, rank, step)."""
+    from pipeline.train.engine import Engine
+    from pipeline.train.state import rank_seed
+
+    cfg = resolve("mnist", smoke=True)
+    engines = []
+    for rank in (0, 1):
+        torch.manual_seed(cfg.train.seed)  # the loop's initial weights: the same on every rank
+        engines.append(Engine(SPEC, cfg, torch.device("cpu"), rank=rank, world=2))
+        engines[-1].state0 = engines[-1].rng_state()
+    w0, w1 = (e.model.state_dict() for e in engines)
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    states = [e.state0 for e in engines]
+    draws = []
+    for e in engines:
+        e.set_rng_state(e.state0)
+        draws.append(torch.rand(64))
+    assert not torch.equal(draws[0], draws[1]), "ranks draw the same dequantization noise"
+    engines[0].step = 7
+    engines[0].save(tmp_path, rng=states)
+    for rank, e in enumerate(engines):
+        torch.rand(5)  # move the generator on: load must put this rank's state back
+        e.load(tmp_path)
+        assert torch.equal(torch.rand(64), draws[rank]), rank
+    torch.manual_seed(cfg.train.seed)
+    solo = Engine(SPEC, cfg, torch.device("cpu"), rank=0, world=1)
+    solo.load(tmp_path)  # saved by 2 ranks, restored by 1: a fresh stream from (seed, rank 0, step 7)
+    a = torch.rand(64)
+    expected = torch.rand(64, generator=torch.Generator().manual_seed(rank_seed(cfg.train.seed, 0, 7)))
+    assert solo.step == 7 and torch.equal(a, expected) and not torch.equal(a, draws[0])
