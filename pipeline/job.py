@@ -141,7 +141,8 @@ def _config_of_options(args: argparse.Namespace, recorded: dict[str, Any]) -> Co
 def _config_changes(recorded: dict[str, Any], cfg: Config, shown: int = 3) -> str:
     """'key: recorded -> given' for the fields that differ (the first ``shown``), '' when none."""
     a, b = _flat(recorded), _flat(json.loads(json.dumps(cfg.to_dict(), default=str)))
-    keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    first = ("data.source", "train.method")  # what most tells two configurations apart, then the rest in order
+    keys = sorted((k for k in set(a) | set(b) if a.get(k) != b.get(k)), key=lambda k: (k not in first, k))
     if not keys:
         return ""
     text = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:shown])

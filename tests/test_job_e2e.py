@@ -314,6 +314,62 @@ def test_local_mode_resume_equals_uninterrupted(ray_local, tmp_path):
         assert cut[k] == whole[k], k
 
 
+def test_non_finite_loss_with_two_workers_is_one_line_and_exit_1_not_a_retry(ray_local, tmp_path, capsys):
+    """A learning rate that blows the flow up, 2 DDP workers, max_failures=2: every rank stops at the same check
+    (the first bad step all-reduced), the driver prints one line naming the step and what to try, exits 1, and the
+    MLflow run is FAILED. A retried failure would end in Ray's TrainingFailedError instead of this return code."""
+    home = tmp_path / "home"
+    over = ["train.num_workers=2", "train.max_failures=2", "train.lr=1e6", "eval.baselines=false"]
+    rc = main(["--config", "moons", "--smoke", "--home", str(home), "--run-name", "nan", *over])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert rc == 1 and len(lines) == 1, err[-3000:]
+    assert lines[0].startswith("error: run nan: non-finite training loss at step ")
+    assert "(checked at step " in lines[0] and "train.lr" in lines[0] and "Traceback" not in err
+    _, runs = _runs(home, "flowgmm-moons")
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_resume_with_conflicting_options_or_a_corrupt_record_exits_2_in_one_line(tmp_path, capsys):
+    """--resume NAME continues the recorded configuration: options that would change it are named with the
+    recorded and the given values (exit 2, before any work); options that repeat it are accepted; a run record that
+    is not JSON, or lacks its keys, is one line naming the file."""
+    import argparse
+    import json
+
+    from pipeline.job import parse_args, resume_conflicts
+
+    home = tmp_path / "home"
+    record = home / "runs" / "r1" / "flowgmm_run.json"
+    record.parent.mkdir(parents=True)
+    cfg = resolve("moons", smoke=True)
+    info = {"config": json.loads(json.dumps(cfg.to_dict(), default=str)), "run_id": "x", "storage_path": "/s"}
+    record.write_text(json.dumps(info))
+    base = ["--home", str(home), "--resume", "r1"]
+    cases = {
+        ("train.lr=0.5",): ["train.lr=0.5", f"train.lr: {cfg.train.lr!r} -> 0.5"],
+        ("--config", "digits"): ["--config digits", "data.source: 'moons' -> 'digits'"],
+        ("--smoke",): ["--smoke", "data.source: 'moons' -> 'digits'"],
+        ("--data-dir", "/elsewhere"): ["--data-dir /elsewhere", "-> '/elsewhere'"],
+        ("--run-name", "r2"): ["--run-name r2 (recorded: r1)"],
+        ("--storage-path", "/t"): ["--storage-path /t (recorded: /s)"],
+    }
+    for extra, names in cases.items():
+        assert main([*base, *extra]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error: --resume r1: ") and str(record) in err, err
+        for name in names:
+            assert name in err, (extra, err)
+    same = parse_args([*base, "--config", "moons", "--smoke", f"train.lr={cfg.train.lr}", "--run-name", "r1"])
+    assert resume_conflicts(same, info) == ""
+    assert resume_conflicts(argparse.Namespace(**{**vars(same), "config": None, "smoke": False}), info) == ""
+    for text in ('{"config": {', "[]", json.dumps({**info, "config": {"train": {"lr": "fast"}}})):
+        record.write_text(text)
+        assert main(base) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"run record {record} is unreadable" in err, err
+
+
 def test_bad_config_and_bad_data_exit_non_zero(tmp_path, capsys):
     assert main(["--home", str(tmp_path), "train.lr=fast"]) == 2
     assert "train.lr" in capsys.readouterr().err
