@@ -185,7 +185,7 @@ def test_yaml_values_are_checked_with_the_file_and_key(tmp_path, yaml_text, frag
     p.write_text(yaml_text)
     with pytest.raises(ConfigError) as e:
         resolve(str(p), smoke=True)
-    assert fragment in str(e.value) and "\n" not in str(e.value)
+    assert str(e.value).startswith(f"{p}: ") and fragment in str(e.value) and "\n" not in str(e.value)
 
 
 def test_yaml_whole_float_is_an_integer(tmp_path):

@@ -26,9 +26,12 @@ def resolve(name_or_path: str | None = None, *, smoke: bool = False, overrides: 
         cfg = EXPERIMENTS[name_or_path]()
     elif os.path.exists(name_or_path):
         cfg = load_yaml(name_or_path)
+        try:  # a YAML file's values, before anything computes with them (smoke, batch scaling)
+            check_fields(cfg)
+        except ConfigError as e:
+            raise ConfigError(f"{name_or_path}: {e}") from None
     else:
         raise ConfigError(f"unknown config {name_or_path!r}: not a file and not one of {sorted(EXPERIMENTS)}")
-    check_fields(cfg)  # a YAML file's values before anything computes with them (smoke, batch scaling)
     if smoke:  # shrink first: explicit overrides win over the smoke settings
         cfg = shrink(cfg)
     for item in overrides:
