@@ -199,5 +199,5 @@ def test_automatic_split_sizes():
     assert np.bincount(y[s["val"]]).tolist() == [1, 1] and np.bincount(y[s["labeled"]]).tolist() == [11, 2]
     with pytest.raises(DataError, match="class 'b' has 1 labeled rows; automatic sizes"):
         choose_splits(np.r_[y[:13], -np.ones(5, int)], 2, None, None, None, seed=0, class_names=["a", "b"])
-    with pytest.raises(DataError, match="empty split 'unlabeled'.*set data.n_labeled"):
+    with pytest.raises(DataError, match="empty split 'unlabeled': all 15 pool rows are labeled.*set data.n_labeled"):
         choose_splits(y[:15], 2, None, None, None, seed=0)

@@ -107,11 +107,15 @@ def _with_unlabeled(
     unl = unl[rng.permutation(len(unl))]
     if n_unlabeled is not None:
         unl = unl[: max(0, int(n_unlabeled))]
+    if len(unl) == 0 and n_labeled is None and n_unlabeled != 0:
+        raise DataError(
+            f"{where}: empty split 'unlabeled': all {len(y_pool)} pool rows are labeled and data.n_labeled unset "
+            "trains on every one; set data.n_labeled (labeled rows not picked become unlabeled)"
+        )
     if len(unl) == 0:
-        auto = " (n_labeled unset takes every labeled row: set data.n_labeled)" if n_labeled is None else ""
         raise DataError(
             f"{where}: empty split 'unlabeled' ({len(y_pool)} pool rows, n_labeled={n_labeled}, "
-            f"n_val={n_val}, n_unlabeled={n_unlabeled}){auto}"
+            f"n_val={n_val}, n_unlabeled={n_unlabeled})"
         )
     return {"labeled": lab[rng.permutation(len(lab))], "val": val[rng.permutation(len(val))], "unlabeled": unl}
 
