@@ -1,5 +1,6 @@
-"""Score new data in batch with a registered FlowGMM: label, calibrated probabilities, log p(x), OOD flag
-(``pipeline.results.score``; ``--help`` for the options).
+"""Score new data in batch with a registered FlowGMM: label, class name, calibrated probabilities, log p(x), OOD flag
+(``pipeline.results.score``; ``--help`` for the options). Input and output are paths or URIs (``s3://``...); the
+output is a directory of Parquet (or CSV) files written by Ray Data, never collected on the driver.
 
     python pipeline/score.py --model models:/flowgmm-digits@champion --input new.parquet --output scored.parquet
 """
