@@ -121,17 +121,24 @@ def input_files(loc: Location, fmt: str) -> list[str]:
         raise DataError(f"{loc.uri}: input does not exist")
     if info.type == pafs.FileType.File:
         return [loc.path]
+    files = data_files(loc, fmt)
+    if not files:
+        raise DataError(f"{loc.uri}: no .{fmt} files")
+    return files
+
+
+def data_files(loc: Location, fmt: str) -> list[str]:
+    """A directory's ``.<fmt>`` files, recursively, in path order (maybe none)."""
+    import pyarrow.fs as pafs
+
     infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True))
-    files = sorted(
+    return sorted(
         i.path
         for i in infos
         if i.type == pafs.FileType.File
         and i.path.endswith(f".{fmt}")
         and not any(part[:1] in ("_", ".") for part in i.path[len(loc.path) :].split("/") if part)
     )
-    if not files:
-        raise DataError(f"{loc.uri}: no .{fmt} files")
-    return files
 
 
 def _parquet_footer(loc: Location, path: str) -> tuple[Any, int]:
@@ -338,7 +345,7 @@ def count_rows(loc: Location, fmt: str) -> int:
     """Rows in the written files: Parquet footers, or CSV streamed block by block (never all in memory)."""
     import pyarrow.csv as pcsv
 
-    files = input_files(loc, fmt)
+    files = data_files(loc, fmt)  # an empty input may leave no file at all
     if fmt == "parquet":
         return sum(_parquet_footer(loc, f)[1] for f in files)
     total = 0
