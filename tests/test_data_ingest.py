@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -94,7 +95,7 @@ def test_in_memory_stream_is_deterministic(moons):
     assert set(map(tuple, st.x_unl.numpy().tolist())) <= set(map(tuple, xu.tolist()))
 
 
-def _fit(prepared, ispec, out_dir, epochs=2, seed=1, materialize=False):
+def _fit(prepared, ispec, out_dir, epochs=2, seed=1, materialize=False, loop=probe_loop):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -102,7 +103,7 @@ def _fit(prepared, ispec, out_dir, epochs=2, seed=1, materialize=False):
     if materialize:  # as pipeline/train/trainer.py does for small unlabeled sets
         datasets["unlabeled"] = datasets["unlabeled"].materialize()
     trainer = TorchTrainer(
-        probe_loop,
+        loop,
         train_loop_config={
             "prepared": prepared,
             "ingest": ispec.__dict__,
@@ -116,7 +117,26 @@ def _fit(prepared, ispec, out_dir, epochs=2, seed=1, materialize=False):
         run_config=RunConfig(name=f"ingest-{out_dir.name}", storage_path=str(out_dir.parent / "ray_results")),
     )
     trainer.fit()
+    if loop is not probe_loop:
+        return None
     return [json.loads((out_dir / f"rank-{r}.json").read_text()) for r in range(2)]
+
+
+def _record_unlabeled_rows(config: dict) -> None:
+    """Ray Train function (pickled by value, as a nested function would be): the unlabeled rows of this rank's
+    first epoch, in order, to ``<out_dir>/rows-<rank>.npy``."""
+    from pathlib import Path
+
+    import numpy as np
+    import ray.train
+
+    from pipeline.data.ingest import IngestSpec
+    from pipeline.data.stream import SSLStream
+
+    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
+    stream = SSLStream(config["prepared"], IngestSpec(**config["ingest"]), world, rank, config["seed"])
+    rows = np.concatenate([step.x_unl.cpu().numpy() for step in stream.epoch(0)])
+    np.save(Path(config["out_dir"]) / f"rows-{rank}.npy", rows)
 
 
 def test_ray_rows_on_the_device_reshuffled_per_epoch_and_reproducible(ray_local, digits_uneven, tmp_path):
@@ -166,3 +186,30 @@ def test_ray_two_workers_equal_steps_split_mode(ray_local, moons, tmp_path):
     assert expected == 6
     for r in recs:
         assert r["steps"] == [expected, expected], r
+
+
+@pytest.mark.parametrize("mode", ["on_device", "streamed"])
+def test_ray_ranks_hold_disjoint_unlabeled_rows_that_cover_the_set(ray_local, moons, tmp_path, mode):
+    """480 unlabeled rows over 2 workers, 6 steps of 40: in one epoch each rank sees 240 distinct rows, no row is
+    seen by both ranks, and together they see every unlabeled row (rows held on the device, or streamed from a
+    materialized set with Ray Data's split). Fails if the ranks were fed the same rows or overlapping shards."""
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    try:
+        ispec = IngestSpec(labeled_batch=16, unlabeled_batch=40, augment=False)
+        if mode == "streamed":
+            ispec = replace(ispec, in_memory_bytes=0)
+        out = tmp_path / mode
+        out.mkdir()
+        _fit(moons, ispec, out, materialize=mode == "streamed", loop=_record_unlabeled_rows)
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    per_rank = [set(map(tuple, np.load(out / f"rows-{r}.npy").tolist())) for r in range(2)]
+    counts = [len(np.load(out / f"rows-{r}.npy")) for r in range(2)]
+    xu, _ = load_split(moons, "unlabeled")
+    every = set(map(tuple, xu.tolist()))
+    assert len(every) == len(xu) == 480
+    assert counts == [240, 240] and [len(p) for p in per_rank] == counts, "a rank saw a row twice in one epoch"
+    assert not per_rank[0] & per_rank[1], f"{len(per_rank[0] & per_rank[1])} rows reached both ranks"
+    assert per_rank[0] | per_rank[1] == every
