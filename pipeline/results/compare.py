@@ -1,14 +1,16 @@
 """Compare the SSL runs of an MLflow experiment: one row per method (FlowGMM, FlowGMM-cons, the supervised-only
-flow, a plain classifier) and label count, mean ± std over seeds/runs, printed and logged to MLflow.
+flow, logistic regression, kNN, label spreading) and label count, mean ± std over seeds/runs, printed and logged to
+MLflow.
 
     python pipeline/compare.py --experiment flowgmm-digits
     python pipeline/compare.py --experiment flowgmm-digits --runs <id> <id>
     python pipeline/compare.py --recipe digits --seeds 2      # train FlowGMM and FlowGMM-cons, then compare
 
 Every finished run contributes its own method's row and its baselines (a run of `pipeline/run.py` also trains the
-same flow on the labels only and a logistic regression on the same labeled rows). Sweep children count like single
-runs. The comparison is logged as a run named ``comparison`` in the same experiment (table as CSV/Markdown/JSON
-and a picture of accuracy against calibrated NLL).
+same flow on the labels only and fits the classical anchors on the same split); a baseline is counted once per data
+split and seed however many runs re-emit it. Sweep children count like single runs. The comparison is logged as a
+run named ``comparison`` in the same experiment (table as CSV/Markdown/JSON and a picture of accuracy against
+calibrated NLL).
 """
 
 from __future__ import annotations
@@ -24,56 +26,50 @@ COLUMNS = ("accuracy", "nll", "nll_calibrated", "ece", "ece_calibrated", "ood_au
 METHOD_NAMES = {"flowgmm": "FlowGMM", "flowgmm_cons": "FlowGMM-cons", "supervised": "supervised-only flow"}
 
 
+ANCHORS = {"logreg": "logistic regression", "knn": "k-nearest neighbours", "label_spreading": "label spreading"}
+ORDER = ["FlowGMM", "FlowGMM-cons", "supervised-only flow", *ANCHORS.values()]
+
+
 def rows_from_run(run) -> list[dict[str, Any]]:
-    """The comparison rows one MLflow run contributes (its method, then its baselines)."""
+    """The comparison rows one MLflow run contributes: its method, then the baselines it ran on its split (the
+    labels-only flow and the classical anchors), each tagged with the split so that it is counted once."""
     m, p, tags = run.data.metrics, run.data.params, run.data.tags
     if "test_accuracy" not in m:
         return []
     labels = _labels(p, m)
-    seed = p.get("train.seed", "0")
-    base = {"run_id": run.info.run_id, "labels": labels, "seed": seed}
+    split = (p.get("data.source"), p.get("data.seed", "0"), labels)
+    base = {"run_id": run.info.run_id, "labels": labels, "seed": p.get("train.seed", "0"), "split": split}
     method = p.get("train.method", tags.get("method", "flowgmm"))
     aurocs = [v for k, v in m.items() if k.startswith("ood_") and k.endswith("_log_px_auroc")]
-    rows = [
-        {
-            **base,
-            "method": METHOD_NAMES.get(method, method),
-            "accuracy": m["test_accuracy"],
-            "nll": m.get("test_nll"),
-            "nll_calibrated": m.get("test_nll_calibrated"),
-            "ece": m.get("test_ece"),
-            "ece_calibrated": m.get("test_ece_calibrated"),
-            "ood_auroc": float(np.mean(aurocs)) if aurocs else None,
-            "bpd": m.get("test_bpd"),
-            "wall_seconds": m.get("wall_seconds"),
-        }
-    ]
+    own = {**_flow_row(base, m, "test_"), "method": METHOD_NAMES.get(method, method)}
+    own.update(ood_auroc=float(np.mean(aurocs)) if aurocs else None, wall_seconds=m.get("wall_seconds"))
+    rows = [own]
     if "baseline_supervised_flow_test_accuracy" in m:
-        b = "baseline_supervised_flow_"
-        rows.append(
-            {
-                **base,
-                "method": "supervised-only flow",
-                "accuracy": m[b + "test_accuracy"],
-                "nll": m.get(b + "test_nll"),
-                "nll_calibrated": m.get(b + "test_nll_calibrated"),
-                "ece": m.get(b + "test_ece"),
-                "ece_calibrated": m.get(b + "test_ece_calibrated"),
-                "ood_auroc": None,
-                "bpd": m.get(b + "test_bpd"),
-                "wall_seconds": None,
-            }
-        )
-    if "baseline_logreg_test_accuracy" in m:
-        rows.append(
-            {
-                **base,
-                "method": "logistic regression",
-                "accuracy": m["baseline_logreg_test_accuracy"],
-                **{c: None for c in COLUMNS if c != "accuracy"},
-            }
-        )
+        rows.append({**_flow_row(base, m, "baseline_supervised_flow_test_"), "method": "supervised-only flow"})
+    for key, name in ANCHORS.items():
+        if f"baseline_{key}_test_accuracy" in m:
+            blank = {c: None for c in COLUMNS if c != "accuracy"}
+            rows.append({**base, **blank, "method": name, "accuracy": m[f"baseline_{key}_test_accuracy"]})
     return rows
+
+
+def _flow_row(base: dict[str, Any], m: dict[str, float], prefix: str) -> dict[str, Any]:
+    cols = ("accuracy", "nll", "nll_calibrated", "ece", "ece_calibrated", "bpd")
+    return {**base, "ood_auroc": None, "wall_seconds": None, **{c: m.get(prefix + c) for c in cols}}
+
+
+def once_per_split(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A baseline that several runs re-emit on the same data split and seed (FlowGMM and FlowGMM-cons runs of one
+    split both train the labels-only flow and fit the anchors) is counted once; the methods' own rows all count."""
+    seen, out = set(), []
+    for r in rows:
+        if r["method"] not in ORDER[:2]:
+            key = (r["method"], r.get("split"), r["seed"])
+            if key in seen:
+                continue
+            seen.add(key)
+        out.append(r)
+    return out
 
 
 def _labels(params: dict[str, str], metrics: dict[str, float]) -> int | None:
@@ -87,9 +83,9 @@ def _labels(params: dict[str, str], metrics: dict[str, float]) -> int | None:
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Group by (method, labels): mean and std (ddof=0) of every column over runs; n = number of runs."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
+    for r in once_per_split(rows):
         groups[(r["method"], r["labels"])].append(r)
-    order = ["FlowGMM", "FlowGMM-cons", "supervised-only flow", "logistic regression"]
+    order = ORDER
     out = []
     for (method, labels), rs in sorted(
         groups.items(), key=lambda kv: (order.index(kv[0][0]) if kv[0][0] in order else 99, kv[0][1] or 0)
