@@ -199,8 +199,8 @@ def test_yaml_whole_float_is_an_integer(tmp_path):
     "overrides,fragment",
     [
         (["train.method=flowgmm_cons", "ingest.two_views=false"], "needs ingest.two_views=true"),
-        (["train.method=flowgmm_cons", "train.consistency_start_step=200"], "must be < train.steps=200"),
-        (["train.inject_failure_at_step=500", "train.num_workers=2"], "must be < train.steps=200"),
+        (["train.steps=200", "train.consistency_start_step=200"], "must be < train.steps=200"),
+        (["train.steps=200", "train.inject_failure_at_step=500", "train.num_workers=2"], "must be < train.steps=200"),
         (["train.use_gpu=true", "train.gpus_per_worker=1.5"], "train.gpus_per_worker=1.5"),
         (["ingest.labeled_mode=split", "train.num_workers=2", "data.n_labeled=40"], "too few to split"),
         (["data.n_unlabeled=40", "train.num_workers=2"], "fewer than ingest.unlabeled_batch=32 x 2 workers"),
