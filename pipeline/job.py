@@ -342,7 +342,7 @@ class Job:
         from pipeline.results.tracking import log_model
 
         model_uri = log_model(handle, model_dir, served_spec)
-        registered = f"flowgmm-{self.cfg.data.source}"
+        registered = registered_name(self.cfg)
         version, promoted = register(handle.tracking_uri, handle.run_id, model_uri, registered, metrics)
         metrics.update({"registered_version": float(version), "promoted_to_champion": float(promoted)})
         handle.set_tags(
@@ -366,3 +366,12 @@ def _table_text(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         lines.append(" | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols))
     return "\n".join(lines) + "\n"
+
+
+def registered_name(cfg: Config) -> str:
+    """The registry name: ``flowgmm-<source>``; a user table ``flowgmm-table-<file stem>`` (two tables never compete
+    for one ``@champion``)."""
+    if cfg.data.source != "table" or not cfg.data.path:
+        return f"flowgmm-{cfg.data.source}"
+    stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(cfg.data.path).stem)
+    return f"flowgmm-table-{stem}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 from pipeline.core.errors import DataError
 from pipeline.core.home import resolve_home
@@ -15,16 +16,18 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
+    from pipeline.config.rules import type_hints
+
     ap = argparse.ArgumentParser(prog="python -m pipeline.data", description=main.__doc__)
+    hints = type_hints(DataSpec)
     for f in dataclasses.fields(DataSpec):
         flag = "--" + f.name.replace("_", "-")
+        tp = hints[f.name]
         if f.name in ("ood", "feature_columns"):
             ap.add_argument(flag, default="", help="comma-separated")
-        elif f.type in ("int", int):
-            ap.add_argument(flag, type=int, default=f.default)
-        elif f.type in ("float", float):
-            ap.add_argument(flag, type=float, default=f.default)
-        elif "int" in str(f.type):
+        elif tp in (int, float):
+            ap.add_argument(flag, type=tp, default=f.default)
+        elif int in typing.get_args(tp):  # int | None
             ap.add_argument(flag, type=int, default=f.default)
         else:
             ap.add_argument(flag, default=f.default)
