@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config, ConfigError, apply_override, config_from_args, dump_yaml, experiment_name
+from pipeline.config import Config, ConfigError, apply_override, config_from_args, dump_yaml, experiment_name, validate
 from pipeline.core.atomic import atomic_dir, atomic_write_text
 from pipeline.core.cli import add_cluster_options, add_config_options, add_store_options
 from pipeline.core.errors import DataError
@@ -100,7 +100,9 @@ def read_run_record(path: Path, name: str) -> tuple[dict[str, Any], Config]:
         missing = [k for k in ("config", "run_id") if k not in info]
         if missing:
             raise ValueError(f"missing {', '.join(missing)}")
-        return info, Config.from_dict(info["config"])
+        cfg = Config.from_dict(info["config"])
+        validate(cfg)  # ranges and rules between fields, as for a new run
+        return info, cfg
     except (ValueError, TypeError, AttributeError, ConfigError) as e:
         why = " ".join(str(e).split())
         raise ConfigError(f"--resume {name}: run record {path} is unreadable ({why})") from None
