@@ -255,3 +255,57 @@ def test_cluster_docs_reference_existing_files():
     assert "Run it on a cluster" in doc
     for rel in sorted(set(re.findall(r"\b(cluster/[\w./-]+\.(?:py|sh|yaml|md)|cluster/Dockerfile)", doc))):
         assert (REPO / rel).exists(), rel
+
+
+# --- KubeRay RayService (online serving) ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def rayservice() -> list[dict]:
+    return [d for d in yaml.safe_load_all((CLUSTER / "kuberay-rayservice.yaml").read_text()) if d]
+
+
+def test_kuberay_rayservice_serves_the_app_with_valid_args(rayservice):
+    import importlib
+
+    import ray
+
+    svc = next(d for d in rayservice if d.get("kind") == "RayService")
+    assert svc["apiVersion"] == "ray.io/v1" and svc["metadata"]["name"]
+    config = yaml.safe_load(svc["spec"]["serveConfigV2"])
+    (app,) = config["applications"]
+    module, attr = app["import_path"].split(":")
+    builder = getattr(importlib.import_module(module), attr)
+    built = builder(app["args"])  # the args are the command line's options, checked the same way
+    assert type(built).__name__ == "Application"
+    assert app["args"]["model"].startswith("models:/") and app["args"]["tracking_uri"].startswith("http")
+    cluster = svc["spec"]["rayClusterSpec"]
+    assert cluster["rayVersion"] == ray.__version__ and cluster["authOptions"]["mode"] == "token"
+    head = _containers(cluster["headGroupSpec"])[0]
+    assert "nvidia.com/gpu" not in head["resources"].get("limits", {})
+    for g in cluster["workerGroupSpecs"]:
+        assert int(_containers(g)[0]["resources"]["limits"]["nvidia.com/gpu"]) >= 1
+        assert _containers(g)[0]["image"] == head["image"]
+
+
+def test_kuberay_rayservice_fences_the_serve_port(rayservice):
+    svc = next(d for d in rayservice if d.get("kind") == "RayService")
+    config = yaml.safe_load(svc["spec"]["serveConfigV2"])
+    port = config["http_options"]["port"]
+    labels = svc["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["metadata"]["labels"]
+    (pol,) = [d for d in rayservice if d.get("kind") == "NetworkPolicy"]
+    assert pol["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    serve_rules = [r for r in pol["spec"]["ingress"] if any(p.get("port") == port for p in r.get("ports", []))]
+    assert serve_rules, "Serve's HTTP port is reachable only as the policy says"
+    for r in serve_rules:
+        assert all("namespaceSelector" not in f and f.get("podSelector", {}).get("matchLabels") for f in r["from"])
+
+
+def test_serve_app_builder_rejects_bad_args():
+    from pipeline.results.serve_app import BadModel, app_builder
+
+    for args, message in [
+        ({"model": "models:/m@champion"}, "'tracking_uri' is required"),
+        ({"model": "m", "tracking_uri": "t", "replica": "2"}, "unknown key 'replica'"),
+        ({"model": "m", "tracking_uri": "t", "gpus_per_replica": "-1"}, "--gpus-per-replica -1.0: expected 0 or more"),
+    ]:
+        with pytest.raises(BadModel, match=re.escape(message)):
+            app_builder(args)

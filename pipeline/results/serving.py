@@ -44,6 +44,15 @@ def signature(spec: dict[str, Any]):
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
+def input_example(spec: dict[str, Any]) -> Any:
+    """One valid input row for the logged model: a mid-grey image, or the training features' mean row."""
+    if spec["kind"] == "image":
+        return np.full((1, *spec["shape"]), 128, dtype=np.uint8)
+    cols = feature_names(spec)
+    mean = spec.get("feature_mean") or [0.0] * len(cols)
+    return pd.DataFrame([[float(v) for v in mean]], columns=cols)
+
+
 def feature_names(spec: dict[str, Any]) -> list[str]:
     return list(spec.get("feature_columns") or [f"x{i}" for i in range(spec["shape"][0])])
 
@@ -57,7 +66,6 @@ class FlowGMMModel(PythonModel):
         self.model.set_variance_scale(float(self.spec.get("variance_scale", 1.0)))
         self.threshold = float(self.spec.get("ood_threshold", -np.inf))
         self.names = self.spec.get("class_names") or [str(i) for i in range(self.spec["num_classes"])]
-
 
 
 def _predict(self, context, model_input, params=None):  # noqa: ANN001 (no hints on purpose: see below)

@@ -146,11 +146,20 @@ def log_model(handle: RunHandle, model_dir: Path, spec: dict[str, Any]) -> str:
             artifacts={"model_dir": str(model_dir)},
             code_paths=[str(repo / "flowgmm")],
             signature=serving.signature(spec),
-            pip_requirements=["torch", "numpy", "pandas"],
+            input_example=serving.input_example(spec),
+            pip_requirements=pinned_requirements(),
         )
     # leave the run RUNNING: the caller ends it with the final status
     handle.client.update_run(handle.run_id, status="RUNNING")
     return info.model_uri
+
+
+def pinned_requirements() -> list[str]:
+    """What the served model imports, pinned to the versions this run used (a local label such as ``+cpu`` is
+    dropped: the same release installs from the package index on a GPU host)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in ("torch", "numpy", "pandas")]
 
 
 def _param(v: Any) -> str:

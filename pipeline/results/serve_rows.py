@@ -1,0 +1,139 @@
+"""The online requests of the served FlowGMM: JSON rows in, checked row by row, one line per bad request.
+
+A request body is a JSON list of rows, or an object ``{"rows": [...]}``. A table model's row is an object of its
+feature columns (``{"mean radius": 17.99, ...}``) or a list of the values in the model's column order; an image
+model's row is a list of the flattened uint8 pixels (as ``score.py`` reads the ``x`` column) or ``{"x": [...]}``.
+Every problem is a :class:`BadRequest` whose message names the row and the field:
+
+    row 3, field 'mean radius': NaN or infinite value
+    row 0: 63 values, the model needs 64 pixels
+
+The answer per row: ``label``, ``class``, ``probabilities`` (calibrated, by class name), ``log_px``, ``is_ood`` and
+``model_version`` (the registered version that answered).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_ROWS = 4096
+
+
+class BadRequest(ValueError):
+    """A request the model cannot answer; the message is one line naming the row and the field."""
+
+
+def parse_body(body: bytes, spec: dict[str, Any], max_bytes: int = MAX_BODY_BYTES) -> np.ndarray:
+    """The request's rows as a float32 array ``[N, *shape-flattened]`` (images: pixel values 0..255)."""
+    if not body or not body.strip():
+        raise BadRequest('empty body: send a JSON list of rows, or {"rows": [...]}')
+    if len(body) > max_bytes:
+        raise BadRequest(f"body of {len(body)} bytes is over the limit of {max_bytes} bytes")
+    try:
+        doc = json.loads(body, parse_constant=lambda c: float("nan"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"body is not JSON ({str(e).splitlines()[0]})") from None
+    rows = doc.get("rows") if isinstance(doc, dict) else doc
+    if not isinstance(rows, list):
+        raise BadRequest("body must be a JSON list of rows, or an object with a list under 'rows'")
+    if not rows:
+        raise BadRequest("no rows: the list of rows is empty")
+    if len(rows) > MAX_ROWS:
+        raise BadRequest(f"{len(rows)} rows is over the limit of {MAX_ROWS} rows per request")
+    names = field_names(spec)
+    return np.stack([parse_row(i, row, names, spec["kind"] == "image") for i, row in enumerate(rows)])
+
+
+def field_names(spec: dict[str, Any]) -> list[str]:
+    """The fields of a row: a table's feature columns, or ``x[0]`` .. ``x[D-1]`` for an image's pixels."""
+    if spec["kind"] == "image":
+        return [f"x[{j}]" for j in range(int(np.prod(spec["shape"])))]
+    from pipeline.results.serving import feature_names
+
+    return feature_names(spec)
+
+
+def parse_row(i: int, row: Any, names: list[str], image: bool) -> np.ndarray:
+    """One row checked: its shape (list of the right length, or an object of the right fields), then each value."""
+    if isinstance(row, dict):
+        values = _row_values(i, row, names, image)
+    elif isinstance(row, list):
+        values = row
+    else:
+        raise BadRequest(f"row {i}: a {_json_type(row)}, expected a list of values or an object of fields")
+    if len(values) != len(names):
+        what = "pixels" if image else f"feature values ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+        raise BadRequest(f"row {i}: {len(values)} values, the model needs {len(names)} {what}")
+    out = np.empty(len(names), np.float32)
+    for j, v in enumerate(values):
+        out[j] = check_value(i, names[j], v, image)
+    return out
+
+
+def _row_values(i: int, row: dict[str, Any], names: list[str], image: bool) -> list[Any]:
+    if image:
+        if set(row) != {"x"}:
+            extra = sorted(set(row) - {"x"})
+            raise BadRequest(f"row {i}, field '{extra[0] if extra else 'x'}': an image row is {{\"x\": [pixels]}}")
+        if not isinstance(row["x"], list):
+            raise BadRequest(f"row {i}, field 'x': a {_json_type(row['x'])}, expected a list of pixels")
+        return row["x"]
+    unknown = [k for k in row if k not in set(names)]
+    if unknown:
+        raise BadRequest(f"row {i}, field '{unknown[0]}': unknown column (the model has {len(names)} columns)")
+    missing = [c for c in names if c not in row]
+    if missing:
+        raise BadRequest(f"row {i}, field '{missing[0]}': missing column")
+    return [row[c] for c in names]
+
+
+def check_value(i: int, name: str, v: Any, image: bool) -> float:
+    """A number (never a bool, string or null), finite; a pixel is an integer in 0..255."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise BadRequest(f"row {i}, field '{name}': a {_json_type(v)} ({_short(v)}), expected a number")
+    if not math.isfinite(v):
+        raise BadRequest(f"row {i}, field '{name}': NaN or infinite value")
+    if image and (v != int(v) or not 0 <= v <= 255):
+        raise BadRequest(f"row {i}, field '{name}': pixel {v}, expected an integer in 0..255")
+    if not image and abs(v) > 3.0e38:
+        raise BadRequest(f"row {i}, field '{name}': {v} is out of float32 range")
+    return float(v)
+
+
+def _json_type(v: Any) -> str:
+    names = {bool: "boolean", str: "string", dict: "object", list: "list", type(None): "null"}
+    return names.get(type(v), "number")
+
+
+def _short(v: Any) -> str:
+    s = json.dumps(v)
+    return s if len(s) <= 20 else s[:17] + "..."
+
+
+def model_input(x: np.ndarray, spec: dict[str, Any]) -> Any:
+    """What ``serving.predict_frame`` takes: uint8 pixels ``[N, *shape]`` or a frame of the feature columns."""
+    if spec["kind"] == "image":
+        return x.astype(np.uint8).reshape(len(x), *spec["shape"])
+    return pd.DataFrame(x, columns=field_names(spec))
+
+
+def answer_rows(frame: pd.DataFrame, names: list[str], version: str) -> list[dict[str, Any]]:
+    """The scored frame as the JSON rows of the answer."""
+    probs = frame[[f"prob_{n}" for n in names]].to_numpy()
+    return [
+        {
+            "label": int(frame["label"].iat[r]),
+            "class": str(frame["class"].iat[r]),
+            "probabilities": {n: float(p) for n, p in zip(names, probs[r])},
+            "log_px": float(frame["log_px"].iat[r]),
+            "is_ood": bool(frame["is_ood"].iat[r]),
+            "model_version": version,
+        }
+        for r in range(len(frame))
+    ]
