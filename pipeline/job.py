@@ -246,15 +246,15 @@ class Job:
                 cfg, prepared, spec, val, run_name=self.run_name, mlflow=handle.worker_info(), label=label
             )
         with self.phase("evaluate"):
-            ev = self._evaluate(trained.best, prepared, cfg)
+            ev = self._evaluate(trained.chosen, prepared, cfg)
         metrics = {**ev.metrics, **self._train_metrics(trained)}
         if cfg.eval.baselines and cfg.train.method != "supervised":
             with self.phase("baseline"):
                 metrics.update(self._supervised_baseline(prepared, spec, val))
         with self.phase("mlflow"):
-            model_dir, served_spec = self._save_served_model(trained.best, spec, ev)
+            model_dir, served_spec = self._save_served_model(trained.chosen, spec, ev)
             self._log_evaluation(handle, ev)
-            model_uri = self._register(handle, model_dir, served_spec, metrics, trained.best)
+            model_uri = self._register(handle, model_dir, served_spec, metrics, trained.chosen)
         metrics["wall_seconds"] = time.time() - self.t0
         metrics.update({f"time_{k}_s": v for k, v in self.timing.items()})
         handle.log_metrics(metrics)
@@ -314,7 +314,7 @@ class Job:
         cfg = replace(self.cfg, train=replace(self.cfg.train, method="supervised", inject_failure_at_step=-1))
         name = f"{self.run_name}-supervised"
         trained = self._train(cfg, prepared, spec, val, run_name=name, mlflow=None, label="labels-only flow")
-        m = self._evaluate(trained.best, prepared, cfg, accuracy_only=True)
+        m = self._evaluate(trained.chosen, prepared, cfg, accuracy_only=True)
         return {f"baseline_supervised_flow_{k}": v for k, v in m.items()}
 
     def _save_served_model(self, best, spec, ev) -> tuple[Path, dict[str, Any]]:

@@ -96,13 +96,13 @@ def _train_and_evaluate(cfg, prepared, val, handle, report, ctx: dict[str, Any])
         label=ctx["run_name"].rsplit("-", 1)[-1],
     )
     trained = run.fit()
-    ev = ray.get(evaluation_task(cfg).remote(trained.best, prepared, cfg))
+    ev = ray.get(evaluation_task(cfg).remote(trained.chosen, prepared, cfg))
     steps = float(trained.metrics.get("step", 0))
     handle.log_metrics({**ev.metrics, "train_seconds": trained.seconds, "train_steps": steps, EVALUATED: 1.0})
     handle.log_json(ev.calibration_table, "evaluation/calibration_table.json")
     for path, png in ev.figures.items():
         handle.log_bytes(png, path)
-    handle.set_tags({"best_checkpoint": trained.best.path, "trial_status": "completed"})
+    handle.set_tags({"best_checkpoint": trained.chosen.path, "trial_status": "completed"})
 
 
 def _drain(report, timeout_s: float = 60.0) -> None:

@@ -101,6 +101,9 @@ class EvalConfig:
     sample_temperature: Annotated[float, Range(gt=0)] = 0.25
     figures: bool = True
     batch_size: Annotated[int, Range(ge=1)] = 512
+    # the checkpoint evaluated, served and registered: the last step's (the recipe's length is chosen on validation)
+    # or the one with the best validation score (on a small validation split, a noisy pick biased to early steps)
+    checkpoint: Literal["last", "best"] = "last"
 
 
 @dataclass

@@ -2,7 +2,7 @@
 loop, and the best checkpoint of the result.
 
     run = TrainRun(cfg, prepared, spec, run_name=name, storage_path=storage, mlflow_info=info, val=val)
-    trained = run.fit()                   # trained.best (a Checkpoint), trained.metrics, trained.seconds
+    trained = run.fit()                   # trained.chosen (a Checkpoint), trained.metrics, trained.seconds
                                           # NonFiniteLossError when the loss went NaN/inf (never retried)
 
 ``train.num_workers = 0`` trains in the driver process (Ray Train's local mode: no worker group to start, ~20-40 s
@@ -33,7 +33,7 @@ MATERIALIZE_BYTES = 2 * 1024**3
 
 @dataclass
 class Trained:
-    best: Any  # ray.train.Checkpoint with the best validation score
+    chosen: Any  # ray.train.Checkpoint evaluated and served: the last step's or the best score's (eval.checkpoint)
     metrics: dict[str, Any]  # the last report
     seconds: float  # fit() wall time, worker start-up included
     latest: Any = None  # ray.train.Checkpoint of the last step
@@ -139,8 +139,12 @@ class TrainRun:
             best, latest = store.best(), store.latest()
             if best is None or latest is None:
                 raise RuntimeError("training reported no checkpoint")
-            return Trained(store.checkpoint(best), metrics, seconds, store.checkpoint(latest))
-        return Trained(best_checkpoint(result), metrics, seconds, result.checkpoint)
+            return Trained(store.checkpoint(self._pick(best, latest)), metrics, seconds, store.checkpoint(latest))
+        best = best_checkpoint(result) if self.cfg.eval.checkpoint == "best" else result.checkpoint
+        return Trained(best, metrics, seconds, result.checkpoint)
+
+    def _pick(self, best: str, latest: str) -> str:
+        return best if self.cfg.eval.checkpoint == "best" else latest
 
 
 def best_checkpoint(result):
