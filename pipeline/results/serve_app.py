@@ -289,6 +289,7 @@ def check_store(tracking_uri: str) -> None:
 
 def serve_forever(args: argparse.Namespace, tracking_uri: str) -> None:
     """Start Serve on the address asked, deploy, print where it answers, wait for Ctrl-C / SIGTERM, stop cleanly."""
+    import os
     import signal
     import time
 
@@ -314,8 +315,9 @@ def serve_forever(args: argparse.Namespace, tracking_uri: str) -> None:
     except KeyboardInterrupt:
         print("[flowgmm] stopping", flush=True)
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        if args.address or os.environ.get("RAY_ADDRESS"):
+            serve.shutdown()  # on a cluster the app goes and the cluster stays
+        ray.shutdown()  # a local Ray takes its Serve app (controller, proxy, replicas) with it
     print("[flowgmm] stopped", flush=True)
 
 

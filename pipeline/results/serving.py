@@ -89,7 +89,7 @@ def predict_frame(
         missing = [c for c in cols if c not in model_input.columns]
         if missing:
             raise ValueError(f"input is missing feature columns {missing}")
-        x = model_input[cols].to_numpy(np.float32)
+        x = model_input[cols].to_numpy(np.float32, copy=True)  # writable: torch.as_tensor warns on a read-only view
     elif isinstance(model_input, dict):
         x = np.asarray(next(iter(model_input.values())))
     else:
