@@ -274,6 +274,15 @@ def test_command_line_bad_settings_are_one_line_exit_2(extra, message, tmp_path,
     assert err.startswith("error: ") and message in err and "\n" not in err
 
 
+def test_command_line_shutdown_without_a_cluster_is_one_line(monkeypatch, capsys):
+    from pipeline.results.serve_app import main
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert main(["--shutdown"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --shutdown: no cluster to stop it on (give --address or set RAY_ADDRESS)"
+
+
 def test_command_line_without_a_store_is_one_line(tmp_path, capsys):
     from pipeline.results.serve_app import main
 
