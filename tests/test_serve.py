@@ -259,7 +259,7 @@ def test_replicas_follow_the_champion_alias_without_dropping_requests(served):
         (["--model", "models:/m@champion", "--replicas", "0"], "--replicas 0: expected at least 1"),
         (["--model", "models:/m@champion", "--port", "70000"], "--port 70000: expected 1..65535"),
         (["--model", "models:/m@champion", "--cpus-per-replica", "0"], "--cpus-per-replica 0.0: expected more"),
-        ([], "--model : a model URI is needed"),
+        ([], "--model: a model URI is needed"),
     ],
 )
 def test_command_line_bad_settings_are_one_line_exit_2(extra, message, tmp_path, capsys):

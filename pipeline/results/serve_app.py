@@ -267,7 +267,7 @@ def check_args(args: argparse.Namespace, bind: bool = True) -> None:
     ]
     for flag, value, ok, why in rules:
         if not ok:
-            raise BadModel(f"{flag} {value}: {why}")
+            raise BadModel(f"{flag} {value}: {why}" if value != "" else f"{flag}: {why}")
     if not bind:
         return
     import socket
