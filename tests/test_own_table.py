@@ -49,7 +49,7 @@ def test_own_table_runs_on_its_defaults_and_reports_an_interval(own_run):
     lines = console.splitlines()
     head = next(s for s in lines if s.startswith("[flowgmm] results on the test split"))
     assert head.startswith("[flowgmm] results on the test split (table, ") and head.endswith(" test rows)")
-    assert any(s.startswith("  FlowGMM test accuracy: 95% interval [") for s in lines), console
+    assert any(s.startswith("  FlowGMM-cons test accuracy: 95% interval [") for s in lines), console
     assert any(s.startswith("  note: only ") and "validation rows (under 50)" in s for s in lines), console
     from mlflow import MlflowClient
 
@@ -100,7 +100,7 @@ def test_own_table_summary_line():
     result = {"metrics": m, "ood": [], "model_uri": "runs:/r/model", "model_dir": "/m"}
     lines = summary_lines(cfg, result, SimpleNamespace(run_id="r", tracking_uri="sqlite:///x.db"), {})
     assert lines[0] == "[flowgmm] results on the test split (table, 40 labels, 12 test rows)"
-    assert "  FlowGMM test accuracy: 95% interval [0.468, 0.911] over 12 test rows" in lines
+    assert "  FlowGMM-cons test accuracy: 95% interval [0.468, 0.911] over 12 test rows" in lines
     assert any(s.startswith("  note: only 8 validation rows (under 50)") for s in lines)
     m["val_rows"] = 50.0
     lines = summary_lines(cfg, result, SimpleNamespace(run_id="r", tracking_uri="sqlite:///x.db"), {})
