@@ -65,6 +65,16 @@ def build_model(spec: dict[str, Any]) -> FlowGMM:
     return model
 
 
+def levels_of(spec: dict[str, Any]) -> int | None:
+    """The grey levels an image model dequantizes at (256 for specs written before sources declared them); None for
+    vectors (no dequantization).
+
+    >>> levels_of({"kind": "image", "levels": 17}), levels_of({"kind": "image"}), levels_of({"kind": "vector"})
+    (17, 256, None)
+    """
+    return int(spec.get("levels", 256)) if spec["kind"] == "image" else None
+
+
 def save(model: FlowGMM, spec: dict[str, Any], directory: str | os.PathLike) -> None:
     """Write ``spec.json`` and ``weights.pt`` (a state dict) into ``directory``. Writing a model that others may
     be reading: write into a new directory and rename it into place (``pipeline.core.atomic.atomic_dir``)."""

@@ -19,6 +19,7 @@ import torch
 from flowgmm import calibration
 from flowgmm import metrics as M
 from flowgmm.model import FlowGMM
+from flowgmm.spec import levels_of
 from flowgmm.spec import load as load_model
 from pipeline.config import Config
 from pipeline.data.manifest import Prepared
@@ -79,7 +80,7 @@ class _Evaluation:
         self.model, spec = load_model(model_dir, map_location=device)
         self.model.to(device).eval()
         self.image = spec["kind"] == "image"
-        self.levels: int | None = int(spec.get("levels", 256)) if self.image else None
+        self.levels = levels_of(spec)
         self.dim = int(np.prod(spec["shape"]))
         self.enc = {s: self.encode(*load_split(prepared, s)) for s in ("val", "test")}
         self.out: dict[str, float] = {}

@@ -83,6 +83,7 @@ def predict_frame(
     import torch
 
     from flowgmm import dequantize
+    from flowgmm.spec import levels_of
 
     if isinstance(model_input, pd.DataFrame):
         cols = feature_names(spec)
@@ -97,11 +98,11 @@ def predict_frame(
     x = x.reshape(len(x), *spec["shape"])
     device = next(model.parameters()).device
     labels, probs, logps = [], [], []
+    levels = levels_of(spec)
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
             xb = torch.as_tensor(x[i : i + batch_size]).to(device)
-            image = spec["kind"] == "image"
-            xb = dequantize(xb.float() / 255.0, noise="mid", levels=spec.get("levels", 256)) if image else xb.float()
+            xb = dequantize(xb.float() / 255.0, noise="mid", levels=levels) if levels else xb.float()
             z, logdet = model(xb)
             z, logdet = z.float(), logdet.float()
             p = model.mixture.posterior(z, calibrated=True)

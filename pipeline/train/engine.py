@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from flowgmm.spec import build_model
+from flowgmm.spec import build_model, levels_of
 from flowgmm.spec import save as save_model
 from pipeline.config import Config, TrainConfig
 from pipeline.data.ingest import Step
@@ -63,7 +63,7 @@ class Engine:
         self.rank, self.world = int(rank), int(world)
         self.spec, self.cfg, self.t, self.device = spec, cfg, t, torch.device(device)
         self.image = spec["kind"] == "image"
-        self.levels: int | None = int(spec.get("levels", 256)) if self.image else None
+        self.levels = levels_of(spec)
         if compile_cache and t.compile != "none":
             enable_compile_cache(compile_cache)
         self.model = build_model(spec).to(self.device)
