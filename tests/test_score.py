@@ -125,6 +125,38 @@ def test_csv_in_csv_out_keeps_every_row(ray_local, model_dir, shards, tmp_path, 
     assert scored["class"].tolist() == [CLASSES[k] for k in scored["label"]]
 
 
+def test_row_groups_give_order_keys_in_input_order(model_dir, shards, tmp_path):
+    from flowgmm.spec import load
+    from pipeline.results.score import check_input
+
+    d, frame = shards
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, f in enumerate(sorted(d.glob("*.parquet"))):
+        pd.read_parquet(f).to_parquet(src / f.name, index=False, row_group_size=64 + 32 * i)
+    plan = check_input(str(src), load(model_dir)[1], "x")
+    assert plan.rows == len(frame)
+    sizes = [min(64 + 32 * i, n - k) for i, n in enumerate(SHARD_ROWS) for k in range(0, n, 64 + 32 * i)]
+    assert [p.first for p in plan.pieces] == list(np.cumsum([0, *sizes[:-1]]))
+    assert [p.path for p in plan.pieces] == sorted(p.path for p in plan.pieces)
+
+
+def test_many_small_batches_over_row_groups_keep_input_order(ray_local, model_dir, shards, tmp_path, capsys):
+    """Ray Data does not promise an actor pool's output order: the order key and the sort must restore it."""
+    d, frame = shards
+    src = tmp_path / "in"
+    src.mkdir()
+    for f in sorted(d.glob("*.parquet")):
+        pd.read_parquet(f).to_parquet(src / f.name, index=False, row_group_size=50)
+    out = tmp_path / "scored.parquet"
+    args = ["--model", str(model_dir), "--input", str(src), "--output", str(out), "--home", str(tmp_path / "h")]
+    assert score_main([*args, "--batch-size", "16", "--actors", "2"]) == 0
+    scored = pd.read_parquet(out)
+    assert "__order" not in scored.columns
+    np.testing.assert_array_equal(scored["id"].to_numpy(), frame["id"].to_numpy())
+    np.testing.assert_array_equal(scored["label"].to_numpy(), _expected(model_dir, frame)["label"].to_numpy())
+
+
 def test_nan_feature_is_named_by_column_and_row_id(ray_local, model_dir, shards, tmp_path, capsys):
     _, frame = shards
     bad = frame.copy()

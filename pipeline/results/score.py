@@ -96,6 +96,21 @@ def locate(uri: str) -> Location:
 
 
 @dataclasses.dataclass(frozen=True)
+class Piece:
+    """One read task: a Parquet row group (or a whole CSV file) and the order key of its first row. Keys increase
+    with the input order (files in path order, rows in file order), so sorting on them restores it whatever order
+    the actor pool returns its batches in (Ray Data does not promise an actor pool's order, even with
+    ``preserve_order``)."""
+
+    path: str
+    row_group: int | None
+    first: int
+
+
+CSV_KEY_STRIDE = 1 << 40  # CSV row counts are unknown before reading: file i's rows get keys i * 2**40 + row
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan:
     """What the schema check found: the input files (in order), their format, the feature columns, the
     pass-through columns every file has, and the row count when the format states it (Parquet footers)."""
@@ -106,6 +121,7 @@ class Plan:
     columns: list[str]
     passthrough: list[str]
     rows: int | None
+    pieces: list[Piece]
 
 
 def input_files(loc: Location, fmt: str) -> list[str]:
@@ -141,18 +157,19 @@ def data_files(loc: Location, fmt: str) -> list[str]:
     )
 
 
-def _parquet_footer(loc: Location, path: str) -> tuple[Any, int]:
+def _parquet_footer(loc: Location, path: str) -> tuple[Any, list[int]]:
+    """A Parquet file's schema and the row count of each of its row groups."""
     import pyarrow.parquet as pq
 
     try:
         with loc.fs.open_input_file(path) as f:
             meta = pq.ParquetFile(f).metadata
-            return meta.schema.to_arrow_schema(), meta.num_rows
+            return meta.schema.to_arrow_schema(), [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
     except Exception as e:  # noqa: BLE001
         raise DataError(f"{_shown(loc, path)}: truncated or corrupt Parquet file ({type(e).__name__}: {e})") from None
 
 
-def _csv_header(loc: Location, path: str) -> tuple[Any, None]:
+def _csv_header(loc: Location, path: str) -> tuple[Any, list[int] | None]:
     import pyarrow.csv as pcsv
 
     try:
@@ -174,15 +191,22 @@ def check_input(uri: str, spec: dict[str, Any], image_column: str) -> Plan:
     loc = locate(uri)
     fmt = "csv" if loc.path.endswith(".csv") else "parquet"
     files = input_files(loc, fmt)
-    read: Callable[[Location, str], tuple[Any, int | None]] = _csv_header if fmt == "csv" else _parquet_footer
+    read: Callable[[Location, str], tuple[Any, list[int] | None]] = _csv_header if fmt == "csv" else _parquet_footer
     with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
         heads = list(pool.map(lambda f: read(loc, f), files))
     cols: list[str] = []
     for f, (schema, _) in zip(files, heads):
         cols = check_columns(_shown(loc, f), schema, spec, image_column)
-    rows = None if fmt == "csv" else sum(int(n) for _, n in heads)
     extra = [c for c in PASS_THROUGH if c not in cols and all(c in schema.names for schema, _ in heads)]
-    return Plan(loc, files, fmt, cols, extra, rows)
+    if fmt == "csv":
+        pieces = [Piece(f, None, i * CSV_KEY_STRIDE) for i, f in enumerate(files)]
+        return Plan(loc, files, fmt, cols, extra, None, pieces)
+    pieces, rows = [], 0
+    for f, (_, groups) in zip(files, heads):
+        for g, n in enumerate(groups or []):
+            pieces.append(Piece(f, g, rows))
+            rows += int(n)
+    return Plan(loc, files, fmt, cols, extra, rows, pieces)
 
 
 def check_columns(name: str, schema: Any, spec: dict[str, Any], image_column: str) -> list[str]:
@@ -276,6 +300,8 @@ class Scorer:
         for c in PASS_THROUGH:
             if c in batch:
                 out.insert(0 if c == "id" else len(out.columns), c, batch[c])
+        if ORDER in batch:
+            out[ORDER] = batch[ORDER]
         return out
 
     def features(self, batch: dict[str, np.ndarray]) -> np.ndarray:
@@ -292,18 +318,43 @@ class Scorer:
         return x.astype(np.float32)
 
 
+ORDER = "__order"  # the order key column: added at read, sorted on after scoring, dropped before writing
+
+
+def read_piece(batch: dict[str, np.ndarray], fs: Any, fmt: str, columns: list[str], source: str) -> Any:
+    """A read task: the rows of one ``Piece`` with their order keys (a pyarrow table)."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    path, group, first = str(batch["path"][0]), int(batch["row_group"][0]), int(batch["first"][0])
+    try:
+        if fmt == "csv":
+            with fs.open_input_stream(path) as f:
+                table = pcsv.read_csv(f, convert_options=pcsv.ConvertOptions(include_columns=columns))
+        else:
+            with fs.open_input_file(path) as f:
+                table = pq.ParquetFile(f).read_row_group(group, columns=columns)
+    except Exception as e:  # noqa: BLE001  a file that changed or broke after the schema check
+        raise DataError(f"{source}: cannot read {path} ({type(e).__name__}: {e})") from None
+    return table.append_column(ORDER, pa.array(np.arange(first, first + table.num_rows, dtype=np.int64)))
+
+
 def scored_dataset(args: argparse.Namespace, model_dir: str, plan: Plan) -> Any:
-    """The lazy Ray Data pipeline: read (in file order) -> the actor pool -> scored batches."""
+    """The lazy Ray Data pipeline: one read task per piece (row group or CSV file) -> the actor pool -> a sort on
+    the order key (the input order) -> the scored rows without the key."""
     import ray
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     keep = plan.columns + plan.passthrough
-    if plan.fmt == "csv":
-        ds = ray.data.read_csv(plan.files, filesystem=plan.loc.fs).select_columns(keep)
-    else:
-        ds = ray.data.read_parquet(plan.files, filesystem=plan.loc.fs, columns=keep)
-    return ds.map_batches(
+    units = [
+        {"path": p.path, "row_group": -1 if p.row_group is None else p.row_group, "first": p.first} for p in plan.pieces
+    ]
+    ds = ray.data.from_items(units, override_num_blocks=max(1, len(units))).map_batches(
+        read_piece, batch_size=1, batch_format="numpy", fn_args=(plan.loc.fs, plan.fmt, keep, plan.loc.uri)
+    )
+    scored = ds.map_batches(
         Scorer,
         fn_constructor_args=(model_dir, args.image_column, plan.loc.uri),
         batch_size=args.batch_size,
@@ -312,6 +363,7 @@ def scored_dataset(args: argparse.Namespace, model_dir: str, plan: Plan) -> Any:
         num_cpus=args.cpus_per_actor,
         num_gpus=args.gpus_per_actor or None,
     )
+    return scored.sort(ORDER).drop_columns([ORDER])
 
 
 def write_output(ds: Any, out: Location, fmt: str) -> int:
@@ -347,7 +399,7 @@ def count_rows(loc: Location, fmt: str) -> int:
 
     files = data_files(loc, fmt)  # an empty input may leave no file at all
     if fmt == "parquet":
-        return sum(_parquet_footer(loc, f)[1] for f in files)
+        return sum(sum(_parquet_footer(loc, f)[1]) for f in files)
     total = 0
     for f in files:
         with loc.fs.open_input_stream(f) as s:
