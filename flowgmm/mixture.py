@@ -158,6 +158,31 @@ class GaussianMixture(nn.Module):
         """``p(y | z)``, ``[B, K]`` (rows sum to 1)."""
         return torch.softmax(self.class_logits(z, calibrated), dim=1)
 
+    @torch.no_grad()
+    def boundary_distance(self, z: Tensor) -> Tensor:
+        """Latent distance from each ``z`` to the decision boundary between its two most probable classes, ``[B]``.
+
+        With one shared variance ``v`` the boundary of classes ``a`` and ``b`` is the hyperplane
+        ``|z - mu_b|^2 - |z - mu_a|^2 + 2 v (log pi_a - log pi_b) = 0`` (normal ``mu_a - mu_b``), so the distance is
+        closed form.  With one variance per class the boundary is a quadric; the pair's mean variance stands in for
+        ``v`` (an approximation, exact when the two variances are equal).
+
+        Example:
+            >>> gmm = GaussianMixture(num_classes=2, dim=2, means=torch.tensor([[-2.0, 0.0], [2.0, 0.0]]))
+            >>> gmm.boundary_distance(torch.tensor([[-2.0, 1.0], [0.5, 0.0]]))
+            tensor([2.0000, 0.5000])
+        """
+        with torch.autocast(z.device.type, enabled=False):
+            z = _float(z)
+            top = self.class_logits(z).topk(2, dim=1).indices
+            a, b = top[:, 0], top[:, 1]
+            mu = self.means.to(z.dtype)
+            sq = self.squared_distances(z)
+            v = 0.5 * (self.variances()[a] + self.variances()[b]).to(z.dtype)
+            lw = self.log_weights.to(z.dtype)
+            g = 0.5 * (sq.gather(1, b[:, None]) - sq.gather(1, a[:, None])).squeeze(1) + v * (lw[a] - lw[b])
+            return g.abs() / (mu[a] - mu[b]).norm(dim=1).clamp_min(1e-12)
+
     # ------------------------------------------------------------------------------------------- sampling
     @torch.no_grad()
     def sample(

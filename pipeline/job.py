@@ -250,7 +250,7 @@ class Job:
         metrics = {**ev.metrics, **self._train_metrics(trained)}
         if cfg.eval.baselines and cfg.train.method != "supervised":
             with self.phase("baseline"):
-                metrics.update(self._supervised_baseline(prepared, spec, val))
+                metrics.update(self._supervised_baseline(prepared, spec, val, ev))
         with self.phase("mlflow"):
             model_dir, served_spec = self._save_served_model(trained.chosen, spec, ev)
             self._log_evaluation(handle, ev)
@@ -309,13 +309,22 @@ class Job:
 
         return ray.get(evaluation_task(cfg).remote(best, prepared, cfg, accuracy_only=accuracy_only))
 
-    def _supervised_baseline(self, prepared, spec, val) -> dict[str, float]:
-        """The same flow and budget trained on the labeled rows only; evaluated like the main model."""
+    def _supervised_baseline(self, prepared, spec, val, ev) -> dict[str, float]:
+        """The same flow and budget trained on the labeled rows only; evaluated like the main model. Its unlabeled
+        points' distances to the decision boundary join the main model's in ``ev``'s histogram."""
+        from pipeline.results.figures import boundary_distances
+
         cfg = replace(self.cfg, train=replace(self.cfg.train, method="supervised", inject_failure_at_step=-1))
         name = f"{self.run_name}-supervised"
         trained = self._train(cfg, prepared, spec, val, run_name=name, mlflow=None, label="labels-only flow")
-        m = self._evaluate(trained.chosen, prepared, cfg, accuracy_only=True)
-        return {f"baseline_supervised_flow_{k}": v for k, v in m.items()}
+        base = self._evaluate(trained.chosen, prepared, cfg, accuracy_only=True)
+        hist = "plots/boundary_distance_hist.png"
+        if hist in ev.figures and base.boundary_distances is not None:
+            label = "FlowGMM" + self._method_suffix()
+            ev.figures[hist] = boundary_distances(
+                {label: ev.boundary_distances, "labels-only flow": base.boundary_distances}
+            )
+        return {f"baseline_supervised_flow_{k}": v for k, v in base.metrics.items()}
 
     def _save_served_model(self, best, spec, ev) -> tuple[Path, dict[str, Any]]:
         """The served model: best weights + calibration scale + OOD threshold, under <home>/models/<run>."""

@@ -203,3 +203,22 @@ def test_ramp_and_bits_per_dim() -> None:
     torch.testing.assert_close(bpd, torch.full((3,), 8.0))
     lp = torch.tensor([-1000.0])
     torch.testing.assert_close(objectives.bits_per_dim(lp, 10), -(lp - 10 * math.log(256)) / (10 * math.log(2)))
+
+
+@pytest.mark.parametrize("counts", [None, [5, 20, 40, 10]])
+def test_boundary_distance_lands_on_the_boundary(counts) -> None:
+    """Stepping the reported distance along the pair's normal reaches equal posteriors of the two top classes;
+    unequal class weights move the boundary (so the distance changes), and it is never negative."""
+    torch.manual_seed(0)
+    gmm = GaussianMixture(4, 6, means_scale=2.0, seed=1, variance=0.7, class_counts=counts)
+    z = torch.randn(200, 6, dtype=torch.float64) * 3
+    d = gmm.boundary_distance(z)
+    assert d.shape == (200,) and (d >= 0).all()
+    a, b = gmm.class_logits(z).topk(2, dim=1).indices.T
+    normal = gmm.means[b].double() - gmm.means[a].double()
+    step = z + d[:, None] * normal / normal.norm(dim=1, keepdim=True)
+    logits = gmm.class_logits(step)
+    torch.testing.assert_close(logits.gather(1, a[:, None]), logits.gather(1, b[:, None]), rtol=0, atol=1e-6)
+    if counts is not None:
+        uniform = GaussianMixture(4, 6, means_scale=2.0, seed=1, variance=0.7).boundary_distance(z)
+        assert (uniform - d).abs().max() > 1e-3

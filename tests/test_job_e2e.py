@@ -117,8 +117,13 @@ def test_smoke_digits_trains_end_to_end_and_is_recorded(digits_run):
         "plots/reliability.png",
         "plots/confusion_matrix.png",
         "plots/class_means.png",
+        "plots/interpolations.png",
+        "plots/boundary_distance_hist.png",
     ):
         assert a in arts, (a, sorted(arts))
+    # the paper's low-density separation, for the model and the labels-only flow beside it (same unlabeled rows)
+    assert m["unlabeled_boundary_distance_median"] > 0
+    assert m["baseline_supervised_flow_unlabeled_boundary_distance_median"] > 0
     assert any(a.startswith("plots/samples_t") for a in arts)
 
     # the logged model loads as pyfunc and predicts on raw uint8 images like the evaluation did

@@ -10,7 +10,7 @@ Runs wherever it is called: the pipeline calls it inside a Ray task (on a GPU wh
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,7 @@ class EvalResult:
     variance_scale: float
     ood_threshold: float
     figures: dict[str, bytes] = field(default_factory=dict)  # artifact path -> PNG bytes
+    boundary_distances: np.ndarray | None = None  # unlabeled points' latent distances to the decision boundary
 
 
 def classification_metrics(probs: np.ndarray, y: np.ndarray, n_bins: int) -> dict[str, float]:
@@ -64,12 +65,13 @@ def evaluate_model(
     ev = _Evaluation(model_dir, prepared, cfg, torch.device(device))
     ev.calibrate()
     ev.out_of_domain()
+    ev.boundary()
     if ev.image:
         ev.sample_share()
     if cfg.eval.baselines:  # the classical anchors on the same split (the labels-only flow is trained by the job)
         ev.out.update(classical_baselines(prepared, cfg.eval.anchor_unlabeled))
     figs = ev.figures() if (cfg.eval.figures if figures_on is None else figures_on) else {}
-    return EvalResult(ev.out, ev.table, ev.ood_rows, ev.scale, ev.threshold, figs)
+    return EvalResult(ev.out, ev.table, ev.ood_rows, ev.scale, ev.threshold, figs, ev.distances)
 
 
 class _Evaluation:
@@ -134,6 +136,18 @@ class _Evaluation:
             out[f"ood_{name}_bpd"] = bits_per_dim(e.log_px, self.dim, self.levels)
             self.ood_scores[name] = e.log_px.numpy()
 
+    def boundary(self, rows: int = 5000) -> None:
+        """Latent distances of (at most ``rows``) unlabeled points to the decision boundary: the low-density
+        separation that semi-supervised training should widen (compare the labels-only flow's)."""
+        x, _ = load_split(self.prepared, "unlabeled")
+        if not len(x):
+            self.distances = None
+            return
+        pick = np.random.default_rng(0).choice(len(x), size=min(rows, len(x)), replace=False)
+        z = self.encode(x[np.sort(pick)], np.full(len(pick), -1)).z
+        self.distances = self.model.mixture.boundary_distance(z).numpy()
+        self.out["unlabeled_boundary_distance_median"] = float(np.median(self.distances))
+
     def sample_share(self, per_class: int = 100) -> None:
         """Do class-conditional samples at ``eval.sample_temperature`` look like their class? A logistic regression
         fit on every training row with a known label (labeled, validation and the unlabeled rows' withheld labels),
@@ -170,8 +184,11 @@ class _Evaluation:
             t = self.cfg.eval.sample_temperature
             figs["plots/class_means.png"] = figures.class_means(model, names)
             figs[f"plots/samples_t{t:g}.png"] = figures.class_samples(model, names, t)
+            figs["plots/interpolations.png"] = figures.interpolations(model, test.z, test.y, names)
         elif self.dim == 2:
             figs["plots/data_and_latent.png"] = figures.two_d(model, *load_split(self.prepared, "test"))
+        if self.distances is not None:
+            figs["plots/boundary_distance_hist.png"] = figures.boundary_distances({"FlowGMM": self.distances})
         return figs
 
 
@@ -181,8 +198,9 @@ def _judge(x: np.ndarray, y: np.ndarray):
     return LogisticRegression(max_iter=1000).fit(x, y)
 
 
-def evaluate_accuracy_only(model_dir: str, prepared: Prepared, cfg: Config, device: str = "cpu") -> dict[str, float]:
-    """For baselines (the supervised-only flow): test metrics, calibrated on validation like the main model."""
+def evaluate_accuracy_only(model_dir: str, prepared: Prepared, cfg: Config, device: str = "cpu") -> EvalResult:
+    """For baselines (the supervised-only flow): test metrics, calibrated on validation like the main model, and the
+    unlabeled points' distances to its decision boundary."""
     r = evaluate_model(model_dir, prepared, cfg, device=device, figures_on=False)
     keep = (
         "test_accuracy",
@@ -192,8 +210,9 @@ def evaluate_accuracy_only(model_dir: str, prepared: Prepared, cfg: Config, devi
         "test_nll_calibrated",
         "test_ece_calibrated",
         "test_bpd",
+        "unlabeled_boundary_distance_median",
     )
-    return {k: r.metrics[k] for k in keep}
+    return replace(r, metrics={k: r.metrics[k] for k in keep if k in r.metrics})
 
 
 def evaluate_checkpoint(checkpoint, prepared: Prepared, cfg: Config, accuracy_only: bool = False):

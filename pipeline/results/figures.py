@@ -1,6 +1,6 @@
 """Pictures for a run, rendered to PNG bytes (matplotlib, Agg backend): reliability diagrams, OOD log-likelihood
-histograms, a confusion matrix, class-mean images, class-conditional samples and the 2-D data/latent picture
-(the paper's Figure 2)."""
+histograms, a confusion matrix, class-mean images, class-conditional samples, latent interpolations, the histogram of
+unlabeled points' distances to the decision boundary and the 2-D data/latent picture (the paper's Figure 2)."""
 
 from __future__ import annotations
 
@@ -108,6 +108,38 @@ def class_samples(model, names: Sequence[str], temperature: float, per_class: in
     rows = [model.sample(per_class, y=c, temperature=temperature) for c in range(k)]
     x = torch.stack(rows, 1).reshape(per_class * k, *rows[0].shape[1:])  # row r: r-th sample of each class
     return _grid(_to_pixels(x), per_class, k, names)
+
+
+@torch.no_grad()
+def interpolations(model, z: torch.Tensor, y: np.ndarray, names: Sequence[str], steps: int = 9) -> bytes:
+    """Straight lines in latent space, decoded: three rows between two test images of one class, three rows between
+    images of two different classes (the paper's Figure 4). ``z``: the test split's latents, ``y``: its labels."""
+    pairs, k = [], len(names)
+    first = {c: np.flatnonzero(y == c) for c in range(k)}
+    for c in range(min(3, k)):  # within a class: its first two test images
+        if len(first[c]) >= 2:
+            pairs.append((first[c][0], first[c][1], f"{names[c]}"))
+    for c in range(min(3, k)):  # across classes: class c to class c + 3 (mod k)
+        d = (c + 3) % k
+        if len(first[c]) and len(first[d]) and c != d:
+            pairs.append((first[c][0], first[d][0], f"{names[c]}->{names[d]}"))
+    t = torch.linspace(0, 1, steps, dtype=z.dtype)[:, None]
+    path = torch.cat([(1 - t) * z[i] + t * z[j] for i, j, _ in pairs])
+    x = model.flow.inverse(path.to(model.mixture.means.dtype))
+    return _grid(_to_pixels(x), len(pairs), steps)
+
+
+def boundary_distances(distances: dict[str, np.ndarray]) -> bytes:
+    """Histogram of unlabeled points' latent distances to the decision boundary, one per model (the paper's
+    Figure 5: semi-supervised training moves the boundary away from the unlabeled data)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    hi = float(np.percentile(np.concatenate(list(distances.values())), 99.5))
+    bins = np.linspace(0.0, max(hi, 1e-6), 60)
+    for name, d in distances.items():
+        ax.hist(np.clip(d, 0, hi), bins=bins, alpha=0.55, density=True, label=f"{name} (median {np.median(d):.2f})")
+    ax.set_xlabel("latent distance of an unlabeled point to the decision boundary")
+    ax.legend(fontsize=8)
+    return _png(fig)
 
 
 @torch.no_grad()
