@@ -41,12 +41,13 @@ class _Overrides(argparse.Action):
 
 
 def add_config_options(p: argparse.ArgumentParser) -> None:
+    from pipeline.config.experiments import EXPERIMENTS  # the shipped names, never a hand-kept copy
+
     p.add_argument(
         "--config",
         default=None,
         action=_Config,
-        help="experiment name (digits, moons, mnist, fashion_mnist, "
-        "breast_cancer, table) or a YAML file of the same schema; default: digits",
+        help=f"experiment name ({', '.join(EXPERIMENTS)}) or a YAML file of the same schema; default: digits",
     )
     p.add_argument(
         "--table",
