@@ -10,7 +10,7 @@ Runs wherever it is called: the pipeline calls it inside a Ray task (on a GPU wh
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -200,8 +200,11 @@ def _judge(x: np.ndarray, y: np.ndarray):
 
 def evaluate_accuracy_only(model_dir: str, prepared: Prepared, cfg: Config, device: str = "cpu") -> EvalResult:
     """For baselines (the supervised-only flow): test metrics, calibrated on validation like the main model, and the
-    unlabeled points' distances to its decision boundary."""
-    r = evaluate_model(model_dir, prepared, cfg, device=device, figures_on=False)
+    unlabeled points' distances to its decision boundary. No OOD sets, samples, anchors or pictures: the main
+    model's evaluation has them, and the anchors do not depend on the model."""
+    ev = _Evaluation(model_dir, prepared, cfg, torch.device(device))
+    ev.calibrate()
+    ev.boundary()
     keep = (
         "test_accuracy",
         "test_nll",
@@ -212,7 +215,8 @@ def evaluate_accuracy_only(model_dir: str, prepared: Prepared, cfg: Config, devi
         "test_bpd",
         "unlabeled_boundary_distance_median",
     )
-    return replace(r, metrics={k: r.metrics[k] for k in keep if k in r.metrics})
+    metrics = {k: ev.out[k] for k in keep if k in ev.out}
+    return EvalResult(metrics, ev.table, [], ev.scale, float("nan"), {}, ev.distances)
 
 
 def evaluate_checkpoint(checkpoint, prepared: Prepared, cfg: Config, accuracy_only: bool = False):
