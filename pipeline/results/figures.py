@@ -64,13 +64,19 @@ def confusion(pred: np.ndarray, y: np.ndarray, names: Sequence[str]) -> bytes:
 
 
 def ood_histogram(in_scores: np.ndarray, out_scores: dict[str, np.ndarray], threshold: float, dim: int) -> bytes:
+    """The axis spans the in-domain scores and as far again below them: out-of-domain scores can be orders of
+    magnitude lower (pixels' log-densities), so those below the axis pile up at its left edge (share in the legend)."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     allv = np.concatenate([in_scores, *out_scores.values()])
-    lo, hi = np.percentile(allv, [0.5, 99.9])
+    in_lo, in_hi = np.percentile(in_scores, [0.5, 99.9])
+    lo = in_lo - (in_hi - in_lo)
+    hi = max(in_hi, float(np.percentile(allv, 99.9)))
     bins = np.linspace(lo, hi, 80)
     ax.hist(np.clip(in_scores, lo, hi), bins=bins, alpha=0.6, density=True, label="test (in-domain)")
     for name, s in out_scores.items():
-        ax.hist(np.clip(s, lo, hi), bins=bins, alpha=0.5, density=True, label=name)
+        below = float((s < lo).mean())
+        label = f"{name} ({below:.0%} below the axis)" if below >= 0.005 else name
+        ax.hist(np.clip(s, lo, hi), bins=bins, alpha=0.5, density=True, label=label)
     ax.axvline(threshold, color="k", ls="--", lw=1, label="OOD threshold")
     ax.set_xlabel(f"log p(x)  (nats, D={dim})")
     ax.legend(fontsize=8)
