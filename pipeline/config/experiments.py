@@ -88,8 +88,8 @@ def _mnist() -> Config:
 
 def _mnist_cpu() -> Config:
     # MNIST with 1k labels on 2 CPU cores in ~20 min through run.py (labels-only baseline and anchors included): the
-    # vector flow over the 784 pixels after the logit. One seed measured (bench/RESULTS.md): FlowGMM 0.965, the
-    # labels-only flow 0.953, label spreading 0.939, logistic regression 0.882.
+    # vector flow over the 784 pixels after the logit. Median of 3 seeds (bench/RESULTS.md): FlowGMM 0.965, the
+    # labels-only flow 0.952, label spreading 0.933, logistic regression 0.878.
     cfg = _mnist()
     cfg.name = "mnist_cpu"
     cfg.ingest = replace(cfg.ingest, translate=1)
