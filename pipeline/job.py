@@ -20,7 +20,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config, ConfigError, apply_override, config_from_args, dump_yaml, experiment_name, validate
+from pipeline.config import (
+    EXPERIMENTS,
+    Config,
+    ConfigError,
+    apply_override,
+    config_from_args,
+    dump_yaml,
+    experiment_name,
+    validate,
+)
 from pipeline.core.atomic import atomic_dir, atomic_write_text
 from pipeline.core.cli import add_cluster_options, add_config_options, add_store_options
 from pipeline.core.errors import DataError
@@ -47,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog=USAGE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_options(p)
+    add_config_options(p, EXPERIMENTS)
     add_store_options(p)
     add_cluster_options(p)
     p.add_argument("--resume", default=None, metavar="NAME", help="continue the interrupted run NAME")

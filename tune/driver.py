@@ -44,7 +44,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config, ConfigError, config_from_args, dump_yaml, experiment_name
+from pipeline.config import EXPERIMENTS, Config, ConfigError, config_from_args, dump_yaml, experiment_name
 from pipeline.core.atomic import atomic_write_bytes, atomic_write_text
 from pipeline.core.cli import add_cluster_options, add_config_options, add_store_options
 from pipeline.core.errors import DataError
@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="tune/sweep.py", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     g = p.add_argument_group("configuration (as pipeline/run.py)")
-    add_config_options(g)
+    add_config_options(g, EXPERIMENTS)
     add_store_options(g)
     add_cluster_options(g)
     s = p.add_argument_group("sweep")

@@ -1,7 +1,7 @@
 """The command-line options that the entry points share, defined once.
 
 p = argparse.ArgumentParser()
-add_config_options(p)      # --config, --table, --smoke, --run-name, --data-dir, key=value overrides (run, sweep)
+add_config_options(p, EXPERIMENTS)  # --config, --table, --smoke, --run-name, --data-dir, key=value (run, sweep)
 add_store_options(p)       # --home, --tracking-uri (run, sweep, score, compare)
 add_cluster_options(p)     # --address, --storage-path (run, sweep; score takes --address only)
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Sequence
 
 HOW = "set data.path=PATH instead (and data.source=table)"
 
@@ -40,14 +41,13 @@ class _Overrides(argparse.Action):
         namespace.overrides = [*([f"data.path={table}"] if table else []), *(values or [])]
 
 
-def add_config_options(p: argparse.ArgumentParser) -> None:
-    from pipeline.config.experiments import EXPERIMENTS  # the shipped names, never a hand-kept copy
-
+def add_config_options(p: argparse.ArgumentParser, experiments: Sequence[str]) -> None:
+    """``experiments``: the shipped experiment names (``pipeline.config.EXPERIMENTS``; core never imports config)."""
     p.add_argument(
         "--config",
         default=None,
         action=_Config,
-        help=f"experiment name ({', '.join(EXPERIMENTS)}) or a YAML file of the same schema; default: digits",
+        help=f"experiment name ({', '.join(experiments)}) or a YAML file of the same schema; default: digits",
     )
     p.add_argument(
         "--table",
