@@ -103,7 +103,7 @@ class Piece:
     ``preserve_order``)."""
 
     path: str
-    row_group: int | None
+    row_group: int  # -1: a whole CSV file
     first: int
 
 
@@ -199,7 +199,7 @@ def check_input(uri: str, spec: dict[str, Any], image_column: str) -> Plan:
         cols = check_columns(_shown(loc, f), schema, spec, image_column)
     extra = [c for c in PASS_THROUGH if c not in cols and all(c in schema.names for schema, _ in heads)]
     if fmt == "csv":
-        pieces = [Piece(f, None, i * CSV_KEY_STRIDE) for i, f in enumerate(files)]
+        pieces = [Piece(f, -1, i * CSV_KEY_STRIDE) for i, f in enumerate(files)]
         return Plan(loc, files, fmt, cols, extra, None, pieces)
     pieces, rows = [], 0
     for f, (_, groups) in zip(files, heads):
@@ -300,8 +300,7 @@ class Scorer:
         for c in PASS_THROUGH:
             if c in batch:
                 out.insert(0 if c == "id" else len(out.columns), c, batch[c])
-        if ORDER in batch:
-            out[ORDER] = batch[ORDER]
+        out[ORDER] = batch[ORDER]  # every batch comes from read_piece
         return out
 
     def features(self, batch: dict[str, np.ndarray]) -> np.ndarray:
@@ -348,9 +347,7 @@ def scored_dataset(args: argparse.Namespace, model_dir: str, plan: Plan) -> Any:
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     keep = plan.columns + plan.passthrough
-    units = [
-        {"path": p.path, "row_group": -1 if p.row_group is None else p.row_group, "first": p.first} for p in plan.pieces
-    ]
+    units = [dataclasses.asdict(p) for p in plan.pieces]
     ds = ray.data.from_items(units, override_num_blocks=max(1, len(units))).map_batches(
         read_piece, batch_size=1, batch_format="numpy", fn_args=(plan.loc.fs, plan.fmt, keep, plan.loc.uri)
     )
