@@ -375,7 +375,7 @@ class LocalCluster:
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGTERM each node's process group (workers first, head last), then SIGKILL whatever of those processes
         and their descendants is left after ``timeout_s`` (`ray start --block` shuts its children down one by one,
-        which can take 20-30 s here)."""
+        which can take 20-30 s here); returns once they are gone (at most 10 s more)."""
         procs = [p for n in reversed(self.nodes) for p in _tree(_group_pids(n.pgid))]
         for n in reversed(self.nodes):
             _signal_group(n.pgid, signal.SIGTERM)
@@ -387,8 +387,14 @@ class LocalCluster:
         for n in reversed(self.nodes):
             _signal_group(n.pgid, signal.SIGKILL)
         _signal_procs(procs, signal.SIGKILL)
-        for n in self.nodes:
-            _reap(n.pid)
+        # a killed process lingers until the kernel has torn it down: return only once they are gone (bounded)
+        deadline = time.time() + 10.0
+        while time.time() < deadline and (
+            _still_running(procs) or any(_group_pids(n.pgid) for n in self.nodes)
+        ):
+            for n in self.nodes:
+                _reap(n.pid)
+            time.sleep(0.1)
         if self.state_file.exists():
             self.state_file.unlink()
         if self._owns_root:
