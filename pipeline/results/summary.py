@@ -12,7 +12,8 @@ def summary_lines(cfg, result: dict[str, Any], handle, timing: dict[str, float])
     labels = f"{labels:.0f} labels" if labels is not None else "labels sized from the data"
     rows = f", {m['test_rows']:.0f} test rows" if "test_rows" in m else ""
     out = [f"[flowgmm] results on the test split ({cfg.data.source}, {labels}{rows})"]
-    out.append(f"  {'model':<40}{'accuracy':>9}{'NLL':>8}{'ECE':>8}")
+    width = 46  # fits "FlowGMM-cons, calibrated (variance x1234.56)"
+    out.append(f"  {'model':<{width}}{'accuracy':>9}{'NLL':>8}{'ECE':>8}")
 
     def row(name: str, prefix: str, suffix: str = "") -> None:
         acc = m.get(f"{prefix}accuracy{suffix}")
@@ -20,7 +21,7 @@ def summary_lines(cfg, result: dict[str, Any], handle, timing: dict[str, float])
             return
         nll, ece = m.get(f"{prefix}nll{suffix}"), m.get(f"{prefix}ece{suffix}")
         cells = "".join(f"{v:>8.3f}" if v is not None else f"{'':>8}" for v in (nll, ece))
-        out.append(f"  {name:<40}{acc:>9.3f}{cells}")
+        out.append(f"  {name:<{width}}{acc:>9.3f}{cells}")
 
     method = {"flowgmm_cons": "FlowGMM-cons", "supervised": "labels-only flow"}.get(cfg.train.method, "FlowGMM")
     row(f"{method}, uncalibrated", "test_")
