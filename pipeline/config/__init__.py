@@ -6,7 +6,8 @@ only change fields of it.
     (0.003, 'moons')
 
 Shipped experiments: ``digits`` (the embedded default), ``moons``, ``mnist`` (1k labels, the paper's setting),
-``fashion_mnist`` and ``breast_cancer`` (tabular). ``--smoke`` shrinks any of them to seconds on a laptop.
+``mnist_cpu`` (the same data on 2 CPU cores), ``fashion_mnist`` and ``breast_cancer`` (tabular). ``--smoke`` shrinks
+any of them to seconds on a laptop.
 
 Modules: ``schema`` (the dataclasses), ``experiments`` (shipped recipes, ``smoke``), ``parse`` (resolution,
 overrides, YAML, validation), ``fields`` (typed value parsing, ``ConfigError``).
