@@ -389,9 +389,7 @@ class LocalCluster:
         _signal_procs(procs, signal.SIGKILL)
         # a killed process lingers until the kernel has torn it down: return only once they are gone (bounded)
         deadline = time.time() + 10.0
-        while time.time() < deadline and (
-            _still_running(procs) or any(_group_pids(n.pgid) for n in self.nodes)
-        ):
+        while time.time() < deadline and (_still_running(procs) or any(_group_pids(n.pgid) for n in self.nodes)):
             for n in self.nodes:
                 _reap(n.pid)
             time.sleep(0.1)
