@@ -35,6 +35,7 @@ from pipeline.core.cli import add_cluster_options, add_config_options, add_store
 from pipeline.core.errors import DataError
 from pipeline.core.home import resolve_home
 from pipeline.core.raycluster import connect, quiet
+from pipeline.results.summary import method_name
 from pipeline.train.state import NonFiniteLossError
 
 RUN_RECORD = "flowgmm_run.json"
@@ -250,7 +251,7 @@ class Job:
         spec = model_spec(cfg, prepared)
         val = load_split(prepared, "val")
         with self.phase("train"):
-            label = "FlowGMM" + self._method_suffix()
+            label = method_name(self.cfg.train.method)
             trained = self._train(
                 cfg, prepared, spec, val, run_name=self.run_name, mlflow=handle.worker_info(), label=label
             )
@@ -274,9 +275,6 @@ class Job:
             "model_dir": str(model_dir),
             "model_uri": model_uri,
         }
-
-    def _method_suffix(self) -> str:
-        return {"flowgmm_cons": "-cons", "supervised": " (labels only)"}.get(self.cfg.train.method, "")
 
     def _train(self, cfg: Config, prepared, spec, val, *, run_name: str, mlflow: dict | None, label: str):
         """Fit one model; its best checkpoint, last report and wall time."""
@@ -329,7 +327,7 @@ class Job:
         base = self._evaluate(trained.chosen, prepared, cfg, accuracy_only=True)
         hist = "plots/boundary_distance_hist.png"
         if hist in ev.figures and base.boundary_distances is not None:
-            label = "FlowGMM" + self._method_suffix()
+            label = method_name(self.cfg.train.method)
             ev.figures[hist] = boundary_distances(
                 {label: ev.boundary_distances, "labels-only flow": base.boundary_distances}
             )

@@ -23,7 +23,7 @@ def summary_lines(cfg, result: dict[str, Any], handle, timing: dict[str, float])
         cells = "".join(f"{v:>8.3f}" if v is not None else f"{'':>8}" for v in (nll, ece))
         out.append(f"  {name:<{width}}{acc:>9.3f}{cells}")
 
-    method = {"flowgmm_cons": "FlowGMM-cons", "supervised": "labels-only flow"}.get(cfg.train.method, "FlowGMM")
+    method = method_name(cfg.train.method)
     row(f"{method}, uncalibrated", "test_")
     row(f"{method}, calibrated (variance x{m.get('variance_scale', 1.0):.2f})", "test_", "_calibrated")
     row("labels-only flow, calibrated", "baseline_supervised_flow_test_", "_calibrated")
@@ -41,6 +41,15 @@ def summary_lines(cfg, result: dict[str, Any], handle, timing: dict[str, float])
     out.append(f"  model: {registered or result['model_uri']}{promoted} · weights in {result['model_dir']}")
     out.append(f"  MLflow: run {handle.run_id} · view with: {ui_command(handle.tracking_uri)}")
     return out
+
+
+def method_name(method: str) -> str:
+    """``train.method`` as the console, the pictures and this table name it.
+
+    >>> method_name("flowgmm_cons"), method_name("supervised")
+    ('FlowGMM-cons', 'labels-only flow')
+    """
+    return {"flowgmm_cons": "FlowGMM-cons", "supervised": "labels-only flow"}.get(method, "FlowGMM")
 
 
 def print_summary(cfg, result: dict[str, Any], handle, timing: dict[str, float]) -> None:
