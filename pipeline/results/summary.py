@@ -12,16 +12,16 @@ def summary_lines(cfg, result: dict[str, Any], handle, timing: dict[str, float])
     labels = f"{labels:.0f} labels" if labels is not None else "labels sized from the data"
     rows = f", {m['test_rows']:.0f} test rows" if "test_rows" in m else ""
     out = [f"[flowgmm] results on the test split ({cfg.data.source}, {labels}{rows})"]
-    width = 46  # fits "FlowGMM-cons, calibrated (variance x1234.56)"
-    out.append(f"  {'model':<{width}}{'accuracy':>9}{'NLL':>8}{'ECE':>8}")
+    table: list[tuple[str, str]] = []  # (model, its cells), formatted once the widest name is known
 
     def row(name: str, prefix: str, suffix: str = "") -> None:
         acc = m.get(f"{prefix}accuracy{suffix}")
         if acc is None:
             return
         nll, ece = m.get(f"{prefix}nll{suffix}"), m.get(f"{prefix}ece{suffix}")
-        cells = "".join(f"{v:>8.3f}" if v is not None else f"{'':>8}" for v in (nll, ece))
-        out.append(f"  {name:<{width}}{acc:>9.3f}{cells}")
+        table.append(
+            (name, f"{acc:>9.3f}" + "".join(f"{v:>8.3f}" if v is not None else f"{'':>8}" for v in (nll, ece)))
+        )
 
     method = method_name(cfg.train.method)
     row(f"{method}, uncalibrated", "test_")
@@ -33,6 +33,9 @@ def summary_lines(cfg, result: dict[str, Any], handle, timing: dict[str, float])
         ("label_spreading", "label spreading"),
     ):
         row(name, f"baseline_{key}_test_")
+    width = max([40, *(len(name) + 2 for name, _ in table)])
+    out.append(f"  {'model':<{width}}{'accuracy':>9}{'NLL':>8}{'ECE':>8}")
+    out += [f"  {name:<{width}}{cells}" for name, cells in table]
     out += _size_lines(m, method)
     out += _ood_lines(result["ood"], m)
     out.append(_time_line(m, timing))
