@@ -35,7 +35,7 @@ from pipeline.core.cli import add_cluster_options, add_config_options, add_store
 from pipeline.core.errors import DataError
 from pipeline.core.home import resolve_home
 from pipeline.core.raycluster import connect, quiet
-from pipeline.results.summary import method_name
+from pipeline.results.summary import method_name, print_summary  # light: no Ray, torch or MLflow
 from pipeline.train.state import NonFiniteLossError
 
 RUN_RECORD = "flowgmm_run.json"
@@ -208,8 +208,6 @@ class Job:
         try:
             result = self._train_and_evaluate(prepared, handle)
             status = "FINISHED"
-            from pipeline.results.summary import print_summary
-
             print_summary(self.cfg, result, handle, self.timing)
             return 0
         finally:

@@ -109,7 +109,7 @@ def test_own_table_summary_line():
     m.update(test_accuracy_calibrated=0.75, test_nll_calibrated=0.5, test_ece_calibrated=0.1, variance_scale=456.26)
     m.update(test_nll=0.9, test_ece=0.2)
     lines = summary_lines(cfg, result, SimpleNamespace(run_id="r", tracking_uri="sqlite:///x.db"), {})
-    table = [s for s in lines[1:4] if s.startswith("  ")]
+    table = lines[1:4]  # header, uncalibrated, calibrated
     assert "variance x456.26)" in table[2], table
     assert len({len(s) for s in table}) == 1, table  # right-aligned columns end where the header's do
     assert table[1].endswith("0.750   0.900   0.200") and table[2].endswith("0.750   0.500   0.100"), table
