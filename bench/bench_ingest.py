@@ -48,7 +48,7 @@ def engine_step_s(cfg, prepared, steps: int, prebuilt: bool) -> float:
         cfg.ingest,
         seed=t.seed,
         device=device,
-        unlabeled=t.method != "supervised",
+        unlabeled=t.method != "labels_only",
         second_view=t.method == "flowgmm_cons",
     )
     it = stream.batches(0)

@@ -51,7 +51,7 @@ def plain_pytorch(config: str, home: Path, overrides: list[str]) -> dict[str, fl
     opt = build_optimizer(model, t, torch.device("cpu"))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, t.steps))
     stream = SSLStream.in_memory(
-        prepared, cfg.ingest, seed=t.seed, unlabeled=t.method != "supervised", second_view=t.method == "flowgmm_cons"
+        prepared, cfg.ingest, seed=t.seed, unlabeled=t.method != "labels_only", second_view=t.method == "flowgmm_cons"
     )
     it = stream.batches(0)
     t_build = time.perf_counter()
@@ -105,7 +105,7 @@ def through_run_py(config: str, home: Path, overrides: list[str]) -> dict[str, f
         "time_trainer_start_s",
         "time_data_pull_s",
         "test_accuracy",
-        "baseline_supervised_flow_test_accuracy",
+        "labels_only_flow_test_accuracy",
     ):
         if k in m:
             out[k] = m[k]

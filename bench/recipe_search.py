@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
 
 CONS = "train.method=flowgmm_cons"
 FG = "train.method=flowgmm"
-SUP = "train.method=supervised"
+SUP = "train.method=labels_only"
 DIG_CONS = "train.consistency_start_step=500 train.consistency_ramp_steps=500 train.consistency_threshold=0.9"
 MOONS_CONS = "train.consistency_start_step=100 train.consistency_ramp_steps=200 train.consistency_threshold=0.9"
 IMG = "model.flow=image model.mid_channels=32 model.num_blocks=2 train.steps=1000"
@@ -124,7 +124,7 @@ def train_one(job: tuple[str, str, int, str]) -> dict[str, Any]:
     spec.update(feature_mean=m.get("feature_mean"), feature_std=m.get("feature_std"))
     engine, t = Engine(spec, cfg, torch.device("cpu")), cfg.train
     arrays = {"x_lab": a["x_labeled"], "y_lab": a["y_labeled"], "x_unl": a["x_unlabeled"]}
-    views = {"unlabeled": t.method != "supervised", "second_view": t.method == "flowgmm_cons"}
+    views = {"unlabeled": t.method != "labels_only", "second_view": t.method == "flowgmm_cons"}
     batches = SSLStream.in_memory(m, cfg.ingest, seed=seed, arrays=arrays, **views).batches(0)
     t0 = time.time()
     for _ in range(t.steps):

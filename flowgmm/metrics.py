@@ -41,6 +41,7 @@ __all__ = [
     "fpr_at_tpr",
     "ood_report",
     "wilson_interval",
+    "selection_score",
 ]
 
 
@@ -159,3 +160,13 @@ def ood_report(in_scores: Any, out_scores: Any) -> dict[str, float]:
         "aupr_out": aupr(-s_out, -s_in),
         "fpr95": fpr_at_tpr(s_in, s_out, 0.95),
     }
+
+
+def selection_score(accuracy: float, nll: float) -> float:
+    """The one model-selection score (checkpoints, the registry's ``@champion``, sweeps): validation accuracy, ties
+    broken by the validation NLL of p(y|x). Higher is better.
+
+    >>> selection_score(0.9, 0.3) > selection_score(0.9, 0.4) > selection_score(0.89, 0.0)
+    True
+    """
+    return float(accuracy) - 1e-3 * float(nll)

@@ -30,12 +30,13 @@ from pipeline.config import (
     experiment_name,
     validate,
 )
+from pipeline.config.methods import LABELS_ONLY, method_name
 from pipeline.core.atomic import atomic_dir, atomic_write_text
 from pipeline.core.cli import add_cluster_options, add_config_options, add_store_options
 from pipeline.core.errors import DataError
 from pipeline.core.home import resolve_home
 from pipeline.core.raycluster import connect, quiet
-from pipeline.results.summary import method_name, print_summary  # light: no Ray, torch or MLflow
+from pipeline.results.summary import print_summary  # light: no Ray, torch or MLflow
 from pipeline.train.state import NonFiniteLossError
 
 RUN_RECORD = "flowgmm_run.json"
@@ -256,9 +257,9 @@ class Job:
         with self.phase("evaluate"):
             ev = self._evaluate(trained.chosen, prepared, cfg)
         metrics = {**ev.metrics, **self._train_metrics(trained)}
-        if cfg.eval.baselines and cfg.train.method != "supervised":
+        if cfg.eval.baselines and cfg.train.method != LABELS_ONLY.value:
             with self.phase("baseline"):
-                metrics.update(self._supervised_baseline(prepared, spec, val, ev))
+                metrics.update(self._labels_only_baseline(prepared, spec, val, ev))
         with self.phase("mlflow"):
             model_dir, served_spec = self._save_served_model(trained.chosen, spec, ev)
             self._log_evaluation(handle, ev)
@@ -314,22 +315,22 @@ class Job:
 
         return ray.get(evaluation_task(cfg).remote(best, prepared, cfg, accuracy_only=accuracy_only))
 
-    def _supervised_baseline(self, prepared, spec, val, ev) -> dict[str, float]:
+    def _labels_only_baseline(self, prepared, spec, val, ev) -> dict[str, float]:
         """The same flow and budget trained on the labeled rows only; evaluated like the main model. Its unlabeled
         points' distances to the decision boundary join the main model's in ``ev``'s histogram."""
         from pipeline.results.figures import boundary_distances
 
-        cfg = replace(self.cfg, train=replace(self.cfg.train, method="supervised", inject_failure_at_step=-1))
-        name = f"{self.run_name}-supervised"
-        trained = self._train(cfg, prepared, spec, val, run_name=name, mlflow=None, label="labels-only flow")
+        cfg = replace(self.cfg, train=replace(self.cfg.train, method=LABELS_ONLY.value, inject_failure_at_step=-1))
+        name = f"{self.run_name}-labels-only"
+        trained = self._train(cfg, prepared, spec, val, run_name=name, mlflow=None, label=LABELS_ONLY.display)
         base = self._evaluate(trained.chosen, prepared, cfg, accuracy_only=True)
         hist = "plots/boundary_distance_hist.png"
         if hist in ev.figures and base.boundary_distances is not None:
             label = method_name(self.cfg.train.method)
             ev.figures[hist] = boundary_distances(
-                {label: ev.boundary_distances, "labels-only flow": base.boundary_distances}
+                {label: ev.boundary_distances, LABELS_ONLY.display: base.boundary_distances}
             )
-        return {f"baseline_supervised_flow_{k}": v for k, v in base.metrics.items()}
+        return {f"{LABELS_ONLY.key}_{k}": v for k, v in base.metrics.items()}
 
     def _save_served_model(self, best, spec, ev) -> tuple[Path, dict[str, Any]]:
         """The served model: best weights + calibration scale + OOD threshold, under <home>/models/<run>."""

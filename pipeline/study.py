@@ -17,7 +17,7 @@ from pipeline.results.compare import compare
 
 
 def recipe(name: str, seeds: int, home: Path, tracking_uri: str | None, smoke: bool) -> str:
-    """Train FlowGMM and FlowGMM-cons (each with its supervised-flow and logistic-regression baselines) for
+    """Train FlowGMM and FlowGMM-cons (each with its labels-only-flow and logistic-regression baselines) for
     ``seeds`` seeds on experiment ``name``; returns the MLflow experiment name."""
     from pipeline.config import experiment_name, resolve
 

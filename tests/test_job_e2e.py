@@ -84,7 +84,7 @@ def test_smoke_digits_trains_end_to_end_and_is_recorded(digits_run):
     # is tested in test_method_regression.py and measured in bench/RESULTS.md)
     assert m["test_accuracy"] > 0.2, m["test_accuracy"]
     assert m["baseline_logreg_test_accuracy"] > 0.5
-    assert "baseline_supervised_flow_test_accuracy" in m
+    assert "labels_only_flow_test_accuracy" in m
     for key in (
         "test_nll",
         "test_nll_calibrated",
@@ -123,7 +123,7 @@ def test_smoke_digits_trains_end_to_end_and_is_recorded(digits_run):
         assert a in arts, (a, sorted(arts))
     # the paper's low-density separation, for the model and the labels-only flow beside it (same unlabeled rows)
     assert m["unlabeled_boundary_distance_median"] > 0
-    assert m["baseline_supervised_flow_unlabeled_boundary_distance_median"] > 0
+    assert m["labels_only_flow_unlabeled_boundary_distance_median"] > 0
     assert any(a.startswith("plots/samples_t") for a in arts)
 
     # the logged model loads as pyfunc and predicts on raw uint8 images like the evaluation did

@@ -113,7 +113,7 @@ def test_own_table_summary_line():
     assert "variance x456.26)" in table[2], table
     assert len({len(s) for s in table}) == 1, table  # right-aligned columns end where the header's do
     assert table[1].endswith("0.750   0.900   0.200") and table[2].endswith("0.750   0.500   0.100"), table
-    cfg = resolve("table", overrides=["data.path=/nowhere/mine.csv", "train.method=supervised"])
+    cfg = resolve("table", overrides=["data.path=/nowhere/mine.csv", "train.method=labels_only"])
     m["variance_scale"] = 12345.67
     lines = summary_lines(cfg, result, SimpleNamespace(run_id="r", tracking_uri="sqlite:///x.db"), {})
     assert "labels-only flow, calibrated (variance x12345.67)" in lines[3] and len({len(s) for s in lines[1:4]}) == 1

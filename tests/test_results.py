@@ -49,7 +49,7 @@ def test_comparison_table_matches_logged_metrics(store):
                 "wall_seconds": 100.0 + seed,
                 "ood_fashion_mnist_log_px_auroc": 0.9,
                 "ood_notmnist_log_px_auroc": 0.7,
-                "baseline_supervised_flow_test_accuracy": 0.7 + seed / 10,
+                "labels_only_flow_test_accuracy": 0.7 + seed / 10,
                 "baseline_logreg_test_accuracy": 0.75,
                 "baseline_knn_test_accuracy": 0.76 + seed / 100,
                 "baseline_label_spreading_test_accuracy": 0.85,
@@ -63,7 +63,7 @@ def test_comparison_table_matches_logged_metrics(store):
     assert f["nll"] == pytest.approx(1.5) and f["ood_auroc"] == pytest.approx(0.8) and f["seeds"] == ["0", "1"]
     assert table[("FlowGMM-cons", 100)]["accuracy"] == pytest.approx(0.90)
     # the FlowGMM and FlowGMM-cons runs of seed 0 share a split: its baselines count once, not twice
-    sup = table[("supervised-only flow", 100)]
+    sup = table[("labels-only flow", 100)]
     assert sup["n"] == 2 and sup["accuracy"] == pytest.approx(np.mean([0.7, 0.8]))
     assert table[("logistic regression", 100)]["accuracy"] == pytest.approx(0.75)
     knn = table[("k-nearest neighbours", 100)]

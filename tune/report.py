@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from flowgmm.metrics import selection_score
 from tune.space import PARAMS
 from tune.trial import EVALUATED
 
@@ -91,7 +92,7 @@ def selection_value(row: dict[str, Any], metric: str) -> float | None:
     if metric == "val_nll":
         return -nll
     if metric == "score":
-        return acc - 1e-3 * nll
+        return selection_score(acc, nll)
     return acc
 
 

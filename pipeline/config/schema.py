@@ -43,8 +43,8 @@ class ModelConfig:
 class TrainConfig:
     """The optimisation recipe, its length in optimizer steps, the fast path and the Ray Train scaling."""
 
-    # "flowgmm" | "flowgmm_cons" | "supervised" (the flow on labels only)
-    method: Literal["flowgmm", "flowgmm_cons", "supervised"] = "flowgmm"
+    # "flowgmm" | "flowgmm_cons" | "labels_only" (the same flow on the labeled rows only; pipeline/config/methods.py)
+    method: Literal["flowgmm", "flowgmm_cons", "labels_only"] = "flowgmm"
     # "nll" (generative, all data) | "ce" (label-weighted cross-entropy, images)
     loss_form: Literal["nll", "ce"] = "nll"
     label_weight: Annotated[float, Range(ge=0)] = 1.0

@@ -1,4 +1,4 @@
-"""Compare the SSL runs of an MLflow experiment: one row per method (FlowGMM, FlowGMM-cons, the supervised-only
+"""Compare the SSL runs of an MLflow experiment: one row per method (FlowGMM, FlowGMM-cons, the labels-only
 flow, logistic regression, kNN, label spreading) and label count, mean ± std over seeds/runs, printed and logged to
 MLflow.
 
@@ -22,12 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.config.methods import ANCHORS, LABELS_ONLY, METHODS, method_name
+
 COLUMNS = ("accuracy", "nll", "nll_calibrated", "ece", "ece_calibrated", "ood_auroc", "bpd", "wall_seconds")
-METHOD_NAMES = {"flowgmm": "FlowGMM", "flowgmm_cons": "FlowGMM-cons", "supervised": "supervised-only flow"}
-
-
-ANCHORS = {"logreg": "logistic regression", "knn": "k-nearest neighbours", "label_spreading": "label spreading"}
-ORDER = ["FlowGMM", "FlowGMM-cons", "supervised-only flow", *ANCHORS.values()]
+ORDER = [*(m.display for m in METHODS.values()), *ANCHORS.values()]
 
 
 def rows_from_run(run) -> list[dict[str, Any]]:
@@ -41,11 +39,11 @@ def rows_from_run(run) -> list[dict[str, Any]]:
     base = {"run_id": run.info.run_id, "labels": labels, "seed": p.get("train.seed", "0"), "split": split}
     method = p.get("train.method", tags.get("method", "flowgmm"))
     aurocs = [v for k, v in m.items() if k.startswith("ood_") and k.endswith("_log_px_auroc")]
-    own = {**_flow_row(base, m, "test_"), "method": METHOD_NAMES.get(method, method)}
+    own = {**_flow_row(base, m, "test_"), "method": method_name(method)}
     own.update(ood_auroc=float(np.mean(aurocs)) if aurocs else None, wall_seconds=m.get("wall_seconds"))
     rows = [own]
-    if "baseline_supervised_flow_test_accuracy" in m:
-        rows.append({**_flow_row(base, m, "baseline_supervised_flow_test_"), "method": "supervised-only flow"})
+    if f"{LABELS_ONLY.key}_test_accuracy" in m:
+        rows.append({**_flow_row(base, m, f"{LABELS_ONLY.key}_test_"), "method": LABELS_ONLY.display})
     for key, name in ANCHORS.items():
         if f"baseline_{key}_test_accuracy" in m:
             blank = {c: None for c in COLUMNS if c != "accuracy"}

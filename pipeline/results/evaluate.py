@@ -199,7 +199,7 @@ def _judge(x: np.ndarray, y: np.ndarray):
 
 
 def evaluate_accuracy_only(model_dir: str, prepared: Prepared, cfg: Config, device: str = "cpu") -> EvalResult:
-    """For baselines (the supervised-only flow): test metrics, calibrated on validation like the main model, and the
+    """For baselines (the labels-only flow): test metrics, calibrated on validation like the main model, and the
     unlabeled points' distances to its decision boundary. No OOD sets, samples, anchors or pictures: the main
     model's evaluation has them, and the anchors do not depend on the model."""
     ev = _Evaluation(model_dir, prepared, cfg, torch.device(device))

@@ -17,6 +17,8 @@ from typing import Any
 
 from mlflow import MlflowClient
 
+from flowgmm.metrics import selection_score
+
 ALIAS = "champion"
 
 
@@ -27,7 +29,7 @@ def validation_score(metrics: dict[str, float]) -> float:
     nll = metrics.get("final_val_nll_calibrated", metrics.get("final_val_nll", 0.0))
     if acc is None or not math.isfinite(acc):
         return -math.inf
-    return float(acc) - 1e-3 * float(nll)
+    return selection_score(acc, nll)
 
 
 def register(

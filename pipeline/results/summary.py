@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.config.methods import ANCHORS, LABELS_ONLY, method_name
+
 
 def summary_lines(cfg, result: dict[str, Any], handle, timing: dict[str, float]) -> list[str]:
     m = result["metrics"]
@@ -26,12 +28,8 @@ def summary_lines(cfg, result: dict[str, Any], handle, timing: dict[str, float])
     method = method_name(cfg.train.method)
     row(f"{method}, uncalibrated", "test_")
     row(f"{method}, calibrated (variance x{m.get('variance_scale', 1.0):.2f})", "test_", "_calibrated")
-    row("labels-only flow, calibrated", "baseline_supervised_flow_test_", "_calibrated")
-    for key, name in (
-        ("logreg", "logistic regression"),
-        ("knn", "k-nearest neighbours"),
-        ("label_spreading", "label spreading"),
-    ):
+    row(f"{LABELS_ONLY.display}, calibrated", f"{LABELS_ONLY.key}_test_", "_calibrated")
+    for key, name in ANCHORS.items():
         row(name, f"baseline_{key}_test_")
     width = max([40, *(len(name) + 2 for name, _ in table)])
     out.append(f"  {'model':<{width}}{'accuracy':>9}{'NLL':>8}{'ECE':>8}")
@@ -44,15 +42,6 @@ def summary_lines(cfg, result: dict[str, Any], handle, timing: dict[str, float])
     out.append(f"  model: {registered or result['model_uri']}{promoted} · weights in {result['model_dir']}")
     out.append(f"  MLflow: run {handle.run_id} · view with: {ui_command(handle.tracking_uri)}")
     return out
-
-
-def method_name(method: str) -> str:
-    """``train.method`` as the console, the pictures and this table name it.
-
-    >>> method_name("flowgmm_cons"), method_name("supervised")
-    ('FlowGMM-cons', 'labels-only flow')
-    """
-    return {"flowgmm_cons": "FlowGMM-cons", "supervised": "labels-only flow"}.get(method, "FlowGMM")
 
 
 def print_summary(cfg, result: dict[str, Any], handle, timing: dict[str, float]) -> None:

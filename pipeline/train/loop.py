@@ -29,6 +29,7 @@ from typing import Any
 import ray.train
 import ray.train.torch
 
+from flowgmm.metrics import selection_score
 from pipeline.config import Config
 from pipeline.data.manifest import Prepared
 from pipeline.data.stream import SSLStream
@@ -94,7 +95,7 @@ class Worker:
             rank=self.rank,
             seed=self.t.seed,
             device=self.device,
-            unlabeled=method != "supervised",
+            unlabeled=method != "labels_only",
             second_view=method == "flowgmm_cons",
         )
         self.val_x, self.val_y = loop["val"]
@@ -133,7 +134,7 @@ class Worker:
             **e.fast_path_metrics(),
             **{f"time_{k}": v for k, v in self.startup.items()},
         }
-        if t.method != "supervised":  # bits/dim of the unlabeled batches (mixture density, dequantized data)
+        if t.method != "labels_only":  # bits/dim of the unlabeled batches (mixture density, dequantized data)
             dim = math.prod(self.engine.spec["shape"])
             metrics["train_bpd"] = (means["unlabeled_nll"] + (dim * math.log(e.levels) if e.levels else 0.0)) / (
                 dim * math.log(2)
@@ -156,7 +157,7 @@ class Worker:
             batch_size=self.cfg.eval.batch_size,
         )
         metrics.update({f"val_{k}": v for k, v in val.items()})
-        metrics["score"] = val["accuracy"] - 1e-3 * val["nll"]
+        metrics["score"] = selection_score(val["accuracy"], val["nll"])
         self.engine.best_score = max(self.engine.best_score, metrics["score"])
         self.last_val = val
         if self.tracker:

@@ -32,11 +32,11 @@ def compute_loss(
         targets = None
         if cons_w > 0 and batch.x_unl2 is not None:
             targets = _second_view_targets(forward, model, batch, t, levels)
-        x = x_lab if t.method == "supervised" else torch.cat([x_lab, x_unl])
+        x = x_lab if t.method == "labels_only" else torch.cat([x_lab, x_unl])
         z, logdet = forward(x)
     z, logdet = z.float(), logdet.float()
-    if t.method == "supervised":
-        return supervised_loss(model, z, logdet, batch.y_lab, t)
+    if t.method == "labels_only":
+        return labels_only_loss(model, z, logdet, batch.y_lab, t)
     return objectives.semi_supervised_loss(
         model.mixture,
         z[:n_lab],
@@ -78,7 +78,7 @@ def _second_view_targets(
     return objectives.consistency_targets(model.mixture, z2.float(), t.consistency_threshold)
 
 
-def supervised_loss(
+def labels_only_loss(
     model: FlowGMM, z: torch.Tensor, logdet: torch.Tensor, y: torch.Tensor, t: TrainConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The same flow trained on the labeled rows only (the baseline)."""
