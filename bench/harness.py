@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.data.ingest import IngestSpec, Step, manifest_of
+from pipeline.config import IngestSpec
+from pipeline.data.ingest import Step, manifest_of
 from pipeline.data.manifest import Prepared
 from pipeline.data.stream import SSLStream
 

@@ -17,6 +17,7 @@ ENTRY_SCRIPTS = ("pipeline.run", "pipeline.score", "pipeline.compare", "tune.swe
 FORBIDDEN = {
     "flowgmm": ("ray", "pipeline", "tune", "bench", "mlflow"),
     "pipeline.core": ("pipeline.config", "pipeline.data", "pipeline.train", "pipeline.results", "pipeline.job", "tune"),
+    "pipeline.config": ("ray", "torch", "pipeline.data", "pipeline.train", "pipeline.results", "pipeline.job", "tune"),
     "pipeline.data": ("pipeline.train", "pipeline.results", "pipeline.job", "tune", "bench"),
     "pipeline.train": ("pipeline.results", "pipeline.job", "tune", "bench"),
     "pipeline.results": ("pipeline.job", "tune", "bench"),

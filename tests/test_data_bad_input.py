@@ -15,8 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.config import DataSpec, IngestSpec
 from pipeline.core.errors import DataError
-from pipeline.data import DataSpec, IngestSpec, build_datasets, load_split, prepare, steps_per_epoch
+from pipeline.data import build_datasets, load_split, prepare, steps_per_epoch
 
 REPO = Path(__file__).resolve().parent.parent
 N = 120

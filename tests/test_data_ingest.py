@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from bench.harness import probe_loop
-from pipeline.data import DataSpec, load_split, prepare
+from pipeline.config import DataSpec, IngestSpec
+from pipeline.data import load_split, prepare
 from pipeline.data.augment import jitter_vectors, translate_images
-from pipeline.data.ingest import IngestSpec, build_datasets, data_config, steps_per_epoch
+from pipeline.data.ingest import build_datasets, data_config, steps_per_epoch
 from pipeline.data.stream import SSLStream
 
 
@@ -130,7 +131,7 @@ def _record_unlabeled_rows(config: dict) -> None:
     import numpy as np
     import ray.train
 
-    from pipeline.data.ingest import IngestSpec
+    from pipeline.config import IngestSpec
     from pipeline.data.stream import SSLStream
 
     rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()

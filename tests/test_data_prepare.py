@@ -7,8 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.config import DataSpec
 from pipeline.core.errors import DataError
-from pipeline.data import DataSpec, load_split, load_unlabeled_labels, prepare, shards
+from pipeline.data import load_split, load_unlabeled_labels, prepare, shards
 from pipeline.data.splits import split_counts
 
 

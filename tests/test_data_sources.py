@@ -8,7 +8,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from pipeline.data import DataSpec
+from pipeline.config import DataSpec
 from pipeline.data import sources as S
 
 

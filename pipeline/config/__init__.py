@@ -9,10 +9,12 @@ Shipped experiments: ``digits`` (the embedded default), ``moons``, ``mnist`` (1k
 ``mnist_cpu`` (the same data on 2 CPU cores), ``fashion_mnist`` and ``breast_cancer`` (tabular). ``--smoke`` shrinks
 any of them to seconds on a laptop.
 
-Modules: ``schema`` (the dataclasses), ``experiments`` (shipped recipes, ``smoke``), ``parse`` (resolution,
+Modules: ``schema`` (the dataclasses), ``data`` (the data and ingest sections: ``DataSpec``, ``IngestSpec``),
+``sources`` (the data source names), ``experiments`` (shipped recipes, ``smoke``), ``parse`` (resolution,
 overrides, YAML, validation), ``fields`` (typed value parsing, ``ConfigError``).
 """
 
+from pipeline.config.data import DataSpec, IngestSpec
 from pipeline.config.experiments import EXPERIMENTS, smoke
 from pipeline.config.fields import ConfigError
 from pipeline.config.parse import (
@@ -31,6 +33,8 @@ __all__ = [
     "ModelConfig",
     "TrainConfig",
     "EvalConfig",
+    "DataSpec",
+    "IngestSpec",
     "EXPERIMENTS",
     "resolve",
     "load_yaml",

@@ -5,9 +5,8 @@ from __future__ import annotations
 import typing
 from dataclasses import replace
 
+from pipeline.config.data import DataSpec, IngestSpec
 from pipeline.config.schema import Config, EvalConfig, ModelConfig, TrainConfig
-from pipeline.data.ingest import IngestSpec
-from pipeline.data.spec import DataSpec
 
 # The recipes below were chosen on validation accuracy (median, then mean, over data/initialisation seeds 0-4),
 # never on test; the search and its figures are in bench/RESULTS.md ("Recipes").

@@ -10,19 +10,20 @@ A field's annotation carries its rule, so a new field cannot be added without on
 
 ``problem(spec, value)`` says what is allowed when ``value`` breaks its field's rule; ``CROSS_RULES`` are the rules
 between fields. Nothing here raises :class:`~pipeline.config.fields.ConfigError` itself: ``pipeline.config.parse``
-turns the problems into one-line errors. The data package declares its classes' rules in string annotations
-(``if TYPE_CHECKING`` imports), resolved here with :data:`NAMESPACE`, so it never imports this package at run time.
+turns the problems into one-line errors. Source names come from ``pipeline.config.sources``: checking a configuration
+never imports ``pipeline.data``.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import sys
 import types
 import typing
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Annotated, Any, Callable, Literal
+
+from pipeline.config.sources import ALL_SOURCES, GENERATED, TEST_ONLY
 
 NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"  # names that become directory and run names
 
@@ -81,8 +82,6 @@ class Known:
     registry: str
 
     def names(self) -> tuple[str, ...]:
-        from pipeline.data.sources import ALL_SOURCES, TEST_ONLY
-
         if self.registry == "sources":
             return tuple(s for s in ALL_SOURCES if s not in TEST_ONLY)
         return tuple(s for s in ALL_SOURCES if s != "table")
@@ -95,14 +94,11 @@ class Known:
 
 
 Rule = Range | Text | Known
-# names a string annotation of the schema may use (the data package imports them only for type checkers)
-NAMESPACE: dict[str, Any] = {"Annotated": Annotated, "Literal": Literal, "Range": Range, "Text": Text, "Known": Known}
 
 
 def type_hints(cls: type, *, extras: bool = False) -> dict[str, Any]:
     """The resolved annotations of a dataclass; ``extras=True`` keeps the rules (``Annotated``)."""
-    ns = {**vars(sys.modules[cls.__module__]), **NAMESPACE}
-    return typing.get_type_hints(cls, globalns=ns, include_extras=extras)
+    return typing.get_type_hints(cls, include_extras=extras)
 
 
 @dataclass(frozen=True)
@@ -230,9 +226,7 @@ def _unlabeled_rows(cfg: Any) -> str | None:
             f"data.n_unlabeled={d.n_unlabeled} is fewer than ingest.unlabeled_batch={cfg.ingest.unlabeled_batch} "
             f"x {_workers(cfg)} (no step per epoch)"
         )
-    from pipeline.data.sources import GENERATED  # the generated sets' pool is data.n_points rows
-
-    pool_known = d.source in GENERATED
+    pool_known = d.source in GENERATED  # the generated sets' pool is data.n_points rows
     if pool_known and None not in (d.n_labeled, d.n_val) and d.n_points - d.n_labeled - d.n_val < need:
         return (
             f"data.n_points={d.n_points} leaves {d.n_points - d.n_labeled - d.n_val} unlabeled rows after "
@@ -252,9 +246,27 @@ def _labeled_rows(cfg: Any) -> str | None:
     return None
 
 
-def _table(cfg: Any) -> str | None:
-    from pipeline.data.spec import table_field_problem  # the table source's own fields (data.path, columns)
+TABLE_ONLY = ("path", "test_path", "image_column", "feature_columns", "num_classes")
 
+
+def table_field_problem(spec: Any) -> str | None:
+    """The rule between the table source's fields (a :class:`~pipeline.config.data.DataSpec`), as a one-line problem
+    (None when fine): ``source = "table"`` needs ``data.path``; the table-only fields are rejected on other sources.
+
+    >>> from pipeline.config.data import DataSpec
+    >>> table_field_problem(DataSpec(source="digits", path="my.csv"))
+    "data.path='my.csv' is only for data.source='table' (source is 'digits')"
+    """
+    if spec.source == "table":
+        return None if spec.path else "data.source='table' needs data.path (a Parquet or CSV file), e.g. --table my.csv"
+    for key in TABLE_ONLY:
+        value = getattr(spec, key)
+        if value not in (None, (), ""):
+            return f"data.{key}={value!r} is only for data.source='table' (source is {spec.source!r})"
+    return None
+
+
+def _table(cfg: Any) -> str | None:
     return table_field_problem(cfg.data)
 
 

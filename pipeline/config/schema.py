@@ -6,10 +6,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Annotated, Any, Literal
 
+from pipeline.config.data import DataSpec, IngestSpec
 from pipeline.config.fields import build
 from pipeline.config.rules import NAME, Range, Text
-from pipeline.data.ingest import IngestSpec
-from pipeline.data.spec import DataSpec
 
 
 @dataclass

@@ -1,28 +1,27 @@
 """Stage 1, data: sources -> class-balanced splits -> Parquet shards + manifest -> Ray Data ingest.
 
 - ``sources/``: one module per family of data sets (generated 2-D, scikit-learn, IDX, CIFAR/SVHN, user tables).
-- ``spec``: :class:`DataSpec`, what to prepare. ``splits``: labeled / validation / unlabeled selection.
+- ``splits``: labeled / validation / unlabeled selection.
 - ``shards``: the Parquet schema, writing and reading a split. ``manifest``: :class:`Prepared`, the handle.
 - ``prepare``: ``prepare(spec, home)``, idempotent and atomic. ``ingest``: Ray Datasets for training;
   ``stream``: the per-worker batch stream (rows on the device, or streamed); ``augment``: batch augmentation.
 
-Imports only ``pipeline.core`` (never training, results or Tune).
+What to prepare and how training reads it are configuration: :class:`pipeline.config.DataSpec`,
+:class:`pipeline.config.IngestSpec`. Imports only ``pipeline.core`` and ``pipeline.config`` (never training, results
+or Tune).
 """
 
-from pipeline.data.ingest import IngestSpec, Step, build_datasets, data_config, steps_per_epoch
+from pipeline.data.ingest import Step, build_datasets, data_config, steps_per_epoch
 from pipeline.data.manifest import Prepared
 from pipeline.data.prepare import prepare
 from pipeline.data.shards import load_split, load_unlabeled_labels
-from pipeline.data.spec import DataSpec
 from pipeline.data.stream import SSLStream
 
 __all__ = [
-    "DataSpec",
     "Prepared",
     "prepare",
     "load_split",
     "load_unlabeled_labels",
-    "IngestSpec",
     "SSLStream",
     "Step",
     "build_datasets",

@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 import typing
 
+from pipeline.config.data import DataSpec
 from pipeline.core.errors import DataError
 from pipeline.core.home import resolve_home
 from pipeline.data.prepare import prepare
-from pipeline.data.spec import DataSpec
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,43 +22,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Any
 
 import torch
 
+from pipeline.config.data import IngestSpec
 from pipeline.core.errors import DataError
 from pipeline.data.manifest import Prepared
 
-if TYPE_CHECKING:  # the fields' rules, read by pipeline.config.rules (which resolves these names itself)
-    from pipeline.config.rules import Range
-
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class IngestSpec:
-    labeled_batch: Annotated[int, Range(ge=1)] = 32
-    unlabeled_batch: Annotated[int, Range(ge=1)] = 32
-    two_views: bool = True
-    augment: bool = True
-    translate: Annotated[int, Range(ge=0)] = 2  # pixels (images)
-    pad_mode: Literal["reflect", "zero"] = "reflect"  # "reflect" | "zero" (images)
-    noise_std: Annotated[float, Range(ge=0)] = 0.05  # vectors, in standardized units (multiplied by feature_std)
-    augment_labeled: bool = True  # also augment the labeled batch (one view)
-    labeled_mode: Literal["replicate", "split"] = "replicate"  # or "split"
-    prefetch_batches: Annotated[int, Range(ge=0)] = 2
-    preserve_order: bool = True  # deterministic block order and split assignment (Ray Data)
-    read_batch: Annotated[int, Range(ge=1)] = 1024  # rows per Ray Data batch pulled from the stream (re-batched)
-    # rows reshuffled per epoch on each worker (Ray Data's local shuffle, seeded by seed/epoch/rank; 0 = off): a
-    # materialized unlabeled set is the same blocks in the same order every epoch (the file shuffle acts on reads)
-    shuffle_buffer: Annotated[int, Range(ge=0)] = 4096
-    # one Ray worker process per Parquet read task: Ray reuses a worker's lease for the next task of the same kind,
-    # so short reads pile onto one node despite Ray Data's SPREAD placement; with this they spread over the nodes
-    # (sharing the read bandwidth of a cluster) at the cost of a worker start (~1 s) per read task
-    spread_reads: bool = False
-    # a worker's share of the unlabeled rows up to this size is pulled once onto the training device and batched by
-    # index there (pipeline.data.stream); larger shares stream from Ray Data every epoch
-    in_memory_bytes: Annotated[int, Range(ge=0)] = 2 * 1024**3
 
 
 @dataclass

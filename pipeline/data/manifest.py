@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.config.data import DataSpec
 from pipeline.core.errors import DataError
 from pipeline.data import sources as S
-from pipeline.data.spec import DataSpec
 
 FORMAT_VERSION = 2  # 2: "levels" (images)
 

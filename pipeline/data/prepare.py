@@ -28,13 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.config.data import DataSpec
 from pipeline.core.atomic import atomic_dir
 from pipeline.core.errors import DataError
 from pipeline.core.version import code_version
 from pipeline.data import shards
 from pipeline.data import sources as S
 from pipeline.data.manifest import FORMAT_VERSION, Prepared, dataset_name, fingerprint, spec_key, verify_shards
-from pipeline.data.spec import DataSpec
 from pipeline.data.splits import choose_splits
 
 TRAIN_SPLITS = ("labeled", "unlabeled", "val")

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.config.data import DataSpec
 from pipeline.core.errors import DataError
 from pipeline.data import sources as S
-from pipeline.data.spec import DataSpec
 
 AUTO_VAL_FRACTION = 0.2  # n_val unset: this share of each class's labeled rows (at least 1) is validation
 SIZE_HINT = "set data.n_labeled / data.n_val lower, or leave them unset to size them from the labels"

@@ -28,9 +28,10 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
+from pipeline.config.data import IngestSpec
 from pipeline.core.errors import DataError
 from pipeline.data.augment import jitter_vectors, translate_images
-from pipeline.data.ingest import IngestSpec, Step, manifest_of, steps_per_epoch
+from pipeline.data.ingest import Step, manifest_of, steps_per_epoch
 from pipeline.data.manifest import Prepared
 from pipeline.data.shards import load_split
 

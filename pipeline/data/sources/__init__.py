@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.config.sources import ALL_SOURCES, FILE_SOURCES, GENERATED, IDX_SOURCES, SKLEARN, TEST_ONLY
 from pipeline.core.errors import DataError
-from pipeline.data.sources.bundled import SKLEARN, load_sklearn
+from pipeline.data.sources.bundled import load_sklearn
 from pipeline.data.sources.colour import cifar10_files, load_cifar10, load_svhn, svhn_files
 from pipeline.data.sources.common import (
     HOLDOUT_FRACTION,
@@ -30,12 +31,9 @@ from pipeline.data.sources.common import (
     resolve_data_dir,
     stratified_holdout,
 )
-from pipeline.data.sources.generated import GENERATED, TEST_SEED_OFFSET, load_generated
-from pipeline.data.sources.idx import IDX_SOURCES, TEST_ONLY, idx_files, load_idx, read_idx
+from pipeline.data.sources.generated import TEST_SEED_OFFSET, load_generated
+from pipeline.data.sources.idx import idx_files, load_idx, read_idx
 from pipeline.data.sources.table import load_table, read_table_file
-
-FILE_SOURCES = IDX_SOURCES + ("cifar10", "svhn")
-ALL_SOURCES = GENERATED + SKLEARN + FILE_SOURCES + ("table",)
 
 __all__ = [
     "RawSource",

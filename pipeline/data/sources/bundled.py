@@ -8,8 +8,6 @@ import numpy as np
 from pipeline.core.errors import DataError
 from pipeline.data.sources.common import HOLDOUT_FRACTION, HOLDOUT_SEED, RawSource, stratified_holdout
 
-SKLEARN = ("digits", "breast_cancer", "wine", "iris")
-
 
 def load_sklearn(name: str) -> RawSource:
     import sklearn

@@ -10,7 +10,6 @@ import numpy as np
 from pipeline.core.errors import DataError
 from pipeline.data.sources.common import RawSource
 
-GENERATED = ("moons", "circles", "eight_gaussians", "pinwheel")
 TEST_SEED_OFFSET = 1_000_003
 
 

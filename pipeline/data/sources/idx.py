@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config.sources import TEST_ONLY
 from pipeline.core.errors import DataError
 from pipeline.data.sources.common import RawSource, check_labels, first_existing
 
-IDX_SOURCES = ("mnist", "fashion_mnist", "notmnist")
-TEST_ONLY = ("notmnist",)
 _IDX_FILES = {
     "mnist": ("MNIST", ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]),
     "fashion_mnist": (

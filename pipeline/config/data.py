@@ -1,12 +1,17 @@
-"""What data set to prepare: :class:`DataSpec`, the ``data`` section of an experiment's configuration."""
+"""The ``data`` and ``ingest`` sections of a configuration: :class:`DataSpec` (what data set to prepare) and
+:class:`IngestSpec` (how training reads it). Each field's annotation carries its rule (``pipeline.config.rules``);
+``pipeline.data`` takes these classes from here.
+
+>>> DataSpec.paper("mnist").n_labeled, IngestSpec().unlabeled_batch
+(1000, 32)
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated, Literal
 
-if TYPE_CHECKING:  # the fields' rules, read by pipeline.config.rules (which resolves these names itself)
-    from pipeline.config.rules import Known, Range, Text
+from pipeline.config.rules import Known, Range, Text
 
 # default sizes for the paper's MNIST setting (1k labels, 1k validation)
 PAPER_DEFAULTS = {"mnist": (1000, 1000), "fashion_mnist": (1000, 1000)}
@@ -17,7 +22,7 @@ class DataSpec:
     """The ``data`` section. ``n_labeled`` / ``n_val`` left unset (None) size the splits from the labels a source has:
     validation takes 20% of each class's labeled rows (at least 1), training every other labeled row; the shipped
     experiments set both. ``path``, ``test_path``, ``feature_columns``, ``label_column``, ``image_column`` and
-    ``num_classes`` are read only by ``source = "table"`` (:func:`table_field_problem`)."""
+    ``num_classes`` are read only by ``source = "table"`` (:func:`pipeline.config.rules.table_field_problem`)."""
 
     # moons|circles|eight_gaussians|pinwheel|digits|breast_cancer|wine|iris|mnist|fashion_mnist|cifar10|svhn|table
     source: Annotated[str, Known("sources")] = "digits"
@@ -49,28 +54,27 @@ class DataSpec:
         return cls(source=source, **{"n_labeled": n_lab, "n_val": n_val, **kw})
 
 
-TABLE_ONLY = ("path", "test_path", "image_column", "feature_columns", "num_classes")
-
-
-def table_field_problem(spec: DataSpec) -> str | None:
-    """The rule between the table source's fields, as a one-line problem (None when fine): ``source = "table"`` needs
-    ``data.path``; the table-only fields are rejected on other sources.
-
-    >>> table_field_problem(DataSpec(source="digits", path="my.csv"))
-    "data.path='my.csv' is only for data.source='table' (source is 'digits')"
-    """
-    if spec.source == "table":
-        return None if spec.path else "data.source='table' needs data.path (a Parquet or CSV file), e.g. --table my.csv"
-    for key in TABLE_ONLY:
-        value = getattr(spec, key)
-        if value not in (None, (), ""):
-            return f"data.{key}={value!r} is only for data.source='table' (source is {spec.source!r})"
-    return None
-
-
-def check_table_fields(spec: DataSpec) -> None:
-    """:func:`table_field_problem` as a ConfigError, for callers that check before any work."""
-    from pipeline.config.fields import ConfigError  # lazily: pipeline.config imports this module
-
-    if (problem := table_field_problem(spec)) is not None:
-        raise ConfigError(problem)
+@dataclass
+class IngestSpec:
+    labeled_batch: Annotated[int, Range(ge=1)] = 32
+    unlabeled_batch: Annotated[int, Range(ge=1)] = 32
+    two_views: bool = True
+    augment: bool = True
+    translate: Annotated[int, Range(ge=0)] = 2  # pixels (images)
+    pad_mode: Literal["reflect", "zero"] = "reflect"  # "reflect" | "zero" (images)
+    noise_std: Annotated[float, Range(ge=0)] = 0.05  # vectors, in standardized units (multiplied by feature_std)
+    augment_labeled: bool = True  # also augment the labeled batch (one view)
+    labeled_mode: Literal["replicate", "split"] = "replicate"  # or "split"
+    prefetch_batches: Annotated[int, Range(ge=0)] = 2
+    preserve_order: bool = True  # deterministic block order and split assignment (Ray Data)
+    read_batch: Annotated[int, Range(ge=1)] = 1024  # rows per Ray Data batch pulled from the stream (re-batched)
+    # rows reshuffled per epoch on each worker (Ray Data's local shuffle, seeded by seed/epoch/rank; 0 = off): a
+    # materialized unlabeled set is the same blocks in the same order every epoch (the file shuffle acts on reads)
+    shuffle_buffer: Annotated[int, Range(ge=0)] = 4096
+    # one Ray worker process per Parquet read task: Ray reuses a worker's lease for the next task of the same kind,
+    # so short reads pile onto one node despite Ray Data's SPREAD placement; with this they spread over the nodes
+    # (sharing the read bandwidth of a cluster) at the cost of a worker start (~1 s) per read task
+    spread_reads: bool = False
+    # a worker's share of the unlabeled rows up to this size is pulled once onto the training device and batched by
+    # index there (pipeline.data.stream); larger shares stream from Ray Data every epoch
+    in_memory_bytes: Annotated[int, Range(ge=0)] = 2 * 1024**3
