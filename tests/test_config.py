@@ -154,7 +154,7 @@ def test_rule_messages_say_what_is_allowed():
     spec = {f.key: f for f in FIELDS}
     assert problem(spec["eval.ood_percentile"], 150.0) == "must be a number in [0, 100]"
     assert problem(spec["train.consistency_threshold"], 1.0) == "must be a number in [0, 1)"
-    assert problem(spec["train.log_every"], 0) == "must be an integer >= 1"
+    assert problem(spec["train.log_every"], 0) == "must be an integer >= 1 (or None)"
     assert problem(spec["train.batch_rows"], 1) == "must be an integer >= 2, or 0 (off)"
     assert problem(spec["train.batch_rows"], 0) is None and problem(spec["train.grad_clip"], 0.0) is None
     assert problem(spec["train.steps"], True) == "must be an integer"
@@ -238,7 +238,7 @@ def test_run_exits_2_with_one_line_before_ray_or_data(tmp_path):
         timeout=300,
     )
     assert r.returncode == 2, r.stderr
-    assert r.stderr.splitlines() == ["error: train.log_every=0: must be an integer >= 1"]
+    assert r.stderr.splitlines() == ["error: train.log_every=0: must be an integer >= 1 (or None)"]
     assert not ray_tmp.exists()  # Ray never started (its session directory would be here)
     written = sorted(p.name for p in home.rglob("*")) if home.exists() else []
     assert written == [], written  # no data prepared, no MLflow store, no run record

@@ -56,8 +56,9 @@ class DataSpec:
 
 @dataclass
 class IngestSpec:
-    labeled_batch: Annotated[int, Range(ge=1)] = 32
-    unlabeled_batch: Annotated[int, Range(ge=1)] = 32
+    # rows per step per worker; None: sized from the data (pipeline/train/budget.py)
+    labeled_batch: Annotated[int | None, Range(ge=1)] = None
+    unlabeled_batch: Annotated[int | None, Range(ge=1)] = None
     two_views: bool = True
     augment: bool = True
     translate: Annotated[int, Range(ge=0)] = 2  # pixels (images)

@@ -33,6 +33,8 @@ def _digits() -> Config:
             consistency_start_step=500,
             consistency_ramp_steps=500,
             consistency_threshold=0.9,
+            patience=0,  # a fixed length, chosen on validation (bench/RESULTS.md "Recipes")
+            min_steps=0,
         ),
         eval=EvalConfig(sample_temperature=0.25),
     )
@@ -55,6 +57,8 @@ def _moons() -> Config:
             consistency_start_step=100,  # with train.method=flowgmm_cons (FlowGMM scored higher on validation)
             consistency_ramp_steps=200,
             consistency_threshold=0.9,
+            patience=0,
+            min_steps=0,
         ),
     )
 
@@ -76,7 +80,10 @@ def _mnist() -> Config:
             log_every=100,
             lr=1e-3,
             warmup_steps=200,
+            consistency_start_step=0,
             consistency_ramp_steps=2000,
+            patience=0,
+            min_steps=0,
             num_workers=1,
             use_gpu=True,
             cpus_per_worker=4,
@@ -139,17 +146,36 @@ def _breast_cancer() -> Config:
             consistency_start_step=50,
             consistency_ramp_steps=100,
             consistency_threshold=0.9,
+            patience=0,
+            min_steps=0,
         ),
     )
 
 
 def _table() -> Config:
-    # A user's own table (--table PATH = --config table data.path=PATH): the breast_cancer recipe, every label used
-    # (validation = 20% of each class's labeled rows, training the rest; a test split held out unless test_path).
+    # A user's own table (--table PATH = --config table data.path=PATH): every label used (validation = 20% of each
+    # class's labeled rows, training the rest; a test split held out unless test_path). The budget, the schedule,
+    # the batches and the flow's width are left to the data (pipeline/train/budget.py); the objective and the
+    # augmentation are breast_cancer's.
     cfg = _breast_cancer()
     cfg.name = "table"
     cfg.data = replace(cfg.data, source="table", n_labeled=None, n_val=None)
+    cfg.ingest = replace(cfg.ingest, labeled_batch=None, unlabeled_batch=None)
+    cfg.model = replace(cfg.model, num_couplings=None, hidden=None)
+    cfg.train = replace(cfg.train, **{f: None for f in SIZED_TRAIN_FIELDS})
     return cfg
+
+
+SIZED_TRAIN_FIELDS = (
+    "steps",
+    "eval_every",
+    "log_every",
+    "patience",
+    "min_steps",
+    "warmup_steps",
+    "consistency_start_step",
+    "consistency_ramp_steps",
+)
 
 
 EXPERIMENTS: dict[str, typing.Callable[[], Config]] = {
@@ -164,7 +190,8 @@ EXPERIMENTS: dict[str, typing.Callable[[], Config]] = {
 
 
 def smoke(cfg: Config) -> Config:
-    """Shrink an experiment to seconds on 2 CPU cores: same code path, fewer rows, steps and channels."""
+    """Shrink an experiment to seconds on 2 CPU cores: same code path, fewer rows, steps and channels (the budget
+    fields are set, not sized from the data)."""
     d, t, m = cfg.data, cfg.train, cfg.model
     data = replace(
         d,
@@ -173,24 +200,35 @@ def smoke(cfg: Config) -> Config:
         n_val=None if d.n_val is None else min(d.n_val, 200),  # None: sized from the labels
         n_labeled=None if d.n_labeled is None else min(d.n_labeled, 100),
     )
-    model = replace(m, mid_channels=min(m.mid_channels, 16), num_blocks=min(m.num_blocks, 1), hidden=min(m.hidden, 64))
+    model = replace(
+        m,
+        mid_channels=min(m.mid_channels, 16),
+        num_blocks=min(m.num_blocks, 1),
+        hidden=min(m.hidden or 64, 64),
+        num_couplings=m.num_couplings or 6,
+    )
+    steps = min(t.steps or 48, 48)
     train = replace(
         t,
-        steps=min(t.steps, 48),
-        eval_every=min(t.eval_every, 16),
+        steps=steps,
+        eval_every=min(t.eval_every or 16, 16),
         num_workers=min(t.num_workers, 2),
         use_gpu=False,
         cpus_per_worker=0.5,
         bf16=False,
         compile="none",
         channels_last=False,
-        warmup_steps=min(t.warmup_steps, 5),
-        consistency_ramp_steps=min(t.consistency_ramp_steps, 20),
-        consistency_start_step=min(t.consistency_start_step, min(t.steps, 48) // 4),
-        log_every=min(t.log_every, 16),
+        warmup_steps=min(t.warmup_steps or 5, 5),
+        consistency_ramp_steps=min(t.consistency_ramp_steps or 20, 20),
+        consistency_start_step=min(t.consistency_start_step or 0, steps // 4),
+        log_every=min(t.log_every or 16, 16),
+        patience=t.patience or 0,
+        min_steps=min(t.min_steps or 0, steps),
     )
     ingest = replace(
-        cfg.ingest, labeled_batch=min(cfg.ingest.labeled_batch, 32), unlabeled_batch=min(cfg.ingest.unlabeled_batch, 64)
+        cfg.ingest,
+        labeled_batch=min(cfg.ingest.labeled_batch or 32, 32),
+        unlabeled_batch=min(cfg.ingest.unlabeled_batch or 64, 64),
     )
     return replace(
         cfg,

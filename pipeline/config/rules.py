@@ -197,7 +197,7 @@ def _consistency(cfg: Any) -> str | None:
         return None
     if not cfg.ingest.two_views:
         return "train.method='flowgmm_cons' needs ingest.two_views=true (got false): consistency compares two views"
-    if t.consistency_start_step >= t.steps:
+    if None not in (t.consistency_start_step, t.steps) and t.consistency_start_step >= t.steps:
         return (
             f"train.consistency_start_step={t.consistency_start_step} must be < train.steps={t.steps} with "
             "train.method='flowgmm_cons' (no step would have the consistency term)"
@@ -214,12 +214,16 @@ def _gpus(cfg: Any) -> str | None:
 
 def _failure(cfg: Any) -> str | None:
     t = cfg.train
-    if t.inject_failure_at_step >= t.steps:  # never reached: the test it is for would pass without a failure
+    if (
+        t.steps is not None and t.inject_failure_at_step >= t.steps
+    ):  # never reached: the test it is for would pass without a failure
         return f"train.inject_failure_at_step={t.inject_failure_at_step} must be < train.steps={t.steps}"
     return None
 
 
 def _unlabeled_rows(cfg: Any) -> str | None:
+    if cfg.ingest.unlabeled_batch is None:  # sized from the data: at most the rows there are
+        return None
     d, need = cfg.data, cfg.ingest.unlabeled_batch * _world(cfg)
     if d.n_unlabeled is not None and d.n_unlabeled < need:
         return (
@@ -238,7 +242,9 @@ def _unlabeled_rows(cfg: Any) -> str | None:
 
 def _labeled_rows(cfg: Any) -> str | None:
     d, i = cfg.data, cfg.ingest
-    if i.labeled_mode == "split" and d.n_labeled is not None and d.n_labeled // _world(cfg) < i.labeled_batch:
+    if i.labeled_batch is None or d.n_labeled is None:
+        return None
+    if i.labeled_mode == "split" and d.n_labeled // _world(cfg) < i.labeled_batch:
         return (
             f"data.n_labeled={d.n_labeled} is too few to split across {_workers(cfg)} with "
             f"ingest.labeled_batch={i.labeled_batch} (use ingest.labeled_mode=replicate)"

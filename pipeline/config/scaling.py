@@ -61,7 +61,9 @@ def large_batch(cfg: Any, rows: int, rule: str = "sqrt") -> Any:
 def apply_batch_rows(cfg: Any) -> Any:
     """``cfg`` at ``train.batch_rows`` rows per step (unchanged when it is 0). Idempotent: a configuration already at
     that batch size keeps its learning rate."""
-    rows = cfg.train.batch_rows
-    if rows <= 0 or rows == cfg.ingest.labeled_batch + cfg.ingest.unlabeled_batch:
+    rows, ing = cfg.train.batch_rows, cfg.ingest
+    if None in (ing.labeled_batch, ing.unlabeled_batch, cfg.train.warmup_steps, cfg.train.consistency_ramp_steps):
+        return cfg  # sized from the data first: pipeline.train.budget applies it then
+    if rows <= 0 or rows == ing.labeled_batch + ing.unlabeled_batch:
         return cfg
     return large_batch(cfg, rows)

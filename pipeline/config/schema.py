@@ -25,8 +25,9 @@ class ModelConfig:
     # in the image flow's ResNets: "batch" (paper) | "act" (ActNorm, no batch statistics) | "none"
     norm: Literal["batch", "act", "none"] = "batch"
     # vector flow (RealNVP with MLP couplings; also flow = "vector" on images)
-    num_couplings: Annotated[int, Range(ge=1)] = 6
-    hidden: Annotated[int, Range(ge=1)] = 128
+    # None: sized from the data (pipeline/train/budget.py)
+    num_couplings: Annotated[int | None, Range(ge=1)] = None
+    hidden: Annotated[int | None, Range(ge=1)] = None
     depth: Annotated[int, Range(ge=1)] = 2
     # latent Gaussian mixture
     means_scale: Annotated[float, Range(gt=0)] = 1.0  # each mean coordinate ~ N(0, r^2); antipodal pair for two classes
@@ -49,28 +50,33 @@ class TrainConfig:
     label_weight: Annotated[float, Range(ge=0)] = 1.0
     unlabeled_weight: Annotated[float, Range(ge=0)] = 1.0
     consistency_weight: Annotated[float, Range(ge=0)] = 1.0  # used when method == "flowgmm_cons"
-    consistency_ramp_steps: Annotated[int, Range(ge=0)] = 500  # linear ramp of the weight from consistency_start_step
+    # The budget and schedule below: None (the default) sizes the field from the data (pipeline/train/budget.py),
+    # once the data is prepared; a value is used as given.
+    consistency_ramp_steps: Annotated[int | None, Range(ge=0)] = None  # linear ramp of the weight from the start
     # no consistency term before this step (early pseudo-labels are mostly wrong)
-    consistency_start_step: Annotated[int, Range(ge=0)] = 0
+    consistency_start_step: Annotated[int | None, Range(ge=0)] = None
     consistency_rows: Literal["all", "unlabeled"] = "all"  # "all" (the paper: labeled and unlabeled rows) | "unlabeled"
     # rows whose second-view posterior max is below this get no target
     consistency_threshold: Annotated[float, Range(ge=0, lt=1)] = 0.0
-    # optimizer steps in all (an epoch is one pass over a worker's unlabeled rows)
-    steps: Annotated[int, Range(ge=1)] = 2000
+    # optimizer steps at most (an epoch is one pass over a worker's unlabeled rows)
+    steps: Annotated[int | None, Range(ge=1)] = None
+    # stop once the smoothed validation score has not improved for this many evaluation points (0: never)
+    patience: Annotated[int | None, Range(ge=0)] = None
+    min_steps: Annotated[int | None, Range(ge=0)] = None  # never stop on validation before this step
     # steps between validation + report (+ checkpoint); the last step always
-    eval_every: Annotated[int, Range(ge=1)] = 200
+    eval_every: Annotated[int | None, Range(ge=1)] = None
     checkpoint_every: Annotated[int, Range(ge=1)] = 1  # evaluation points between checkpoints; the last one always
-    log_every: Annotated[int, Range(ge=1)] = 200  # steps between progress lines
+    log_every: Annotated[int | None, Range(ge=1)] = None  # steps between progress lines
     lr: Annotated[float, Range(gt=0)] = 1e-3
     weight_decay: Annotated[float, Range(ge=0)] = 0.0
     lr_schedule: Literal["cosine", "constant"] = "cosine"  # "cosine" | "constant"
-    warmup_steps: Annotated[int, Range(ge=0)] = 50
+    warmup_steps: Annotated[int | None, Range(ge=0)] = None
     grad_clip: Annotated[float, Range(gt=0, off=0)] = 100.0
     # > 0: rows per step per worker (labeled + unlabeled, same mix); lr, warm-up, ramp scaled
     batch_rows: Annotated[int, Range(ge=2, off=0)] = 0
     bf16: bool = False  # autocast to bfloat16; log-dets and the prior stay float32
-    # torch.compile unit: "none" | "couplings" | "full" (see pipeline/train/fastpath.py)
-    compile: Literal["none", "couplings", "full"] = "none"
+    # torch.compile of the whole model: "none" | "full" (see pipeline/train/fastpath.py)
+    compile: Literal["none", "full"] = "none"
     # torch.compile backend ("eager" / "aot_eager": cheap CPU checks)
     compile_backend: Annotated[str, Text(pattern=NAME)] = "inductor"
     channels_last: bool = False  # images: channels-last memory format in the coupling nets

@@ -2,7 +2,7 @@
 schedule, and one step with its non-finite guard. Ray-free, so that the training loop and the benchmarks run the
 same object.
 
-    engine = Engine(spec, cfg, device)           # accelerate(): compile / channels-last from cfg.train
+    engine = Engine(spec, cfg, device)           # the model, compiled / channels-last as cfg.train asks
     loss = engine.train_step(batch)              # compute_loss + apply_gradients + guard; engine.step += 1
     engine.first_bad_step()                      # the first non-finite step over all ranks, or -1
     engine.check_finite()                        # raises NonFiniteLossError naming the first bad step
@@ -14,6 +14,7 @@ rank's generators: ``Engine(..., rank=r, world=n)`` seeds this rank's CPU and CU
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -67,10 +68,8 @@ class Engine:
         if compile_cache and t.compile != "none":
             enable_compile_cache(compile_cache)
         self.model = build_model(spec).to(self.device)
-        # the fast path acts on the model training runs: compile unit, backend, channels-last (before the optimizer)
-        self.forward: torch.nn.Module = accelerate(
-            self.model, t, self.device, backend=t.compile_backend, compile_on_cpu=True
-        )
+        # what the step calls: the model, compiled when train.compile=full (channels-last applied in place)
+        self.forward: torch.nn.Module = accelerate(self.model, t, self.device, backend=t.compile_backend)
         self.optimizer = build_optimizer(self.model, t, self.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, t.steps))
         self.step = 0
@@ -98,8 +97,9 @@ class Engine:
             torch.cuda.set_rng_state(state["cuda"], self.device)
 
     def distribute(self, wrap) -> None:
-        """Wrap the forward for data parallelism (``ray.train.torch.prepare_model``); checkpoints keep ``model``."""
-        self.forward = wrap(self.forward)
+        """Wrap the model for data parallelism (``ray.train.torch.prepare_model``), then compile the wrapper when
+        asked; checkpoints keep saving ``model``."""
+        self.forward = accelerate(wrap(self.model), self.t, self.device, backend=self.t.compile_backend)
 
     def train_step(self, batch: Step) -> torch.Tensor:
         """One optimizer step. No host synchronisation: the loss stays on the device."""
@@ -108,6 +108,8 @@ class Engine:
             self._sync()
             self.timing["t0"] = time.perf_counter()
         self.forward.train()
+        if self.t.channels_last and self.image:
+            batch = _channels_last(batch)
         loss, parts = compute_loss(self.forward, self.model, batch, self.t, self.step, self.levels)
         apply_gradients(loss, self.model, self.optimizer, self.scheduler, self.t.grad_clip)
         lv = loss.detach()
@@ -192,6 +194,15 @@ class Engine:
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def _channels_last(batch: Step) -> Step:
+    """The step's images in channels-last memory format (what the channels-last conv weights want)."""
+    fmt = torch.channels_last
+    return dataclasses.replace(
+        batch,
+        **{k: v.contiguous(memory_format=fmt) for k, v in vars(batch).items() if k.startswith("x") and v is not None},
+    )
 
 
 def _part(parts: dict[str, torch.Tensor], like: torch.Tensor, name: str) -> torch.Tensor:

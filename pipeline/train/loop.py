@@ -1,18 +1,19 @@
-"""The per-worker training loop (Ray Train; DDP with several workers, or in the driver process with none).
+"""The training loop every Ray Train worker runs (DDP with several workers; in the driver process with none).
 
-Reads top to bottom: build the engine (model, fast path, optimizer), restore the latest checkpoint when this is a
-restart or a resumed run, then take ``train.steps`` FlowGMM steps on batches from the stream; every ``log_every``
-steps (and at every evaluation point) check the loss is finite over all ranks and print one progress line, every
-``eval_every`` steps (and at the last) validate, report and checkpoint. A non-finite loss ends the loop with
-``{"nonfinite_step": N, "checked_at": M}`` as its return value: a deterministic failure, which the driver turns
-into an error instead of letting Ray Train retry it. Each rank draws its own noise (generators seeded from seed
-and rank, saved and restored per rank). One flag, ``is_main`` (rank 0), gates every side effect: checkpoints,
-MLflow and the console.
+Read :func:`train_loop_per_worker` top to bottom: set the worker up (its rank, the model, optimizer and schedule in
+an :class:`~pipeline.train.engine.Engine`, its share of the batches), restore the latest checkpoint when this is a
+restarted worker group or a resumed run, then take FlowGMM steps (:func:`pipeline.train.step.compute_loss` inside
+``engine.train_step``). Every ``log_every`` steps, and at every evaluation point, the loss is checked finite on all
+ranks and rank 0 prints one progress line; every ``eval_every`` steps (and at the last) rank 0 validates, all ranks
+decide together whether to stop on validation (:class:`~pipeline.train.state.ValidationStop`), and every rank
+reports (with a checkpoint every ``checkpoint_every`` reports, at a stop and at the last step).
 
-Launch (through the pipeline, which prepares data and sets up MLflow first):
+A non-finite loss ends the loop with ``{"nonfinite_step": N, "checked_at": M}`` as its return value: a deterministic
+failure, which the driver turns into an error instead of letting Ray Train retry it. One flag, ``is_main`` (rank 0),
+gates every side effect: checkpoints, MLflow and the console. Where training in the driver differs from training on
+workers (threads, where checkpoints are kept) is :class:`~pipeline.train.state.Checkpoints`.
 
-    python pipeline/run.py --config digits
-    ray job submit --working-dir . -- python pipeline/run.py --config mnist
+    python pipeline/run.py --config digits             # through the job, which prepares data and MLflow first
 """
 
 from __future__ import annotations
@@ -23,183 +24,197 @@ import os
 import signal
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray.train
 import ray.train.torch
 
 from flowgmm.metrics import selection_score
-from pipeline.config import Config
+from pipeline.config import Config, TrainConfig
 from pipeline.data.manifest import Prepared
 from pipeline.data.stream import SSLStream
 from pipeline.train.engine import Engine
-from pipeline.train.state import CheckpointStore
+from pipeline.train.state import Checkpoints, ValidationStop
 from pipeline.train.validate import validate
 
 
-def train_loop_per_worker(loop: dict[str, Any]) -> dict[str, int] | None:
-    """The Ray Train function. ``loop``: config (dict), prepared, spec (the model spec), val (x, y), label (for the
-    console), mlflow (tracking URI + run id, or None), store (checkpoint root in local mode), resume, verbose,
-    compile_cache, failure_marker (fault-injection tests)."""
+@dataclass
+class LoopInputs:
+    """What the driver hands every worker (``TorchTrainer(train_loop_config=...)``)."""
+
+    config: dict[str, Any]  # Config.to_dict()
+    prepared: Prepared
+    spec: dict[str, Any]  # the model spec (flowgmm.spec.build_model)
+    val: tuple[np.ndarray, np.ndarray]  # the validation split (rows, labels)
+    checkpoints: str  # the run's checkpoint root (used in the driver; Ray Train keeps its own on workers)
+    label: str = "train"  # the model's name on the console
+    mlflow: dict[str, str] | None = None  # tracking URI + run id of the driver's MLflow run
+    resume: bool = False
+    verbose: bool = False
+    compile_cache: str | None = None
+    failure_marker: str | None = None  # fault-injection tests
+    fit_started: float = field(default_factory=time.time)
+
+
+def train_loop_per_worker(inp: LoopInputs) -> dict[str, int] | None:
+    """The Ray Train function: ``train.steps`` FlowGMM steps at most; None, or the first non-finite step."""
     t_enter = time.time()
-    w = Worker(loop)
-    w.restore()
-    w.startup = {"trainer_start_s": t_enter - loop.get("fit_started", t_enter)}
+    cfg = Config.from_dict(inp.config)
+    t = cfg.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    is_main = rank == 0
+    ckpts = Checkpoints(inp.checkpoints, local=t.num_workers == 0, resume=inp.resume)
+    if not inp.verbose:
+        _quiet_ray_train()
+    device = ray.train.torch.get_device()
+    _torch_setup(t, local=ckpts.local)
+    engine = Engine(inp.spec, cfg, device, compile_cache=inp.compile_cache, rank=rank, world=world)
+    run = _Run(inp, cfg, engine, ckpts, is_main)
+    run.restore()
+    if world > 1:
+        engine.distribute(ray.train.torch.prepare_model)
+    stream = SSLStream(
+        inp.prepared,
+        cfg.ingest,
+        world_size=world,
+        rank=rank,
+        seed=t.seed,
+        device=device,
+        unlabeled=t.method != "labels_only",
+        second_view=t.method == "flowgmm_cons",
+    )
+    run.startup["trainer_start_s"] = t_enter - inp.fit_started
     t_pull = time.time()
-    for batch in w.stream.batches(start=w.engine.step):
-        if "data_pull_s" not in w.startup:  # the first batch: rows pulled from Ray Data onto the device
-            w.startup["data_pull_s"] = time.time() - t_pull
-        _maybe_inject_failure(w.t, w.engine.step, w.rank, loop.get("failure_marker"))
-        w.engine.train_step(batch)
-        step = w.engine.step
-        if step % w.t.log_every == 0 or step % w.t.eval_every == 0 or step == w.t.steps:
-            bad = w.engine.first_bad_step()  # the same steps on every rank: a collective, the same answer
+    for batch in stream.batches(start=engine.step):
+        run.startup.setdefault("data_pull_s", time.time() - t_pull)  # the first batch: rows onto the device
+        _maybe_inject_failure(t, engine.step, rank, inp.failure_marker)
+        engine.train_step(batch)
+        step = engine.step
+        at_eval, at_log = step % t.eval_every == 0 or step >= t.steps, step % t.log_every == 0
+        if at_eval or at_log:
+            bad = engine.first_bad_step()  # the same steps on every rank: a collective, the same answer
             if bad >= 0:
                 return {"nonfinite_step": bad, "checked_at": step}
-        if step % w.t.eval_every == 0 or step == w.t.steps:
-            w.evaluate_and_report()
-        if w.is_main and (step % w.t.log_every == 0 or step == w.t.steps):
-            w.progress()
-        if step >= w.t.steps:
+        stop = run.evaluate_and_report(stream.steps_per_epoch) if at_eval else False
+        if is_main and (at_log or stop or step >= t.steps):
+            run.progress(stopped=stop)
+        if stop or step >= t.steps:
             break
     return None
 
 
-class Worker:
-    """One training worker: its engine, data stream, validation, reports and console line."""
+class _Run:
+    """One worker's run: its engine, checkpoints, validation, stopping rule, MLflow and console line."""
 
-    def __init__(self, loop: dict[str, Any]):
-        self.loop = loop
-        self.cfg = cfg = Config.from_dict(loop["config"])
-        self.t = cfg.train
-        self.prepared: Prepared = loop["prepared"]
-        ctx = ray.train.get_context()
-        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
-        self.is_main = self.rank == 0
-        self.local_mode = loop.get("store") is not None
-        if not loop.get("verbose"):
-            _quiet_ray_train()
-        self.device = ray.train.torch.get_device()
-        if self.local_mode:  # the driver's threads, as Ray gives a worker: its CPUs (whole ones, at least one)
-            _torch_threads(max(1, int(self.t.cpus_per_worker)))
-        _torch_seed(self.t.seed)
-        self.engine = Engine(
-            loop["spec"], cfg, self.device, compile_cache=loop.get("compile_cache"), rank=self.rank, world=self.world
-        )
-        method = self.t.method
-        self.stream = SSLStream(
-            self.prepared,
-            cfg.ingest,
-            world_size=self.world,
-            rank=self.rank,
-            seed=self.t.seed,
-            device=self.device,
-            unlabeled=method != "labels_only",
-            second_view=method == "flowgmm_cons",
-        )
-        self.val_x, self.val_y = loop["val"]
-        self.tracker = _RankZeroTracker(loop.get("mlflow")) if self.is_main else None
-        self.store = CheckpointStore(loop["store"]) if self.local_mode else None
+    def __init__(self, inp: LoopInputs, cfg: Config, engine: Engine, ckpts: Checkpoints, is_main: bool):
+        self.inp, self.cfg, self.t, self.engine, self.ckpts, self.is_main = inp, cfg, cfg.train, engine, ckpts, is_main
+        self.world = engine.world
+        self.stopper = ValidationStop(self.t.patience, self.t.min_steps)
+        self.tracker = _RankZeroTracker(inp.mlflow) if is_main else None
         self.evals = 0
         self.last_val: dict[str, float] = {}
         self.startup: dict[str, float] = {}
 
     def restore(self) -> None:
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None and self.store is not None and self.loop.get("resume"):
-            latest = self.store.latest()
-            checkpoint = self.store.checkpoint(latest) if latest else None
+        checkpoint = self.ckpts.restore()
         if checkpoint is not None:
             with checkpoint.as_directory() as d:
                 st = self.engine.load(d)
             self.evals = int(st.get("evals", 0))
+            self.stopper.load(st.get("stopper"))
             if self.is_main:
-                print(f"[flowgmm] {self.loop.get('label', 'train')}: resumed from step {self.engine.step}", flush=True)
-        if self.world > 1:
-            self.engine.distribute(ray.train.torch.prepare_model)
+                print(f"[flowgmm] {self.inp.label}: resumed from step {self.engine.step}", flush=True)
         self.t_start, self.step_start = time.time(), self.engine.step
 
-    def evaluate_and_report(self) -> None:
-        """Validation (rank 0), the report every worker makes, a checkpoint every ``checkpoint_every`` reports."""
+    def evaluate_and_report(self, steps_per_epoch: int) -> bool:
+        """Validation (rank 0), the decision to stop (taken on rank 0, the same on every rank), and the report every
+        worker makes, with a checkpoint every ``checkpoint_every`` reports, at a stop and at the last step."""
         e, t = self.engine, self.t
         self.evals += 1
+        metrics = self.train_metrics(steps_per_epoch)
+        stop = False
+        if self.is_main:
+            metrics.update(self.validate())
+            stop = self.stopper.update(e.step, metrics["score"]) and e.step < t.steps
+        stop = _agree(stop, self.world)
+        metrics["stopped_on_validation"] = float(stop)
+        if self.tracker:
+            self.tracker.log(metrics, e.step)
+        if self.evals % t.checkpoint_every == 0 or stop or e.step >= t.steps:
+            self.report_with_checkpoint(metrics)
+        else:
+            self.ckpts.report(metrics, None)
+        return stop
+
+    def train_metrics(self, steps_per_epoch: int) -> dict[str, float]:
+        e = self.engine
         means = e.pop_means()
         metrics: dict[str, float] = {
             "step": e.step,
-            "epoch": e.step / self.stream.steps_per_epoch,
+            "epoch": e.step / steps_per_epoch,
             **{f"train_{k}": v for k, v in means.items()},
             "restored_from_step": e.restored_from_step,
             "lr": e.scheduler.get_last_lr()[0],
             **e.fast_path_metrics(),
             **{f"time_{k}": v for k, v in self.startup.items()},
         }
-        if t.method != "labels_only":  # bits/dim of the unlabeled batches (mixture density, dequantized data)
-            dim = math.prod(self.engine.spec["shape"])
-            metrics["train_bpd"] = (means["unlabeled_nll"] + (dim * math.log(e.levels) if e.levels else 0.0)) / (
-                dim * math.log(2)
-            )
-        if self.is_main:
-            self.validate_into(metrics)
-        last = e.step >= t.steps
-        if self.evals % t.checkpoint_every == 0 or last:
-            self.report_with_checkpoint(metrics)
-        else:
-            ray.train.report(metrics)
+        if self.t.method != "labels_only":  # bits/dim of the unlabeled batches (mixture density, dequantized data)
+            dim = math.prod(e.spec["shape"])
+            nats = means["unlabeled_nll"] + (dim * math.log(e.levels) if e.levels else 0.0)
+            metrics["train_bpd"] = nats / (dim * math.log(2))
+        return metrics
 
-    def validate_into(self, metrics: dict[str, float]) -> None:
-        val = validate(
-            self.engine.model,
-            self.val_x,
-            self.val_y,
-            levels=self.engine.levels,
-            device=self.device,
-            batch_size=self.cfg.eval.batch_size,
-        )
-        metrics.update({f"val_{k}": v for k, v in val.items()})
-        metrics["score"] = selection_score(val["accuracy"], val["nll"])
-        self.engine.best_score = max(self.engine.best_score, metrics["score"])
+    def validate(self) -> dict[str, float]:
+        x, y = self.inp.val
+        e = self.engine
+        val = validate(e.model, x, y, levels=e.levels, device=e.device, batch_size=self.cfg.eval.batch_size)
         self.last_val = val
-        if self.tracker:
-            self.tracker.log(metrics, self.engine.step)
+        score = selection_score(val["accuracy"], val["nll"])
+        e.best_score = max(e.best_score, score)
+        return {**{f"val_{k}": v for k, v in val.items()}, "score": score}
 
     def report_with_checkpoint(self, metrics: dict[str, float]) -> None:
         rng = _gather(self.engine.rng_state(), self.world)  # every rank's generators, into rank 0's checkpoint
         with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
             if self.is_main:
-                self.engine.save(tmp, extra={"evals": self.evals}, rng=rng)
-                if self.store is not None:  # local mode: Ray keeps only a reference, so persist it first
-                    ckpt = self.store.checkpoint(self.store.save(tmp, self.engine.step, metrics.get("score", 0.0)))
-                else:
-                    ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=ckpt)
+                self.engine.save(tmp, extra={"evals": self.evals, "stopper": self.stopper.state()}, rng=rng)
+            self.ckpts.report(metrics, tmp if self.is_main else None)
 
-    def progress(self) -> None:
+    def progress(self, stopped: bool = False) -> None:
         step, total = self.engine.step, self.t.steps
         rate = (step - self.step_start) / max(time.time() - self.t_start, 1e-9)
         eta = (total - step) / max(rate, 1e-9)
         val = f" | val acc {self.last_val['accuracy']:.3f}" if self.last_val else ""
+        end = " | stopped: validation flat" if stopped else f" | ETA {int(eta) // 60}:{int(eta) % 60:02d}"
         print(
-            f"[flowgmm] {self.loop.get('label', 'train'):<17} step {step:>6}/{total} {100 * step / total:3.0f}% | "
-            f"{rate:6.1f} steps/s | ETA {int(eta) // 60}:{int(eta) % 60:02d}{val}",
+            f"[flowgmm] {self.inp.label:<17} step {step:>6}/{total} {100 * step / total:3.0f}% | "
+            f"{rate:6.1f} steps/s{end}{val}",
             flush=True,
         )
 
 
-def _torch_threads(n: int) -> None:
-    """Intra-op threads of the process. More threads than free cores make every step wait on the slowest one (on a
-    2-core machine 2 threads ran a digits step 3.5x slower than 1 thread when another process held a core)."""
+def _torch_setup(t: TrainConfig, *, local: bool) -> None:
+    """Threads and the initial weights. In the driver, intra-op threads as Ray gives a worker its CPUs (whole ones,
+    at least one: more threads than free cores make every step wait on the slowest one; on a 2-core machine 2
+    threads ran a digits step 3.5x slower than 1 when another process held a core). Ray Train workers get their
+    threads from Ray. The seed makes the initial weights the same on every rank (the engine then seeds each rank's
+    own generators)."""
     import torch
 
-    torch.set_num_threads(n)
+    if local:
+        torch.set_num_threads(max(1, int(t.cpus_per_worker)))
+    torch.manual_seed(t.seed)
 
 
-def _torch_seed(seed: int) -> None:
-    """The model's initial weights: the same on every rank (the engine then seeds each rank's own generators)."""
-    import torch
-
-    torch.manual_seed(seed)
+def _agree(flag: bool, world: int) -> bool:
+    """Rank 0's decision on every rank (a collective with several workers)."""
+    if world <= 1:
+        return flag
+    return bool(_gather(flag, world)[0])
 
 
 def _gather(obj: Any, world: int) -> list[Any]:
@@ -222,7 +237,7 @@ def _quiet_ray_train() -> None:
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "Progress bars disabled": asked for
 
 
-def _maybe_inject_failure(t, step: int, rank: int, marker: str | None) -> None:
+def _maybe_inject_failure(t: TrainConfig, step: int, rank: int, marker: str | None) -> None:
     """Fault-tolerance testing: rank 1 (or 0 with one worker) dies hard, once, at a chosen global step.
 
     Ray Train commits a reported checkpoint when its controller next polls the workers (every

@@ -7,9 +7,11 @@ from typing import Any
 
 from pipeline.config import Config
 from pipeline.data.manifest import Prepared
+from pipeline.train.budget import size_to_data
 
 
 def model_spec(cfg: Config, prepared: Prepared) -> dict[str, Any]:
+    cfg = size_to_data(cfg, prepared)  # the flow's width when the configuration leaves it to the data
     man = prepared.manifest
     spec: dict[str, Any] = {
         "kind": prepared.kind,

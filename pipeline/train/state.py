@@ -1,5 +1,6 @@
-"""What outlives a step: the learning-rate schedule, the error raised on a non-finite loss, and the checkpoint store
-that training in the driver process (Ray Train's local mode, which keeps no checkpoints) writes itself.
+"""What outlives a step: the learning-rate schedule, the error raised on a non-finite loss, stopping on validation,
+and where checkpoints go (:class:`Checkpoints`: the one place where training in the driver process, Ray Train's local
+mode, which keeps no checkpoints, differs from training on Ray Train workers).
 
 A checkpoint directory holds ``spec.json`` + ``weights.pt`` (the model, loadable by ``flowgmm.spec.load``) and
 ``train_state.pt`` (optimizer, schedule, step, best score, and every rank's random generators: ``rng`` is a list
@@ -126,3 +127,91 @@ class CheckpointStore:
         with self.fs.open_output_stream(tmp) as f:
             f.write(data)
         self.fs.move(tmp, f"{self.root}/{INDEX_FILE}")
+
+
+class ValidationStop:
+    """Stopping on validation: the selection score smoothed over evaluation points (an exponential moving average,
+    weight ``smoothing`` on the past), stop once it has not improved for ``patience`` evaluation points, never
+    before ``min_steps``; ``patience = 0`` never stops early.
+
+        >>> stop = ValidationStop(patience=2, min_steps=0, smoothing=0.0)
+        >>> [stop.update(step, s) for step, s in [(1, 0.5), (2, 0.7), (3, 0.6), (4, 0.7), (5, 0.65)]]
+        [False, False, False, True, True]
+    """
+
+    def __init__(self, patience: int, min_steps: int, smoothing: float = 0.5):
+        self.patience, self.min_steps, self.smoothing = int(patience), int(min_steps), float(smoothing)
+        self.smoothed: float | None = None
+        self.best = -math.inf
+        self.since_best = 0
+
+    def update(self, step: int, score: float) -> bool:
+        """Record the score at ``step``; True when training should stop here."""
+        s = score if self.smoothed is None else self.smoothing * self.smoothed + (1 - self.smoothing) * score
+        self.smoothed = s
+        if s > self.best + 1e-6:
+            self.best, self.since_best = s, 0
+        else:
+            self.since_best += 1
+        return self.patience > 0 and step >= self.min_steps and self.since_best >= self.patience
+
+    def state(self) -> dict[str, float]:
+        return {"smoothed": self.smoothed, "best": self.best, "since_best": self.since_best}
+
+    def load(self, st: dict[str, Any] | None) -> None:
+        if st:
+            self.smoothed, self.best, self.since_best = st["smoothed"], float(st["best"]), int(st["since_best"])
+
+
+class Checkpoints:
+    """Where a run's checkpoints go, and the only place where training in the driver differs from training on Ray
+    Train workers. On workers, Ray Train keeps the reported checkpoints (the best two by score and the latest) and
+    hands a restarted worker group the latest; in the driver (``train.num_workers = 0``) Ray's local mode keeps only
+    a reference to the reported directory, so the run persists each checkpoint in a :class:`CheckpointStore` under
+    ``root`` first, and ``--resume`` restarts from its latest.
+
+        ckpts = Checkpoints(root, local=True, resume=False)
+        ckpts.restore()                        # the checkpoint to continue from, or None
+        ckpts.report(metrics, directory)      # on rank 0 with a directory, elsewhere with None
+        ckpts.chosen(result, "last")          # after fit(): (evaluated checkpoint, latest checkpoint)
+    """
+
+    def __init__(self, root: str, *, local: bool, resume: bool = False):
+        self.root, self.local, self.resume = root, local, resume
+        self.store = CheckpointStore(root) if local else None
+
+    def restore(self):
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()  # a restarted Ray Train worker group
+        if checkpoint is None and self.store is not None and self.resume:
+            latest = self.store.latest()
+            checkpoint = self.store.checkpoint(latest) if latest else None
+        return checkpoint
+
+    def report(self, metrics: dict[str, Any], directory: str | None) -> None:
+        """``ray.train.report`` with the checkpoint in ``directory`` (None: metrics only)."""
+        import ray.train
+
+        ckpt = None
+        if directory is not None:
+            if self.store is not None:  # local mode: Ray keeps only a reference, so persist it first
+                path = self.store.save(directory, int(metrics["step"]), metrics.get("score", 0.0))
+                ckpt = self.store.checkpoint(path)
+            else:
+                ckpt = ray.train.Checkpoint.from_directory(directory)
+        ray.train.report(metrics, checkpoint=ckpt)
+
+    def chosen(self, result, pick: str):
+        """(the checkpoint evaluated and served: the last step's or the best score's, the last step's)."""
+        if self.store is not None:
+            best, latest = self.store.best(), self.store.latest()
+            if best is None or latest is None:
+                raise RuntimeError("training reported no checkpoint")
+            return self.store.checkpoint(best if pick == "best" else latest), self.store.checkpoint(latest)
+        if result.checkpoint is None:
+            raise RuntimeError("training reported no checkpoint")
+        if pick != "best" or not result.best_checkpoints:
+            return result.checkpoint, result.checkpoint
+        best = max(result.best_checkpoints, key=lambda cm: cm[1].get("score", float("-inf")))[0]
+        return best, result.checkpoint

@@ -25,8 +25,9 @@ import ray.train.torch
 from pipeline.config import Config
 from pipeline.data.ingest import build_datasets, data_config
 from pipeline.data.manifest import Prepared
-from pipeline.train.loop import train_loop_per_worker
-from pipeline.train.state import CheckpointStore, NonFiniteLossError
+from pipeline.train.budget import size_to_data
+from pipeline.train.loop import LoopInputs, train_loop_per_worker
+from pipeline.train.state import Checkpoints, NonFiniteLossError
 
 MATERIALIZE_BYTES = 2 * 1024**3
 
@@ -80,22 +81,23 @@ class TrainRun:
         verbose: bool = False,
         compile_cache: str | None = None,
     ):
+        cfg = size_to_data(cfg, prepared)  # a no-op when the caller sized it already (the job does, to log it)
         self.cfg, self.run_name, self.storage_path = cfg, run_name, storage_path
-        self.local = cfg.train.num_workers == 0
-        self.store_root = f"{storage_path.rstrip('/')}/{run_name}"
-        self.loop = {
-            "config": cfg.to_dict(),
-            "prepared": prepared,
-            "spec": spec,
-            "mlflow": mlflow_info,
-            "val": val,
-            "label": label,
-            "store": self.store_root if self.local else None,
-            "resume": resume,
-            "verbose": verbose,
-            "compile_cache": compile_cache,
-            "failure_marker": os.path.join(storage_path, run_name, ".injected_failure"),
-        }
+        root = f"{storage_path.rstrip('/')}/{run_name}"
+        self.checkpoints = Checkpoints(root, local=cfg.train.num_workers == 0, resume=resume)
+        self.inputs = LoopInputs(
+            config=cfg.to_dict(),
+            prepared=prepared,
+            spec=spec,
+            val=val,
+            checkpoints=root,
+            label=label,
+            mlflow=mlflow_info,
+            resume=resume,
+            verbose=verbose,
+            compile_cache=compile_cache,
+            failure_marker=os.path.join(storage_path, run_name, ".injected_failure"),
+        )
         self.trainer = self._trainer(prepared, callbacks or [])
 
     def _trainer(self, prepared: Prepared, callbacks: list) -> ray.train.torch.TorchTrainer:
@@ -105,7 +107,7 @@ class TrainRun:
             resources["GPU"] = t.gpus_per_worker
         return ray.train.torch.TorchTrainer(
             train_loop_per_worker,
-            train_loop_config=self.loop,
+            train_loop_config=self.inputs,
             scaling_config=ray.train.ScalingConfig(
                 num_workers=t.num_workers,
                 use_gpu=t.use_gpu,
@@ -127,30 +129,11 @@ class TrainRun:
 
     def fit(self) -> Trained:
         t0 = time.time()
-        self.loop["fit_started"] = t0
+        self.inputs.fit_started = t0
         result = self.trainer.fit()
         seconds = time.time() - t0
         bad = getattr(result, "return_value", None) or {}
         if "nonfinite_step" in bad:  # the loop stopped on a NaN/inf loss: deterministic, so not a worker failure
             raise NonFiniteLossError(bad["nonfinite_step"], bad["checked_at"], where=f"run {self.run_name}: ")
-        metrics = dict(result.metrics or {})
-        if self.local:
-            store = CheckpointStore(self.store_root)
-            best, latest = store.best(), store.latest()
-            if best is None or latest is None:
-                raise RuntimeError("training reported no checkpoint")
-            return Trained(store.checkpoint(self._pick(best, latest)), metrics, seconds, store.checkpoint(latest))
-        best = best_checkpoint(result) if self.cfg.eval.checkpoint == "best" else result.checkpoint
-        return Trained(best, metrics, seconds, result.checkpoint)
-
-    def _pick(self, best: str, latest: str) -> str:
-        return best if self.cfg.eval.checkpoint == "best" else latest
-
-
-def best_checkpoint(result):
-    """The checkpoint with the best validation score (Ray keeps the best two and the latest)."""
-    best = result.best_checkpoints or []
-    ckpt = max(best, key=lambda cm: cm[1].get("score", float("-inf")))[0] if best else result.checkpoint
-    if ckpt is None:
-        raise RuntimeError("training reported no checkpoint")
-    return ckpt
+        chosen, latest = self.checkpoints.chosen(result, self.cfg.eval.checkpoint)
+        return Trained(chosen, dict(result.metrics or {}), seconds, latest)
