@@ -17,8 +17,10 @@ from flowgmm.coupling import AffineCoupling, channel_mask, checkerboard_mask, ha
 from flowgmm.flows import image_flow, vector_flow
 from flowgmm.mixture import GaussianMixture
 from flowgmm.model import FlowGMM
+from flowgmm.permutation import Permutation
 from flowgmm.preprocess import Logit, dequantize
 from flowgmm.reshape import FactorOut, Squeeze
+from flowgmm.splines import RQSplineCoupling, rq_spline
 
 __all__ = [
     "FlowGMM",
@@ -31,6 +33,9 @@ __all__ = [
     "Affine",
     "Flatten",
     "AffineCoupling",
+    "RQSplineCoupling",
+    "Permutation",
+    "rq_spline",
     "Logit",
     "Squeeze",
     "FactorOut",
