@@ -12,7 +12,8 @@ excluded):
                   with one evaluation at the end: what a job runs (its ``step_s`` metric)
     stream        ``Engine.train_step`` on ``SSLStream.in_memory`` batches (same rows, same augmentation, no Ray)
     tensors       ``Engine.train_step`` on four batches built in advance (no batching or augmentation at all)
-The ratio train loop / tensors is what the pipeline adds to the math.
+The ratio train loop / tensors is what the pipeline adds to the math. The table goes to stdout as the block of
+bench/RESULTS.md and its figures to ``bench/results/bench_ingest.json``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from pathlib import Path
 
 if not __package__:  # `python bench/bench_ingest.py`: import the project from this checkout
     sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from bench.record import write_result  # noqa: E402
+from pipeline.core.atomic import atomic_write_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,47 +96,66 @@ def loop_step_s(cfg, prepared, home: Path, workers: int) -> dict[str, float]:
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--configs", default="digits,moons,breast_cancer", help="comma-separated")
-    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=600, help="timed steps (digits starts consistency at 500)")
     ap.add_argument("--workers", default="0", help="comma-separated worker counts (0: in the driver)")
     ap.add_argument("--home", default=None)
     ap.add_argument("--json", default=None)
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="configuration overrides for every config")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def markdown(out: dict[str, dict[str, float]]) -> str:
+    """One row per configuration and worker count: milliseconds per step three ways, and the ratio."""
+    lines = [
+        "| config | workers | tensors ms | stream ms | train loop ms | train loop / tensors | data pull s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, r in out.items():
+        name, workers = key.split("/")
+        lines.append(
+            f"| {name} | {workers} | {r['tensors_step_s'] * 1e3:.2f} | {r['stream_step_s'] * 1e3:.2f} | "
+            f"{r['step_s'] * 1e3:.2f} | {r['step_s'] / r['tensors_step_s']:.2f} | {r['data_pull_s']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a = build_parser().parse_args(argv)
     os.environ.setdefault("FLOWGMM_DATA", str(REPO.parent / "shared" / "data"))
+    from pipeline.config import ConfigError, resolve
+
+    try:  # every configuration checked before anything starts
+        cfgs = [resolve(n, overrides=[*a.overrides, f"train.steps={a.steps + 3}"]) for n in a.configs.split(",")]
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
     from pipeline.core.raycluster import export_checkout, quiet
 
     quiet()  # before Ray is imported
     import ray
     import torch
 
-    from pipeline.config import resolve
     from pipeline.data import prepare
 
     export_checkout()  # a benchmark's own Ray: no dashboard (a GPU host may lack its packages)
     gpus = torch.cuda.device_count()
     ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=gpus, include_dashboard=False, logging_level="WARNING")
     home = Path(a.home or tempfile.mkdtemp(prefix="bench-ingest-"))
-    rows, out = [], {}
-    for name in a.configs.split(","):
-        cfg = resolve(name, overrides=[*a.overrides, f"train.steps={a.steps + 3}"])
+    out = {}
+    for name, cfg in zip(a.configs.split(","), cfgs):
         prepared = prepare(cfg.data, home)
         tensors = engine_step_s(cfg, prepared, a.steps, prebuilt=True)
         stream = engine_step_s(cfg, prepared, a.steps, prebuilt=False)
         for w in (int(v) for v in a.workers.split(",")):
             loop = loop_step_s(cfg, prepared, home, w)
             out[f"{name}/{w}"] = {"tensors_step_s": tensors, "stream_step_s": stream, **loop}
-            rows.append(
-                f"{name:<14}{w:>8}{tensors * 1e3:>11.2f}{stream * 1e3:>11.2f}{loop['step_s'] * 1e3:>11.2f}"
-                f"{loop['step_s'] / tensors:>13.3f}{loop['data_pull_s']:>11.2f}"
-            )
-    head = f"{'config':<14}{'workers':>8}{'tensors ms':>11}{'stream ms':>11}{'loop ms':>11}"
-    head += f"{'loop/tensors':>13}{'pull s':>11}"
-    print("\n".join([head, "-" * len(head), *rows]), flush=True)
+            print(f"[bench] {name}, {w} workers: {loop['step_s'] / tensors:.2f}x the tensors' step", flush=True)
+    ray.shutdown()
     if a.json:
-        Path(a.json).write_text(json.dumps(out, indent=1))
+        atomic_write_text(a.json, json.dumps(out, indent=1))
+    write_result("bench_ingest", {"steps": a.steps, "overrides": a.overrides, "runs": out}, markdown(out))
     return out
 
 

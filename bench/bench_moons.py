@@ -3,7 +3,8 @@
     .venv/bin/python bench/bench_moons.py [--seeds 3] [--threads 1]
 
 Prints, per seed, the seconds and test accuracy of FlowGMM (10 labels + 1000 unlabeled points) and of the same
-flow trained on the 10 labels alone, plus the 1-NN agreement of FlowGMM's class-conditional samples.
+flow trained on the 10 labels alone, plus the 1-NN agreement of FlowGMM's class-conditional samples; then the table
+of bench/RESULTS.md (figures in ``bench/results/bench_moons.json``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.record import write_result  # noqa: E402
+
 
 def _load_recipe():
     path = ROOT / "tests" / "test_flowgmm_learning.py"
@@ -31,34 +34,53 @@ def _load_recipe():
     return module
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    return parser
+
+
+def one_seed(recipe, seed: int) -> dict[str, float]:
+    """FlowGMM and the labels-only twin on one seed: accuracies, seconds, the samples' 1-NN agreement."""
+    start = time.perf_counter()
+    result = recipe.train_moons(seed, semi_supervised=True)
+    t_semi = time.perf_counter() - start
+    start = time.perf_counter()
+    baseline = recipe.train_moons(seed, semi_supervised=False)
+    t_base = time.perf_counter() - start
+    row = {"seed": seed, "flowgmm": result.accuracy, "labels_only": baseline.accuracy}
+    row.update(agreement=recipe.sample_agreement(result, seed=seed), flowgmm_s=t_semi, labels_only_s=t_base)
+    print(
+        f"seed {seed}: FlowGMM acc {row['flowgmm']:.3f} ({t_semi:.1f} s)  labels-only acc {row['labels_only']:.3f} "
+        f"({t_base:.1f} s)  sample 1-NN agreement {row['agreement']:.3f}",
+        flush=True,
+    )
+    return row
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, float]]:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     recipe = _load_recipe()
-    semi_acc, base_acc, total = [], [], 0.0
-    for seed in range(args.seeds):
-        start = time.perf_counter()
-        result = recipe.train_moons(seed, semi_supervised=True)
-        t_semi = time.perf_counter() - start
-        start = time.perf_counter()
-        baseline = recipe.train_moons(seed, semi_supervised=False)
-        t_base = time.perf_counter() - start
-        agreement = recipe.sample_agreement(result, seed=seed)
-        total += t_semi + t_base
-        semi_acc.append(result.accuracy)
-        base_acc.append(baseline.accuracy)
-        print(
-            f"seed {seed}: FlowGMM acc {result.accuracy:.3f} ({t_semi:.1f} s)  "
-            f"labels-only acc {baseline.accuracy:.3f} ({t_base:.1f} s)  sample 1-NN agreement {agreement:.3f}",
-            flush=True,
-        )
-    print(
-        f"median accuracy: FlowGMM {statistics.median(semi_acc):.3f}, labels-only {statistics.median(base_acc):.3f}; "
-        f"total training {total:.1f} s ({args.threads} thread(s))"
+    rows = [one_seed(recipe, seed) for seed in range(args.seeds)]
+    lines = [
+        f"| seed | FlowGMM | same flow, 10 labels only | 1-NN agreement of class-conditional samples | seconds "
+        f"({args.threads} thread(s)) |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['seed']} | {r['flowgmm']:.3f} | {r['labels_only']:.3f} | {r['agreement']:.3f} | "
+        f"{r['flowgmm_s']:.1f} + {r['labels_only_s']:.1f} |"
+        for r in rows
+    ]
+    lines.append(
+        f"| median | {statistics.median(r['flowgmm'] for r in rows):.3f} | "
+        f"{statistics.median(r['labels_only'] for r in rows):.3f} | "
+        f"{statistics.median(r['agreement'] for r in rows):.3f} | |"
     )
+    write_result("bench_moons", {"threads": args.threads, "seeds": rows}, "\n".join(lines))
+    return rows
 
 
 if __name__ == "__main__":

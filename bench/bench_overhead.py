@@ -8,7 +8,8 @@ evaluation, baseline, MLflow).
 
 Both sides use the machine's default torch threads. The plain loop draws its batches with the same seeded index
 permutations and augmentation as the training stream, on tensors already in memory, and calls the same loss
-(``pipeline.train.step``); it validates nothing and writes nothing. Results go to stdout and ``--json``.
+(``pipeline.train.step``); it validates nothing and writes nothing. Results go to stdout (the block of
+bench/RESULTS.md), ``bench/results/bench_overhead_<config>.json`` and ``--json``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from typing import Any
 
 if not __package__:  # `python bench/bench_overhead.py`: import the project from this checkout
     sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from bench.record import write_result  # noqa: E402
+from pipeline.config.methods import ANCHORS, LABELS_ONLY  # noqa: E402
+from pipeline.core.atomic import atomic_write_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,15 +103,9 @@ def through_run_py(config: str, home: Path, overrides: list[str]) -> dict[str, f
     m = run.data.metrics
     out = {"job_wall_s": wall, "console_lines": float(len(proc.stdout.splitlines()) + len(proc.stderr.splitlines()))}
     out["process_start_s"] = wall - m["wall_seconds"]
-    for k in (
-        "wall_seconds",
-        "train_seconds",
-        "step_s",
-        "time_trainer_start_s",
-        "time_data_pull_s",
-        "test_accuracy",
-        "labels_only_flow_test_accuracy",
-    ):
+    accuracies = ["test_accuracy", f"{LABELS_ONLY.key}_test_accuracy"]
+    accuracies += [f"baseline_{k}_test_accuracy" for k in ANCHORS]
+    for k in ("wall_seconds", "train_seconds", "step_s", "time_trainer_start_s", "time_data_pull_s", *accuracies):
         if k in m:
             out[k] = m[k]
     out.update({k: v for k, v in m.items() if k.startswith("time_") and k.endswith("_s")})
@@ -140,30 +139,41 @@ def report(p: dict[str, float], j: dict[str, Any]) -> list[str]:
         f"training through run.py / plain PyTorch: {ratio:.2f}x "
         f"(per step {j.get('step_s', float('nan')) * 1000:.1f} ms vs {p['plain_step_s'] * 1000:.1f} ms)"
     )
+    names = {"test_accuracy": "the job's model", f"{LABELS_ONLY.key}_test_accuracy": LABELS_ONLY.display}
+    names.update({f"baseline_{k}_test_accuracy": v for k, v in ANCHORS.items()})
+    lines.append("test accuracy: " + ", ".join(f"{v} {j[k]:.3f}" for k, v in names.items() if k in j))
     lines.append(f"console lines: {j['console_lines']:.0f}")
     return lines
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="digits")
     ap.add_argument("--repeats", type=int, default=1, help="alternate plain / run.py this many times")
     ap.add_argument("--home", default=None)
     ap.add_argument("--json", default=None)
     ap.add_argument("overrides", nargs="*", metavar="key=value")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    a = build_parser().parse_args(argv)
     home = Path(a.home or tempfile.mkdtemp(prefix="bench-overhead-"))
     os.environ.setdefault("FLOWGMM_DATA", str(REPO.parent / "shared" / "data"))
     out: dict[str, Any] = {"config": a.config, "overrides": a.overrides, "runs": []}
+    blocks = []
     for i in range(a.repeats):
         p = plain_pytorch(a.config, home, a.overrides)
         j = through_run_py(a.config, home, a.overrides)
         console = j.pop("console")
-        print(f"--- repeat {i + 1}: {a.config} {' '.join(a.overrides)}\n" + "\n".join(report(p, j)), flush=True)
+        blocks.append(f"--- repeat {i + 1}: {a.config} {' '.join(a.overrides)}\n" + "\n".join(report(p, j)))
+        print(blocks[-1], flush=True)
         out["runs"].append({"plain": p, "job": j})
         out["console_of_last_job"] = console
     if a.json:
-        Path(a.json).write_text(json.dumps(out, indent=1))
+        atomic_write_text(a.json, json.dumps(out, indent=1))
+    figures = {k: v for k, v in out.items() if k != "console_of_last_job"}
+    write_result(f"bench_overhead_{a.config}", figures, "```\n" + "\n".join(blocks) + "\n```")
     return out
 
 

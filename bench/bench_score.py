@@ -8,7 +8,8 @@ on N rows of a tabular model (breast_cancer: 30 features + id) in 16 Parquet sha
 The model is trained (or reused from ``--home``) through the product: ``pipeline/run.py --config breast_cancer
 --smoke``. The rows are drawn around the model's training feature mean and spread (in-domain, seeded) and written
 once per row count. Each side runs in its own process; the figure is that driver process's peak resident memory
-(``VmHWM`` in /proc/self/status, Ray's own processes not included) and its wall time.
+(``VmHWM`` in /proc/self/status, Ray's own processes not included) and its wall time. The table goes to stdout (the
+block of bench/RESULTS.md) and its figures to ``bench/results/bench_score_<rows>_rows_<actors>_actors.json``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from typing import Any
 
 if not __package__:  # `python bench/bench_score.py`: import the project from this checkout
     sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from bench.record import write_result  # noqa: E402
+from pipeline.core.atomic import atomic_dir, atomic_file, atomic_write_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "models:/flowgmm-breast_cancer@champion"
@@ -63,8 +67,6 @@ def write_input(home: Path, model_dir: str, rows: int, shards: int) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.core.atomic import atomic_dir
-
     spec = json.loads(next(Path(model_dir).rglob("spec.json")).read_text())
     names = list(spec["feature_columns"])
     mean, std = np.asarray(spec["feature_mean"]), np.asarray(spec["feature_std"])
@@ -100,7 +102,6 @@ def collect(score: Any, args: argparse.Namespace) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.core.atomic import atomic_file
     from pipeline.core.home import resolve_home
     from pipeline.core.raycluster import connect, quiet
     from pipeline.results.tracking import default_tracking_uri
@@ -129,22 +130,27 @@ def run_side(mode: str, score_args: list[str], env: dict[str, str]) -> dict[str,
     return out
 
 
-def table(rows: int, results: list[dict[str, Any]]) -> list[str]:
-    lines = [
-        f"scoring {rows:,} rows x 30 features (breast_cancer smoke model), driver process only",
-        f"{'side':<44}{'peak RSS MiB':>14}{'wall s':>9}{'score s':>9}{'rows/s':>10}",
-        "-" * 86,
-    ]
-    label = {"product": "pipeline/score.py (write_parquet)", "collect": "same pipeline, to_pandas() on driver"}
+LABEL = {
+    "product": "`pipeline/score.py` (sorted, then `write_parquet`)",
+    "collect": "the same pipeline, `to_pandas()` on the driver, one file",
+}
+
+
+def markdown(rows: int, results: list[dict[str, Any]]) -> str:
+    """The RESULTS.md table, then the product's own line (rows/s of its execution)."""
+    lines = ["| side | rows | driver peak RSS | wall s | score s |", "|---|---|---|---|---|"]
     for r in results:
-        rate = rows / r["score_s"] if r["score_s"] else float("nan")
         lines.append(
-            f"{label[r['mode']]:<44}{r['peak_rss_mib']:>14.0f}{r['wall_s']:>9.1f}{r['score_s']:>9.1f}{rate:>10.0f}"
+            f"| {LABEL[r['mode']]} | {rows:,} | {r['peak_rss_mib']:.0f} MiB | {r['wall_s']:.1f} | {r['score_s']:.1f} |"
         )
-    return lines
+    for r in results:
+        said = [ln.strip() for ln in r.get("console", []) if " scored " in ln]
+        if said:
+            lines.append(f"\nThe product printed `{said[-1]}`.")
+    return "\n".join(lines)
 
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--shards", type=int, default=16)
@@ -155,11 +161,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--json", default=None)
     ap.add_argument("--child", choices=MODES, default=None, help=argparse.SUPPRESS)
     ap.add_argument("score_args", nargs="*", help=argparse.SUPPRESS)
-    return ap.parse_args(argv)
+    return ap
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    a = parse(argv)
+    a = build_parser().parse_args(argv)
     if a.child:
         print(json.dumps(child(a.child, a.score_args)), flush=True)
         return {}
@@ -180,10 +186,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         r["rows"] = r["rows"] or a.rows
         results.append(r)
         print(f"[bench] {mode}: {r['peak_rss_mib']:.0f} MiB peak RSS, {r['wall_s']:.1f} s wall", flush=True)
-    print("\n".join(table(a.rows, results)), flush=True)
     summary = {"rows": a.rows, "shards": a.shards, "actors": a.actors, "batch_size": a.batch_size, "results": results}
     if a.json:
-        Path(a.json).write_text(json.dumps(summary, indent=1))
+        atomic_write_text(a.json, json.dumps(summary, indent=1))
+    write_result(f"bench_score_{a.rows}_rows_{a.actors}_actors", summary, markdown(a.rows, results))
     return summary
 
 

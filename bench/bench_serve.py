@@ -7,7 +7,8 @@ the batch sizes the model saw (``@serve.batch``), through the product's command 
 Bounded: each concurrency level stops after ``--requests`` requests or ``--seconds`` seconds, whichever comes first,
 and the server is stopped (SIGTERM, as Ctrl-C) at the end. The request rows are the model's own prepared test split
 (``<home>/data/*/test``, the shard whose kind and shape match the model), ``--rows`` rows per request. The server's
-``/health`` counts the model calls by batch size; the figures per level are the difference across the level.
+``/health`` counts the model calls by batch size; the figures per level are the difference across the level. The
+table goes to stdout (the block of bench/RESULTS.md) and its figures to ``bench/results/bench_serve.json``.
 """
 
 from __future__ import annotations
@@ -29,10 +30,13 @@ import numpy as np
 if not __package__:  # `python bench/bench_serve.py`: import the project from this checkout
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from bench.record import write_result  # noqa: E402
+from pipeline.core.atomic import atomic_write_text  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench/bench_serve.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--home", default=os.environ.get("FLOWGMM_HOME", str(Path.home() / ".flowgmm")))
     p.add_argument("--model", default="models:/flowgmm-digits@champion")
@@ -46,7 +50,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--batch-wait-ms", type=float, default=5.0)
     p.add_argument("--json", default=None, help="also write the figures here")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def request_rows(home: Path, spec: dict[str, Any], n: int) -> list[list[float]]:
@@ -136,19 +144,24 @@ def level(port: int, bodies: list[bytes], clients: int, requests: int, seconds: 
     }
 
 
-def table(results: list[dict[str, Any]]) -> str:
+def table(results: list[dict[str, Any]], requests: int) -> str:
+    """The RESULTS.md table (a level cut short by ``--seconds`` says so), then the batch sizes of each level."""
     lines = [
         "| clients | requests | errors | wall s | requests/s | p50 ms | p99 ms | model calls | mean batch (rows) | "
-        "batch sizes seen (rows: calls) |",
+        "largest batch |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        sizes = ", ".join(f"{k}: {v}" for k, v in r["batch_sizes"].items())
+        bound = f" ({r['seconds']:.0f} s bound)" if r["requests"] + r["errors"] < requests else ""
         lines.append(
-            f"| {r['clients']} | {r['requests']} | {r['errors']} | {r['seconds']:.1f} | {r['requests_per_s']:.1f} | "
-            f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {sum(r['batch_sizes'].values())} | {r['mean_batch']:.1f} | "
-            f"{sizes} |"
+            f"| {r['clients']} | {r['requests']:,}{bound} | {r['errors']} | {r['seconds']:.1f} | "
+            f"{r['requests_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {sum(r['batch_sizes'].values()):,} | "
+            f"{r['mean_batch']:.1f} | {max(r['batch_sizes'], default=0)} |"
         )
+    lines.append("")
+    for r in results:
+        sizes = ", ".join(f"{k}: {v}" for k, v in r["batch_sizes"].items())
+        lines.append(f"Batch sizes at {r['clients']} client(s) (rows: calls): {sizes}.")
     return "\n".join(lines)
 
 
@@ -172,9 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         proc.send_signal(signal.SIGTERM)  # as Ctrl-C: the server stops Serve and its Ray
         proc.wait(timeout=120)
-    print(table(results), flush=True)
+    figures = {"model": args.model, "version": version, "levels": results}
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": args.model, "version": version, "levels": results}, indent=2))
+        atomic_write_text(args.json, json.dumps(figures, indent=2))
+    write_result("bench_serve", figures, table(results, args.requests))
     return 0
 
 

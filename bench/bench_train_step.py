@@ -3,7 +3,7 @@
 non-finite guard): the reference recipe and the fast settings side by side, in one process, on whatever device it
 finds.
 
-    python bench/bench_train_step.py                                   # reference, fast_eager, fast_couplings
+    python bench/bench_train_step.py                                   # reference, fast_eager, fast_full
     python bench/bench_train_step.py --settings reference,fast_full --batch 2048 --steps 15
     python bench/bench_train_step.py --check-bf16 --check-steps 200    # float32 vs bf16 loss tracking
     python bench/bench_train_step.py --tiny                            # CPU smoke test (seconds)
@@ -14,7 +14,6 @@ mnist configuration, 64 + 192), each a set of configuration overrides that train
 
     reference       train.bf16=false, compile none, NCHW, 32 labeled + 32 unlabeled: the paper's recipe.
     fast_eager      train.bf16=true train.channels_last=true train.batch_rows=ROWS (lr scaled, pipeline.config.scaling)
-    fast_couplings  fast_eager + train.compile=couplings (each affine coupling compiled)
     fast_full       fast_eager + train.compile=full (the whole flow compiled)
 
 Every step is a FlowGMM-cons step past the consistency ramp: the no-grad forward of the second augmentation plus
@@ -25,6 +24,9 @@ Columns: img/s (median step), TFLOP/s (measured FLOPs/image x img/s; FLOPs count
 peak GiB, warm-up s (the first steps' time beyond their steady cost: compilation, from the compile cache when it
 is warm), graphs (Dynamo graphs compiled), x ref, fwd err (relative error of the setting's forward against a float32
 eager forward; in brackets the plain eager model in the setting's precision, the rounding it should match).
+The bf16 check (``--check-bf16``) compares the mean loss of the last steps in bits/dim (see ``check_bf16``).
+The table (and the bf16 check) go to stdout as the block of bench/RESULTS.md and to
+``bench/results/bench_train_step_<device>[_tiny][_bf16].json`` (``--name`` to choose another).
 """
 
 from __future__ import annotations
@@ -48,8 +50,10 @@ if not __package__:  # `python bench/bench_train_step.py`: import the project fr
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.record import write_result  # noqa: E402
 from flowgmm.spec import build_model  # noqa: E402
 from pipeline.config import Config, resolve  # noqa: E402
+from pipeline.core.atomic import atomic_write_text  # noqa: E402
 from pipeline.data.ingest import Step  # noqa: E402
 from pipeline.data.stream import SSLStream  # noqa: E402
 from pipeline.train.engine import Engine  # noqa: E402
@@ -60,10 +64,9 @@ REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {
     "reference": ["train.bf16=false", "train.channels_last=false", "train.compile=none"],
     "fast_eager": ["train.bf16=true", "train.channels_last=true", "train.compile=none"],
-    "fast_couplings": ["train.bf16=true", "train.channels_last=true", "train.compile=couplings"],
     "fast_full": ["train.bf16=true", "train.channels_last=true", "train.compile=full"],
 }
-DEFAULT_SETTINGS = "reference,fast_eager,fast_couplings"
+DEFAULT_SETTINGS = "reference,fast_eager,fast_full"
 ANALYTIC_GFLOP = 39.4  # the issue's figure for the reference step (per image, incl. the no-grad forward)
 
 
@@ -264,25 +267,38 @@ def check_forward(engine: Engine, cfg: Config, batch: Step) -> tuple[float, floa
     return err(z1, l1), err(z0, l0)
 
 
-def print_table(results: list[dict], gpu: str) -> None:
-    print(f"\nFlowGMM-cons step of the mnist flow on {gpu} (the issue's analytic figure: {ANALYTIC_GFLOP} GFLOP/image)")
+def table_lines(results: list[dict], dev: str) -> list[str]:
+    """The step table: one line per setting (a failed setting says why)."""
+    gflop = f"the issue's analytic figure: {ANALYTIC_GFLOP} GFLOP/image"
+    lines = [f"FlowGMM-cons step of the mnist flow on {dev} ({gflop})"]
     ref = next((r for r in results if r["setting"].startswith("reference") and "error" not in r), None)
     head = (
         f"{'setting':<22}{'batch':>6}{'GFLOP/img':>10}{'img/s':>9}{'TFLOP/s':>9}{'peak GiB':>9}{'warm-up s':>10}"
         f"{'graphs':>7}{'x ref':>7}{'fwd err (eager)':>18}"
     )
-    print(head + "\n" + "-" * len(head))
+    lines += [head, "-" * len(head)]
     for r in results:
         if "error" in r:
-            print(f"{r['setting']:<22}  FAILED: {r['error'][:90]}")
+            lines.append(f"{r['setting']:<22}  FAILED: {r['error'][:90]}")
             continue
         ratio = r["images_per_s"] / ref["images_per_s"] if ref else float("nan")
-        print(
+        lines.append(
             f"{r['setting']:<22}{r['batch']:>6}{r['flops_per_image'] / 1e9:>10.2f}{r['images_per_s']:>9.0f}"
             f"{r['tflops']:>9.1f}{r['peak_mem_gib']:>9.2f}{r['compile_s']:>10.1f}{r['graphs']:>7}{ratio:>7.2f}"
-            f"{r['fwd_rel_err']:>9.1e} ({r['fwd_rel_err_plain_eager']:.1e})",
-            flush=True,
+            f"{r['fwd_rel_err']:>9.1e} ({r['fwd_rel_err_plain_eager']:.1e})"
         )
+    return lines
+
+
+def bf16_line(c: dict[str, Any]) -> str:
+    """The bf16 check in one line: the figure it is judged on (bits/dim) first."""
+    verdict = "passed" if c["passed"] else "FAILED"
+    return (
+        f"bf16 vs float32, {c['steps']} steps, mean loss of the last {c['compared_last']}: "
+        f"{c['mean_loss_diff_bits_per_dim']:.4f} bits/dim apart (tolerance {c['tolerance_bits_per_dim']}: {verdict}); "
+        f"per-step relative loss difference {c['mean_rel_loss_diff']:.3f} (mean); "
+        f"{c['seconds']['float32']:.0f} s float32, {c['seconds']['bf16']:.0f} s bf16"
+    )
 
 
 def check_bf16(a: argparse.Namespace, r: Run) -> dict[str, Any]:
@@ -353,7 +369,7 @@ def device_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--settings", default=None, help=f"comma list (default {DEFAULT_SETTINGS})")
     ap.add_argument("--batch", type=int, default=None, help="rows per step of the fast settings (default 2048)")
@@ -369,7 +385,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--compile-cache", default=None, help="compile cache directory (run twice: cold, then warm)")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--json", default=None, help="write all results to this file")
-    a = ap.parse_args(argv)
+    ap.add_argument("--name", default=None, help="name of the record in bench/results (default from the run)")
+    return ap
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    a = build_parser().parse_args(argv)
     a.settings = a.settings or ("reference,fast_eager" if a.tiny else DEFAULT_SETTINGS)
     a.batch = a.batch or (16 if a.tiny else 2048)
     a.ref_batch = a.ref_batch or (8 if a.tiny else 64)
@@ -378,6 +399,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if a.tiny:
         a.warmup = min(a.warmup, 1)
     return a
+
+
+def save_json(path: str | None, out: dict[str, Any]) -> None:
+    if path:
+        atomic_write_text(path, json.dumps(out, indent=1, default=str))
+
+
+def record(a: argparse.Namespace, out: dict[str, Any], device: torch.device) -> None:
+    """The step table and the bf16 check as the block of bench/RESULTS.md, figures to bench/results."""
+    lines = table_lines(out["results"], out["info"].get("gpu", "CPU")) if out["results"] else []
+    if "bf16_check" in out:
+        lines.append(bf16_line(out["bf16_check"]))
+    name = a.name or "bench_train_step_" + device.type + ("_tiny" if a.tiny else "") + ("_bf16" if a.no_step else "")
+    figures = {k: v for k, v in out.items() if k != "argv"}
+    figures.get("bf16_check", {}).pop("curves_every_10", None)
+    write_result(name, figures, "```\n" + "\n".join(lines) + "\n```")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -401,17 +438,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "    " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}), flush=True
         )
         out["results"].append(res)
-        if a.json:  # after every setting: a run stopped by its time limit keeps what it measured
-            Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(a.json).write_text(json.dumps(out, indent=1, default=str))
-    if out["results"]:
-        print_table(out["results"], info.get("gpu", "CPU"))
+        save_json(a.json, out)  # after every setting: a run stopped by its time limit keeps what it measured
     if a.check_bf16:
         out["bf16_check"] = check_bf16(a, r)
-        print("bf16 check:", json.dumps({k: v for k, v in out["bf16_check"].items() if k != "curves_every_10"}))
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(out, indent=1, default=str))
+    save_json(a.json, out)
+    record(a, out, device)
     return out
 
 

@@ -5,24 +5,30 @@
 #
 #   bash bench/gpu_check.sh                      # on the GPU host (budget 480 s, carry .device_carry, out $OUT)
 #   bash bench/gpu_check.sh --tiny               # CPU smoke test of this script (tiny models, about 3 minutes)
+#   bash bench/gpu_check.sh --dry-run ...        # check the options and exit (what tests/test_bench_commands.py runs)
 #
 # --carry DIR holds: *.whl (Ray's missing dependencies), ray*.tar.xz (Ray for this Python, an unpacked wheel
 # without ray/jars), data/{MNIST,FashionMNIST,NotMNIST}/raw/*.gz. Without Ray, step 2 is skipped.
-#   1. the training-loop step on the mnist configuration: reference vs fast settings (images/s, TFLOP/s, peak
-#      memory, compile warm-up cold), then warm-up warm: a second process reusing the compile cache
+#   1. the training-loop step on the mnist configuration: reference vs fast settings (eager bf16 and the whole model
+#      compiled, train.compile=full: images/s, TFLOP/s, peak memory, compile warm-up cold), then warm-up warm: a
+#      second process reusing the compile cache
 #   2. Ray Data -> Ray Train (one GPU worker) feeding the same step, against tensors already on the device
 #   3. bf16 against float32 for a fixed number of steps: the loss difference in bits/dim
 #   4. MNIST (1k labels) FlowGMM-cons for the remaining minutes: test accuracy against time, calibration, OOD AUROC
+# Each script also writes its figures to bench/results/NAME.json (bench/record.py) and prints its RESULTS.md block.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 TINY=0
+DRY=0
 BUDGET=470
 CARRY="$REPO/.device_carry"
 OUTDIR="${OUT:-/tmp/gpu_check_out}"
 while [ $# -gt 0 ]; do
+    case "$1" in --budget|--carry|--out) [ $# -ge 2 ] || { echo "$1 needs a value" >&2; exit 2; } ;; esac
     case "$1" in
         --tiny) TINY=1; BUDGET=240 ;;
+        --dry-run) DRY=1 ;;
         --budget) BUDGET="$2"; shift ;;
         --carry) CARRY="$2"; shift ;;
         --out) OUTDIR="$2"; shift ;;
@@ -30,6 +36,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
+[ "$DRY" = 1 ] && { echo "gpu_check.sh: options ok (tiny=$TINY budget=$BUDGET carry=$CARRY out=$OUTDIR)"; exit 0; }
 START=$(date +%s)
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 PY="${PYTHON:-python3}"
@@ -69,17 +76,17 @@ else
     STEP=(--batch 2048 --steps 6); WARM=(--batch 2048 --steps 4); BF16=(--check-steps 100)
     INGEST=(--configs mnist --steps 10 --workers 1 train.use_gpu=true train.batch_rows=2048 train.bf16=true
             train.channels_last=true train.cpus_per_worker=4)
-    MNIST=(); FAST=(train.batch_rows=2048 train.bf16=true train.channels_last=true train.compile=couplings)
+    MNIST=(); FAST=(train.batch_rows=2048 train.bf16=true train.channels_last=true train.compile=full)
 fi
 [ "$TINY" = 1 ] && BACKEND=(--backend eager) || BACKEND=()
 
 # 1. step table (cold compile), then the warm compile warm-up in a second process --------------------------------
 say "1. training step: reference vs fast settings (cold compile)"
-run 300 "$PY" "$REPO/bench/bench_train_step.py" --settings reference,fast_eager,fast_couplings "${STEP[@]}" \
+run 300 "$PY" "$REPO/bench/bench_train_step.py" --settings reference,fast_eager,fast_full "${STEP[@]}" \
     "${BACKEND[@]}" --compile-cache "$CC" --json "$OUTDIR/step_cold.json"
-say "1b. fast_couplings again in a new process: the compile cache is warm"
-run 120 "$PY" "$REPO/bench/bench_train_step.py" --settings fast_couplings "${WARM[@]}" "${BACKEND[@]}" \
-    --compile-cache "$CC" --json "$OUTDIR/step_warm.json"
+say "1b. fast_full again in a new process: the compile cache is warm"
+run 120 "$PY" "$REPO/bench/bench_train_step.py" --settings fast_full "${WARM[@]}" "${BACKEND[@]}" \
+    --compile-cache "$CC" --json "$OUTDIR/step_warm.json" --name bench_train_step_cuda_warm_cache
 
 # 2. Ray Data -> Ray Train feeding the step vs tensors on the device ----------------------------------------------
 if [ "$HAVE_RAY" = 1 ]; then

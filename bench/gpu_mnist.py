@@ -2,11 +2,12 @@
 (``pipeline.train.engine.Engine``, the fast path from the configuration) and the product's evaluation
 (``pipeline.results.evaluate.evaluate_model``: calibration, out-of-domain AUROC). No Ray, no MLflow.
 
-    python bench/gpu_mnist.py --minutes 3 train.batch_rows=2048 train.compile=couplings
+    python bench/gpu_mnist.py --minutes 3 train.batch_rows=2048 train.channels_last=true train.compile=full
     python bench/gpu_mnist.py --tiny --minutes 0.3                     # CPU smoke test of the script
 
 Prints test accuracy against time while it trains (the learning-rate schedule is sized to the time budget from the
-measured step time), then the calibration table and the OOD table; ``--json`` keeps everything.
+measured step time), then the calibration table and the OOD table as the block of bench/RESULTS.md (figures in
+``bench/results/gpu_mnist.json``, ``gpu_mnist_tiny.json`` for ``--tiny``); ``--json`` keeps everything.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from typing import Any
 
 if not __package__:  # `python bench/gpu_mnist.py`: import the project from this checkout
     sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from bench.record import write_result  # noqa: E402
+from pipeline.core.atomic import atomic_write_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,7 +123,7 @@ def evaluate(a: argparse.Namespace, cfg, prepared, device, engine) -> Any:
         )
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=3.0)
     ap.add_argument("--eval-every-s", type=float, default=30.0)
@@ -129,24 +133,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--json", default=None)
     ap.add_argument("overrides", nargs="*", metavar="key=value")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def markdown(curve: list[dict[str, Any]], ev: Any) -> str:
+    """Test accuracy against time, then the calibration and out-of-domain tables."""
+    lines = ["| seconds | step | images | test accuracy |", "|---|---|---|---|"]
+    lines += [f"| {r['seconds']} | {r['step']} | {r['images']} | {r['test_accuracy']:.4f} |" for r in curve]
+    keys = ("split", "model", "variance_scale", "accuracy", "nll", "ece")
+    lines += ["", "| " + " | ".join(keys) + " |", "|---" * len(keys) + "|"]
+    for r in ev.calibration_table:
+        lines.append("| " + " | ".join(f"{r[k]:.4f}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |")
+    lines += ["", "| out-of-domain set | score | AUROC |", "|---|---|---|"]
+    lines += [f"| {r['ood_set']} | {r['score']} | {r['auroc']:.4f} |" for r in ev.ood_table]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    a = build_parser().parse_args(argv)
     a.home = a.home or tempfile.mkdtemp(prefix="gpu-mnist-")
     a.data_dir = a.data_dir or os.environ.get("FLOWGMM_DATA")
     cfg, prepared, device, engine, stream = build(a)
     curve = train(a, cfg, prepared, device, engine, stream)
     ev = evaluate(a, cfg, prepared, device, engine)
-    keys = ("split", "model", "variance_scale", "accuracy", "nll", "ece")
-    print(
-        "calibration:\n"
-        + "\n".join(
-            " | ".join(f"{r[k]:.4f}" if isinstance(r[k], float) else str(r[k]) for k in keys)
-            for r in ev.calibration_table
-        )
-    )
-    print(
-        "out-of-domain:\n" + "\n".join(f"{r['ood_set']} by {r['score']}: AUROC {r['auroc']:.4f}" for r in ev.ood_table),
-        flush=True,
-    )
     out = {
         "curve": curve,
         "metrics": ev.metrics,
@@ -156,7 +165,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device": str(device),
     }
     if a.json:
-        Path(a.json).write_text(json.dumps(out, indent=1, default=str))
+        atomic_write_text(a.json, json.dumps(out, indent=1, default=str))
+    write_result("gpu_mnist_tiny" if a.tiny else "gpu_mnist", out, markdown(curve, ev))
     return out
 
 

@@ -2,13 +2,13 @@
 own Engine (model, optimizer, step), SSLStream (batches, augmentation) and validation, one thread per job. The
 choice uses validation accuracy only (median over seeds, then mean); test accuracy is recorded for the report.
 
-    python bench/recipe_search.py export --out /tmp/rs          # prepare every experiment x seed (needs pyarrow)
+    python bench/recipe_search.py export --data /tmp/rs         # prepare every experiment x seed (needs pyarrow)
     python bench/recipe_search.py run --data /tmp/rs --out /tmp/rs/results.jsonl --procs 16 --budget 400
     python bench/recipe_search.py table --out /tmp/rs/results.jsonl
 
 ``run`` needs only torch, numpy and PyYAML (no Ray, MLflow, pyarrow or scikit-learn), so it runs on a bare GPU host's
-CPU cores: the figures in bench/RESULTS.md ("Recipes") came from a 16-core host in about 6 minutes. Variants are
-overrides of the shipped experiments (``VARIANTS``).
+CPU cores (bench/RESULTS.md, "Recipes": a 16-core host). Variants are overrides of the shipped experiments
+(``VARIANTS``). ``table`` prints the table of bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from bench.record import write_result  # noqa: E402
 
 CONS = "train.method=flowgmm_cons"
 FG = "train.method=flowgmm"
@@ -151,26 +153,42 @@ def run(data: Path, out: Path, procs: int, budget: float) -> None:
 
 
 def table(out: Path) -> None:
-    """Per variant: validation accuracy median / mean (the choice), test accuracy median [min, max] (the report)."""
+    """Per variant: validation accuracy median / mean (the choice), test accuracy median [min, max] (the report),
+    median seconds per run; the block of bench/RESULTS.md, figures in ``bench/results/recipe_search.json``."""
     groups = collections.defaultdict(list)
     for line in out.read_text().splitlines():
         r = json.loads(line)
         groups[(r["data"], r["tag"])].append(r)
-    print("| data | variant | seeds | val median / mean | test median [min, max] |\n|---|---|---|---|---|")
+    lines = [
+        "| data | variant | seeds | validation accuracy median / mean | test accuracy median [min, max] | s per run |",
+        "|---|---|---|---|---|---|",
+    ]
+    figures = {}
     for (d, tag), rs in sorted(groups.items()):
         va, te = [r["val"] for r in rs], [r["test"] for r in rs]
-        print(f"| {d} | {tag} | {len(rs)} | {statistics.median(va):.3f} / {statistics.mean(va):.3f} | "
-              f"{statistics.median(te):.3f} [{min(te):.3f}, {max(te):.3f}] |")  # fmt: skip
+        row = {"seeds": len(rs), "val_median": statistics.median(va), "val_mean": statistics.mean(va)}
+        row.update(test_median=statistics.median(te), test_min=min(te), test_max=max(te))
+        row["s_median"] = statistics.median(r["s"] for r in rs)
+        figures[f"{d}/{tag}"] = row
+        lines.append(
+            f"| {d} | {tag} | {row['seeds']} | {row['val_median']:.3f} / {row['val_mean']:.3f} | "
+            f"{row['test_median']:.3f} [{row['test_min']:.3f}, {row['test_max']:.3f}] | {row['s_median']:.0f} |"
+        )
+    write_result("recipe_search", {"results": str(out), "variants": figures}, "\n".join(lines))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("command", choices=("export", "run", "table"))
+    p.add_argument("--data", type=Path, default=Path("/tmp/rs"), help="the exported splits (export writes them)")
+    p.add_argument("--out", type=Path, default=Path("/tmp/rs/results.jsonl"), help="one JSON line per job")
+    p.add_argument("--procs", type=int, default=2)
+    p.add_argument("--budget", type=float, default=3600.0, help="seconds; stop taking results after this")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=("export", "run", "table"))
-    p.add_argument("--data", type=Path, default=Path("/tmp/rs"))
-    p.add_argument("--out", type=Path, default=Path("/tmp/rs/results.jsonl"))
-    p.add_argument("--procs", type=int, default=2)
-    p.add_argument("--budget", type=float, default=3600.0, help="seconds; stop taking results after this")
-    a = p.parse_args(argv)
+    a = build_parser().parse_args(argv)
     if a.command == "export":
         export(a.data)
     elif a.command == "run":
