@@ -136,9 +136,11 @@ def check_sweep(args: tuple[str, ...]) -> None:
 
 def check_compare(args: tuple[str, ...], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """pipeline/compare.py builds its parser inside main(): run main with the work it would do replaced."""
+    import pipeline.results.tracking as tracking
     import pipeline.study as study
 
     monkeypatch.setenv("FLOWGMM_HOME", str(tmp_path))
+    monkeypatch.setattr(tracking, "ensure_store", lambda *a, **k: None, raising=False)
     monkeypatch.setattr(study, "compare", lambda *a, **k: None)
     monkeypatch.setattr(study, "recipe", lambda *a, **k: "experiment")
     assert _parse(study.main, args) == 0
