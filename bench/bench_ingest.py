@@ -29,6 +29,7 @@ from pathlib import Path
 if not __package__:  # `python bench/bench_ingest.py`: import the project from this checkout
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from bench.cli import add_dry_run, exit_if_dry_run  # noqa: E402
 from bench.record import write_result  # noqa: E402
 from pipeline.core.atomic import atomic_write_text  # noqa: E402
 
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--home", default=None)
     ap.add_argument("--json", default=None)
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="configuration overrides for every config")
+    add_dry_run(ap)
     return ap
 
 
@@ -131,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
         cfgs = [resolve(n, overrides=[*a.overrides, f"train.steps={a.steps + 3}"]) for n in a.configs.split(",")]
     except ConfigError as e:
         raise SystemExit(f"error: {e}") from None
+    exit_if_dry_run(a)
     from pipeline.core.raycluster import export_checkout, quiet
 
     quiet()  # before Ray is imported

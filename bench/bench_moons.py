@@ -21,6 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.cli import add_dry_run, exit_if_dry_run  # noqa: E402
 from bench.record import write_result  # noqa: E402
 
 
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    add_dry_run(parser)
     return parser
 
 
@@ -61,6 +63,7 @@ def one_seed(recipe, seed: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     args = build_parser().parse_args(argv)
+    exit_if_dry_run(args)
     torch.set_num_threads(args.threads)
     recipe = _load_recipe()
     rows = [one_seed(recipe, seed) for seed in range(args.seeds)]

@@ -27,6 +27,7 @@ from typing import Any
 if not __package__:  # `python bench/bench_overhead.py`: import the project from this checkout
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from bench.cli import add_dry_run, exit_if_dry_run  # noqa: E402
 from bench.record import write_result  # noqa: E402
 from pipeline.config.methods import ANCHORS, LABELS_ONLY  # noqa: E402
 from pipeline.core.atomic import atomic_write_text  # noqa: E402
@@ -153,11 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--home", default=None)
     ap.add_argument("--json", default=None)
     ap.add_argument("overrides", nargs="*", metavar="key=value")
+    add_dry_run(ap)
     return ap
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = build_parser().parse_args(argv)
+    exit_if_dry_run(a, [a.config], a.overrides)
     home = Path(a.home or tempfile.mkdtemp(prefix="bench-overhead-"))
     os.environ.setdefault("FLOWGMM_DATA", str(REPO.parent / "shared" / "data"))
     out: dict[str, Any] = {"config": a.config, "overrides": a.overrides, "runs": []}

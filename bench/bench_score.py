@@ -27,6 +27,7 @@ from typing import Any
 if not __package__:  # `python bench/bench_score.py`: import the project from this checkout
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from bench.cli import add_dry_run, exit_if_dry_run  # noqa: E402
 from bench.record import write_result  # noqa: E402
 from pipeline.core.atomic import atomic_dir, atomic_file, atomic_write_text  # noqa: E402
 
@@ -161,11 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--json", default=None)
     ap.add_argument("--child", choices=MODES, default=None, help=argparse.SUPPRESS)
     ap.add_argument("score_args", nargs="*", help=argparse.SUPPRESS)
+    add_dry_run(ap)
     return ap
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = build_parser().parse_args(argv)
+    exit_if_dry_run(a)
     if a.child:
         print(json.dumps(child(a.child, a.score_args)), flush=True)
         return {}

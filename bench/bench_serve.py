@@ -30,6 +30,7 @@ import numpy as np
 if not __package__:  # `python bench/bench_serve.py`: import the project from this checkout
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from bench.cli import add_dry_run, exit_if_dry_run  # noqa: E402
 from bench.record import write_result  # noqa: E402
 from pipeline.core.atomic import atomic_write_text  # noqa: E402
 
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--batch-wait-ms", type=float, default=5.0)
     p.add_argument("--json", default=None, help="also write the figures here")
+    add_dry_run(p)
     return p
 
 
@@ -171,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.results.tracking import default_tracking_uri
 
     args = parse_args(argv)
+    exit_if_dry_run(args)
     uri = default_tracking_uri(Path(args.home))
     concrete, version = resolve_version(args.model, uri)
     _, spec = load_spec(concrete, uri)

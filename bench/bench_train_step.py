@@ -50,6 +50,7 @@ if not __package__:  # `python bench/bench_train_step.py`: import the project fr
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.cli import add_dry_run, exit_if_dry_run  # noqa: E402
 from bench.record import write_result  # noqa: E402
 from flowgmm.spec import build_model  # noqa: E402
 from pipeline.config import Config, resolve  # noqa: E402
@@ -386,12 +387,17 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--json", default=None, help="write all results to this file")
     ap.add_argument("--name", default=None, help="name of the record in bench/results (default from the run)")
+    add_dry_run(ap)
     return ap
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    a = build_parser().parse_args(argv)
+    ap = build_parser()
+    a = ap.parse_args(argv)
     a.settings = a.settings or ("reference,fast_eager" if a.tiny else DEFAULT_SETTINGS)
+    unknown = [s for s in a.settings.split(",") if s.strip() and s.strip().partition("@")[0] not in SETTINGS]
+    if unknown:
+        ap.error(f"--settings: unknown setting {unknown[0]!r}; choose from {', '.join(SETTINGS)}")
     a.batch = a.batch or (16 if a.tiny else 2048)
     a.ref_batch = a.ref_batch or (8 if a.tiny else 64)
     a.steps = a.steps or (2 if a.tiny else 15)
@@ -419,6 +425,7 @@ def record(a: argparse.Namespace, out: dict[str, Any], device: torch.device) -> 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = parse_args(argv)
+    exit_if_dry_run(a)
     if a.tiny:
         torch.set_num_threads(1)  # tiny convolutions: threads only contend
     device = torch.device("cuda" if torch.cuda.is_available() and not a.tiny else "cpu")

@@ -25,6 +25,7 @@ from typing import Any
 if not __package__:  # `python bench/gpu_mnist.py`: import the project from this checkout
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from bench.cli import add_dry_run, exit_if_dry_run  # noqa: E402
 from bench.record import write_result  # noqa: E402
 from pipeline.core.atomic import atomic_write_text  # noqa: E402
 
@@ -133,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--json", default=None)
     ap.add_argument("overrides", nargs="*", metavar="key=value")
+    add_dry_run(ap)
     return ap
 
 
@@ -151,6 +153,7 @@ def markdown(curve: list[dict[str, Any]], ev: Any) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = build_parser().parse_args(argv)
+    exit_if_dry_run(a, ["mnist"], a.overrides)
     a.home = a.home or tempfile.mkdtemp(prefix="gpu-mnist-")
     a.data_dir = a.data_dir or os.environ.get("FLOWGMM_DATA")
     cfg, prepared, device, engine, stream = build(a)

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.cli import add_dry_run, exit_if_dry_run  # noqa: E402
 from bench.record import write_result  # noqa: E402
 
 CONS = "train.method=flowgmm_cons"
@@ -184,11 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("/tmp/rs/results.jsonl"), help="one JSON line per job")
     p.add_argument("--procs", type=int, default=2)
     p.add_argument("--budget", type=float, default=3600.0, help="seconds; stop taking results after this")
+    add_dry_run(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
+    exit_if_dry_run(a)
     if a.command == "export":
         export(a.data)
     elif a.command == "run":

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.cli import add_dry_run, exit_if_dry_run  # noqa: E402
 from bench.record import write_result  # noqa: E402
 from pipeline.config.methods import ANCHORS, FLOWGMM, FLOWGMM_CONS, LABELS_ONLY  # noqa: E402
 from pipeline.core.atomic import atomic_write_text  # noqa: E402
@@ -175,11 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--home", type=Path, required=True, help="FLOWGMM_HOME of the runs (data, MLflow, models)")
     p.add_argument("--json", type=Path, required=True, help="every run's figures (read first: done runs are kept)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="configuration overrides for every run")
+    add_dry_run(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
+    exit_if_dry_run(a, a.experiments, a.overrides)
     results = json.loads(a.json.read_text()) if a.json.exists() else []
     done = {(r["experiment"], r["method"], r["seed"]) for r in results}
     for exp in a.experiments:

@@ -1,17 +1,19 @@
 """Every command quoted in bench/RESULTS.md and README.md (a line of a code block that runs ``python bench/...``,
-``python pipeline/...``, ``python tune/...`` or ``bash bench/...``) parses with the current scripts: the script's own
-argument parser reads the quoted arguments (nothing runs, no Ray starts), and the configuration overrides resolve
-(``key=value`` words of run.py and sweep.py, and of the benchmarks that pass them to a configuration). A renamed or
-removed option, or a configuration key that no longer exists, fails here."""
+``python pipeline/...``, ``python tune/...`` or ``bash bench/...``) parses with the current scripts, and the
+configuration overrides it passes resolve; nothing runs, no Ray starts. The product's entry points are checked with
+their parsers in this process (``pipeline.job``, ``tune.driver``, ...); a benchmark is run as quoted plus
+``--dry-run`` (bench/cli.py: parse, resolve, exit), all of them at once in child processes. A renamed or removed
+option, or a configuration key or value that no longer exists, fails here.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
 import re
 import shlex
 import subprocess
+import sys
 from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,12 +101,6 @@ def _parse(parse, args: tuple[str, ...]) -> Namespace:
         raise AssertionError(f"rejected (exit {e.code}): {err.getvalue().strip()}") from None
 
 
-def _resolve(config: str | None, overrides: list[str]) -> None:
-    from pipeline.config import resolve
-
-    resolve(config, overrides=overrides)
-
-
 def _configured(ns: Namespace):
     """run.py / sweep.py: the configuration a command line asks for, resolved (None for --resume, --table or a YAML
     file named only as an example)."""
@@ -146,28 +142,34 @@ def check_compare(args: tuple[str, ...], monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert _parse(study.main, args) == 0
 
 
-def check_bench(script: str, args: tuple[str, ...]) -> None:
-    """A benchmark's ``build_parser()`` reads the arguments; the overrides it hands a configuration resolve."""
-    module = importlib.import_module("bench." + Path(script).stem)
-    ns = _parse(module.build_parser().parse_args, args)
-    overrides = list(getattr(ns, "overrides", None) or [])
-    configs = {
-        "bench/bench_ingest.py": lambda: ns.configs.split(","),
-        "bench/bench_overhead.py": lambda: [ns.config],
-        "bench/gpu_mnist.py": lambda: ["mnist"],
-        "bench/ssl_table.py": lambda: ns.experiments,
-    }.get(script, lambda: [])()
-    for config in configs:
-        _resolve(config, overrides)
+def dry_run(c: Command) -> subprocess.Popen:
+    """A benchmark as quoted, with ``--dry-run`` (``bash`` for a shell script), in a child process."""
+    runner = ["bash"] if c.script.endswith(".sh") else [sys.executable]
+    cmd = [*runner, str(REPO / c.script), "--dry-run", *c.args]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def check(c: Command, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def dry_runs() -> dict[Command, tuple[int, str]]:
+    """Every quoted benchmark command's dry run, started together: exit code and stderr by command."""
+    procs = {c: dry_run(c) for c in COMMANDS if c.script.startswith("bench/")}
+    return {c: (p.wait(timeout=300), p.communicate()[1]) for c, p in procs.items()}
+
+
+def check_bench(c: Command, dry_runs: dict[Command, tuple[int, str]]) -> None:
+    rc, err = dry_runs[c] if c in dry_runs else _finished(dry_run(c))
+    assert rc == 0, f"rejected (exit {rc}): {err.strip()[-600:]}"
+
+
+def _finished(p: subprocess.Popen) -> tuple[int, str]:
+    _, err = p.communicate(timeout=300)
+    return p.returncode, err
+
+
+def check(c: Command, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, dry_runs: dict) -> None:
     assert (REPO / c.script).is_file(), f"{c.script} does not exist"
-    if c.script.endswith(".sh"):
-        p = subprocess.run(["bash", str(REPO / c.script), "--dry-run", *c.args], capture_output=True, text=True)
-        assert p.returncode == 0, f"rejected (exit {p.returncode}): {p.stderr.strip()}"
-    elif c.script.startswith("bench/"):
-        check_bench(c.script, c.args)
+    if c.script.startswith("bench/"):
+        check_bench(c, dry_runs)
     elif c.script == "pipeline/run.py":
         check_run(c.args)
     elif c.script == "tune/sweep.py":
@@ -195,9 +197,9 @@ def _case(c: Command):
 
 
 @pytest.mark.parametrize("command", [_case(c) for c in COMMANDS])
-def test_quoted_command_parses(command: Command, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_quoted_command_parses(command: Command, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, dry_runs) -> None:
     try:
-        check(command, monkeypatch, tmp_path)
+        check(command, monkeypatch, tmp_path, dry_runs)
     except Exception as e:  # the failure names the document, the line and the command as quoted
         raise AssertionError(f"{command.doc}:{command.line}: `{command}`: {e}") from None
 
@@ -212,7 +214,7 @@ def test_every_document_quotes_commands_of_every_kind() -> None:
     "line",
     [
         "python bench/bench_ingest.py --data-dir ../shared/data",  # the option RESULTS.md once quoted
-        "python bench/bench_train_step.py --settings fast_eager --syncs",
+        "python bench/bench_train_step.py --settings reference,fast_couplings",  # the compile unit removed
         "python pipeline/run.py --config moons train.method=supervised",  # the labels-only method's old name
         "bash bench/gpu_check.sh --fast",
     ],
@@ -221,7 +223,7 @@ def test_a_removed_option_or_key_fails(line: str, monkeypatch: pytest.MonkeyPatc
     c = command_of("test", 1, line)
     assert c is not None
     with pytest.raises(Exception):  # noqa: B017 - argparse's rejection or the configuration's ConfigError
-        check(c, monkeypatch, tmp_path)
+        check(c, monkeypatch, tmp_path, {})
 
 
 def test_commands_are_found_through_prefixes_continuations_and_comments() -> None:
@@ -240,23 +242,9 @@ def test_commands_are_found_through_prefixes_continuations_and_comments() -> Non
     ]
 
 
-def test_record_writes_its_json_and_prints_the_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    """bench/record.py: the JSON (command, commit, machine, date, figures) lands where asked, whole, and the block
-    for RESULTS.md names the command and the machine before the script's own Markdown."""
-    import doctest
-    import json
-    import sys
-
-    import bench.record as record
-
-    assert doctest.testmod(record).failed == 0
-    monkeypatch.setenv("FLOWGMM_BENCH_RESULTS", str(tmp_path))
-    monkeypatch.setattr(sys, "argv", [str(REPO / "bench" / "x.py"), "--rows", "10"])
-    path = record.write_result("x", {"rows_per_s": 1.5}, "| a |\n|---|\n| 1 |")
-    saved = json.loads(path.read_text())
-    assert path == tmp_path / "x.json" and [p.name for p in tmp_path.iterdir()] == ["x.json"]
-    assert saved["figures"] == {"rows_per_s": 1.5} and saved["command"][1:] == ["--rows", "10"]
-    assert saved["commit"] == "unknown" or re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", saved["commit"])
-    assert {"cores", "ram_gib", "cpu", "gpu", "python", "torch"} <= set(saved["machine"])
-    out = capsys.readouterr().out
-    assert "`python bench/x.py --rows 10`" in out and out.rstrip().endswith("| a |\n|---|\n| 1 |")
+@pytest.mark.parametrize("module", ["bench/record.py", "bench/cli.py"])
+def test_the_benchmarks_shared_pieces_run_their_examples(module: str, tmp_path: Path) -> None:
+    """bench/record.py (the JSON with command, commit, machine, date and figures; the block for RESULTS.md) and
+    bench/cli.py (--dry-run) run their docstring examples."""
+    p = subprocess.run([sys.executable, "-m", "doctest", module], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
