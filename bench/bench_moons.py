@@ -16,8 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -64,6 +62,8 @@ def one_seed(recipe, seed: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     args = build_parser().parse_args(argv)
     exit_if_dry_run(args)
+    import torch
+
     torch.set_num_threads(args.threads)
     recipe = _load_recipe()
     rows = [one_seed(recipe, seed) for seed in range(args.seeds)]

@@ -168,12 +168,12 @@ def table(results: list[dict[str, Any]], requests: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    exit_if_dry_run(args)
     from pipeline.results.score import load_spec
     from pipeline.results.serve_app import resolve_version
     from pipeline.results.tracking import default_tracking_uri
 
-    args = parse_args(argv)
-    exit_if_dry_run(args)
     uri = default_tracking_uri(Path(args.home))
     concrete, version = resolve_version(args.model, uri)
     _, spec = load_spec(concrete, uri)
