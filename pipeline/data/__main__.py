@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-import typing
+from pipeline.core.stack import require_stack
 
-from pipeline.config.data import DataSpec
-from pipeline.core.errors import DataError
-from pipeline.core.home import resolve_home
-from pipeline.data.prepare import prepare
+require_stack()  # one line, not a traceback, from a Python without the stack (outside .venv)
+
+import dataclasses  # noqa: E402
+import typing  # noqa: E402
+
+from pipeline.config.data import DataSpec  # noqa: E402
+from pipeline.core.errors import DataError  # noqa: E402
+from pipeline.core.home import resolve_home  # noqa: E402
+from pipeline.data.prepare import prepare  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
