@@ -3,8 +3,9 @@ process group, started and stopped by exactly the processes it started (never `r
 instance on the host, other people's included).
 
     python cluster/local_cluster.py start --workers 1              # head + 1 worker node; writes the state file
-    eval "$(python cluster/local_cluster.py env)"                  # RAY_ADDRESS, RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH
+    eval "$(python cluster/local_cluster.py env)"                  # RAY_ADDRESS (+ RAY_API_SERVER_ADDRESS), token
     python pipeline/run.py --config moons --smoke train.placement_strategy=SPREAD
+    ray job submit --working-dir . -- python pipeline/run.py --config moons --smoke   # the job's python: this one's
     python cluster/local_cluster.py status
     python cluster/local_cluster.py stop                           # signals exactly the process groups it started
 
@@ -70,10 +71,24 @@ class Node:
     ports: dict[str, int] = field(default_factory=dict)
     resources: dict[str, float] = field(default_factory=dict)
     node_id: str = ""  # filled in once the node has registered (see LocalCluster.node_ids)
+    start: int = 0  # the leader's start time (/proc clock ticks): tells its group from a later one under a reused pid
 
     @property
     def pgid(self) -> int:
         return self.pid
+
+    def group(self) -> list[int]:
+        """Live processes of this node's process group. Linux reuses no pid while it names a live group, so a live
+        process with this pid but another start time means the group is gone and the number names another one."""
+        leader = _stat(self.pid)
+        if leader is not None and self.start and int(leader[19]) != self.start:
+            return []
+        return _group_pids(self.pgid)
+
+    def signal(self, sig: int) -> None:
+        """Signal this node's process group, unless its number now names another group (see :meth:`group`)."""
+        if self.group():
+            _signal_group(self.pgid, sig)
 
 
 class ClusterError(RuntimeError):
@@ -167,6 +182,8 @@ class LocalCluster:
         # itself (Train V2's PlacementGroupCleaner queries the State API) finds this cluster and not another Ray
         # instance on the same host ("Found multiple active Ray instances").
         env = self.client_env()
+        # a job's `python` (`ray job submit -- python ...`) is the Python that started the nodes, with the stack
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env.update(self.node_env)
         return env
 
@@ -279,7 +296,8 @@ class LocalCluster:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        return Node(name=name, pid=proc.pid, temp_dir=str(temp_dir), log=str(log), ports=ports, resources=resources)
+        st = _stat(proc.pid)
+        return Node(name, proc.pid, str(temp_dir), str(log), ports, resources, start=int(st[19]) if st else 0)
 
     def _wait_dashboard(self, head: Node) -> None:
         deadline = time.time() + self.start_timeout_s
@@ -360,43 +378,58 @@ class LocalCluster:
     def node_processes(self, name: str) -> list[tuple[int, int]]:
         """(pid, start time) of every live process of one node: its `ray start` process group plus descendants in
         other groups (Ray's worker processes call setsid, so they leave the node's group)."""
-        return _tree(_group_pids(self.node(name).pgid))
+        return _tree(self.node(name).group())
 
     def kill_node(self, name: str, sig: int = signal.SIGKILL) -> list[int]:
         """Kill every process of one node (raylet, object store, agents and its Ray worker processes): a node
         failure. Returns the pids that were signalled."""
         n = self.node(name)
         procs = self.node_processes(name)  # before the raylet dies and its children are re-parented
-        _signal_group(n.pgid, sig)
+        n.signal(sig)
         _signal_procs(procs, sig)
         _reap(n.pid)
         return [pid for pid, _ in procs]
 
-    def stop(self, timeout_s: float = 15.0) -> None:
+    def stop(self, timeout_s: float = 15.0, kill_timeout_s: float = 30.0) -> None:
         """SIGTERM each node's process group (workers first, head last), then SIGKILL whatever of those processes
         and their descendants is left after ``timeout_s`` (`ray start --block` shuts its children down one by one,
-        which can take 20-30 s here); returns once they are gone (at most 10 s more)."""
-        procs = [p for n in reversed(self.nodes) for p in _tree(_group_pids(n.pgid))]
+        which can take 20-30 s here). Returns once every one is gone; one still there ``kill_timeout_s`` after the
+        SIGKILL (a loaded machine tears big processes down slowly) raises ClusterError naming it, and the state file
+        stays for another ``stop``."""
+        procs = self._processes()
         for n in reversed(self.nodes):
-            _signal_group(n.pgid, signal.SIGTERM)
+            n.signal(signal.SIGTERM)
         deadline = time.time() + timeout_s
-        while time.time() < deadline and _still_running(procs):
-            for n in self.nodes:
-                _reap(n.pid)
+        while time.time() < deadline and self._left(procs):
+            self._reap()
             time.sleep(0.5)
-        for n in reversed(self.nodes):
-            _signal_group(n.pgid, signal.SIGKILL)
-        _signal_procs(procs, signal.SIGKILL)
-        # a killed process lingers until the kernel has torn it down: return only once they are gone (bounded)
-        deadline = time.time() + 10.0
-        while time.time() < deadline and (_still_running(procs) or any(_group_pids(n.pgid) for n in self.nodes)):
-            for n in self.nodes:
-                _reap(n.pid)
+        procs += self._processes()  # and the descendants born during the shutdown
+        deadline = time.time() + kill_timeout_s
+        while left := self._left(procs):  # SIGKILL until gone: a killed process lingers until torn down
+            if time.time() > deadline:
+                raise ClusterError(
+                    f"{len(left)} cluster processes still alive {kill_timeout_s:.0f} s after SIGKILL: {left}"
+                )
+            for n in reversed(self.nodes):
+                n.signal(signal.SIGKILL)
+            _signal_procs(procs, signal.SIGKILL)
+            self._reap()
             time.sleep(0.1)
         if self.state_file.exists():
             self.state_file.unlink()
         if self._owns_root:
             shutil.rmtree(self.root, ignore_errors=True)
+
+    def _processes(self) -> list[tuple[int, int]]:
+        return [p for n in reversed(self.nodes) for p in _tree(n.group())]
+
+    def _left(self, procs: list[tuple[int, int]]) -> list[int]:
+        """The pids of ``procs`` and of the nodes' groups still alive."""
+        return sorted({pid for pid, start in procs if _same(pid, start)} | {p for n in self.nodes for p in n.group()})
+
+    def _reap(self) -> None:
+        for n in self.nodes:
+            _reap(n.pid)
 
     # --- state file --------------------------------------------------------------------------------------------
     def write_state(self) -> None:
@@ -603,7 +636,11 @@ def _cli(argv: list[str] | None = None) -> int:
         return 1
     c = LocalCluster.from_state(state)
     if args.cmd == "stop":
-        c.stop()
+        try:
+            c.stop()
+        except ClusterError as e:
+            print(f"error: {e} (run stop again)", file=sys.stderr)
+            return 1
         print(f"stopped (logs kept under {c.root})")
     elif args.cmd == "status":
         for n in c.nodes:
@@ -625,6 +662,7 @@ def _cli(argv: list[str] | None = None) -> int:
         ):
             if key in env:
                 print(f"export {key}={env[key]}")
+        print(f"export RAY_API_SERVER_ADDRESS={c.dashboard_url}")  # the job server, for `ray job submit`
     elif args.cmd == "kill-node":
         pids = c.kill_node(args.name)
         print(f"killed {args.name}: {len(pids)} processes")
