@@ -2,22 +2,30 @@
 table and best-trial selection, the release of a stopped trial's placement group, and a smoke sweep end to end:
 4 trials on the 2-D moons set with 2 CPUs, a seeded Optuna searcher that evaluates the default configuration and a
 deliberately bad point (lr=1.0) first, ASHA stopping the bad point, MLflow parent/child runs, the best
-configuration through ``pipeline/run.py``, and no Ray resources left reserved."""
+configuration through ``pipeline/run.py``, no Ray resources left reserved, and a console a person can read (one
+line per trial event, no Ray or Tune output)."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from pipeline.config import ConfigError, dump_yaml, load_yaml, resolve
+from tune.console import SweepConsole, reason
 from tune.report import COMPLETED, ERROR, STOPPED, best_row, comparison_png, to_csv
 from tune.space import SearchSpace, default_point, param_space, parse_point, same_point, trial_config
 
 BAD_LR = 1.0
+REPO = Path(__file__).resolve().parent.parent
+CONSOLE_LINES = 40  # the smoke sweep's whole console (stdout + stderr), trials table and summary included
 
 
 # ------------------------------------------------------------------------------------------------ no cluster
@@ -127,6 +135,83 @@ def test_best_trial_is_chosen_on_calibrated_validation_among_completed():
     assert csv_text.splitlines()[0].startswith("trial_id,status,lr") and "curve" not in csv_text
 
 
+# ------------------------------------------------------------------------------------------------ console
+POINT = {"lr": 0.003, "consistency_weight": 0.0, "means_scale": 2.0, "variance": 1.0, "learn_variance": False}
+
+
+def _trial(tid, config=POINT, error_file=None, path=None):
+    return SimpleNamespace(trial_id=tid, config=dict(config), error_file=error_file, path=path)
+
+
+def _console_lines(events, total_steps=48, num_samples=3) -> list[str]:
+    buf = io.StringIO()
+    c = SweepConsole(
+        total_steps, num_samples, labels=[(POINT, "default")], same_point=same_point, metric="val_accuracy", out=buf
+    )
+    for name, trial, *result in events:
+        getattr(c, f"on_trial_{name}")(0, [], trial, *result)
+    return buf.getvalue().splitlines()
+
+
+def _report(step, acc, done=False):
+    return {"step": step, "val_accuracy": acc, "val_nll": 1.5, "done": done}
+
+
+def test_console_prints_one_line_per_trial_event():
+    a, b = _trial("aaaa"), _trial("bbbb", {**POINT, "lr": 0.1, "consistency_weight": 3.0})
+    lines = _console_lines(
+        [
+            ("start", a),
+            *[("result", a, _report(s, 0.5 + s / 100)) for s in (16, 32, 48)],
+            ("complete", a),
+            ("start", b),
+            ("result", b, _report(16, 0.4, done=True)),  # the report ASHA stopped the trial at
+            ("complete", b),
+        ]
+    )
+    assert lines[0].startswith("[sweep] trial aaaa (1/3) started: lr=0.003 cons=0 r=2 var=1 learn_var=False")
+    assert lines[0].endswith("[default]")
+    assert [ln.split(":")[0] for ln in lines[1:4]] == [f"[sweep] trial aaaa step {s}/48" for s in (16, 32, 48)]
+    assert "val acc 0.660, val nll 1.500" in lines[1]
+    assert lines[4].startswith("[sweep] trial aaaa completed: 48/48 steps, val acc 0.980")
+    assert lines[5].startswith("[sweep] trial bbbb (2/3) started: lr=0.1 cons=3") and "[" not in lines[5][-10:]
+    assert lines[6].startswith("[sweep] trial bbbb stopped early by ASHA at step 16/48: val acc 0.400")
+    assert len(lines) == 7  # the stopping report is told once, as the stop
+
+
+def test_console_reports_a_long_trial_at_four_points():
+    a = _trial("aaaa")
+    lines = _console_lines([("start", a), *[("result", a, _report(s, 0.5)) for s in range(10, 1001, 10)]], 1000)
+    steps = [int(ln.split("step ")[1].split("/")[0]) for ln in lines[1:]]
+    assert steps == [250, 500, 750, 1000]
+
+
+def test_console_error_line_names_the_innermost_cause(tmp_path):
+    text = (
+        "Failure # 1 (occurred at 2026-12-06_14-02-55)\n"
+        "\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=11011, ip=192.0.2.2, repr=run_trial)\n"
+        '  File "/work/main/tune/trial.py", line 43, in run_trial\n'
+        "ray.train.WorkerGroupError: Training failed due to worker errors:\n"
+        "[Rank 0 Error Snippet]:\n"
+        '  File "/work/main/pipeline/train/loop.py", line 116, in __init__\n'
+        "    self.stopper = ValidationStop(self.t.patience, self.t.min_steps)\n"
+        "                                  ^^^^^^^^^^^^^^^\n"
+        "AttributeError: 'TrainConfig' object has no attribute 'patience'\n"
+    )
+    err = tmp_path / "error.txt"
+    err.write_text(text)
+    a = _trial("aaaa", error_file=str(err), path=str(tmp_path / "trial_aaaa"))
+    lines = _console_lines([("start", a), ("result", a, _report(16, 0.5)), ("error", a)])
+    assert lines[-1] == (
+        "[sweep] trial aaaa error at step 16/48: AttributeError: 'TrainConfig' object has no attribute 'patience' "
+        f"(traceback: {tmp_path / 'trial_aaaa' / 'error.txt'})"
+    )
+    assert reason("ray.exceptions.RaySystemError: System error: x\ntraceback: ...\nImportError: cannot import y") == (
+        "ImportError: cannot import y"
+    )
+    assert reason("") == "unknown error" and len(reason("ValueError: " + "x" * 1000)) <= 240
+
+
 # ------------------------------------------------------------------------------------------------ Ray
 @pytest.fixture(scope="module")
 def ray_tune():
@@ -232,13 +317,19 @@ SWEEP_ARGS = [
 
 @pytest.fixture(scope="module")
 def sweep(ray_tune, tmp_path_factory):
-    from tune.driver import main
+    """The sweep as a user runs it, ``python tune/sweep.py``, attached to this module's Ray (so that what it leaves
+    reserved can be measured here); its whole console (stdout + stderr) is kept."""
     from tune.resources import live_placement_groups
 
     home = tmp_path_factory.mktemp("sweep_home")
     before = live_placement_groups()
+    address = ray_tune.get_runtime_context().gcs_address
+    cmd = [sys.executable, str(REPO / "tune" / "sweep.py"), *SWEEP_ARGS, "--home", str(home), "--address", address]
     t0 = time.time()
-    rc = main(SWEEP_ARGS + ["--home", str(home)])
+    proc = subprocess.run(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1400, env=dict(os.environ)
+    )
+    rc, console = proc.returncode, proc.stdout
     wall = time.time() - t0
     # resources, measured before anything else runs on the cluster
     free, total = _wait_all_cpus_free(ray_tune)
@@ -246,9 +337,18 @@ def sweep(ray_tune, tmp_path_factory):
     summary = json.loads((home / "sweeps" / "smoke-sweep" / "summary.json").read_text()) if rc == 0 else None
     print(
         f"\n[test_tune] smoke sweep: rc={rc} wall {wall:.1f} s; CPUs free {free}/{total}; "
-        f"summary metrics {summary and summary['metrics']}"
+        f"summary metrics {summary and summary['metrics']}; console ({len(console.splitlines())} lines):\n{console}"
     )
-    return {"rc": rc, "home": home, "wall": wall, "free": free, "total": total, "left": left, "summary": summary}
+    return {
+        "rc": rc,
+        "home": home,
+        "wall": wall,
+        "free": free,
+        "total": total,
+        "left": left,
+        "summary": summary,
+        "console": console,
+    }
 
 
 def _client(home: Path):
@@ -279,6 +379,29 @@ def test_smoke_sweep_completes_and_releases_resources(sweep):
     m = sweep["summary"]["metrics"]
     assert m["n_trials"] == 4 and m["leaked_placement_groups"] == 0
     assert m["n_completed"] >= 1
+
+
+@pytest.mark.slow
+def test_sweep_console_is_short_and_tells_every_trial(sweep):
+    """One line per trial event from the driver, then the trials table: no Ray/Tune tables, worker output, progress
+    bars or configuration dump."""
+    assert sweep["rc"] == 0, sweep["console"]
+    console = sweep["console"]
+    lines = console.splitlines()
+    assert len(lines) <= CONSOLE_LINES, f"{len(lines)} console lines:\n{console}"
+    for noise in ("(pid=", "Trial status:", "╭", "\x1b[", "Traceback", "Dataset"):
+        assert noise not in console, noise
+    rows = json.loads((sweep["home"] / "sweeps" / "smoke-sweep" / "trials.json").read_text())
+    outcome = {COMPLETED: "completed:", STOPPED: "stopped early by ASHA at step", ERROR: "error at step"}
+    for r in rows:
+        tid = r["trial_id"]
+        told = [ln for ln in lines if ln.startswith(f"[sweep] trial {tid} ")]
+        assert any(" started: " in ln for ln in told), (tid, told)
+        assert sum(outcome[r["status"]] in ln for ln in told) == 1, (tid, r["status"], told)
+        assert not any(outcome[s] in ln for s in outcome if s != r["status"] for ln in told), (tid, told)
+    base = sweep["home"] / "sweeps" / "smoke-sweep" / "base.yaml"
+    assert f"base configuration: {base}" in lines[0]
+    assert load_yaml(base).train.lr == pytest.approx(1e-2) and "train:" not in console
 
 
 @pytest.mark.slow

@@ -27,6 +27,11 @@ metrics during training, final calibrated metrics; trials ASHA stopped end KILLE
 
     python pipeline/run.py --config ~/.flowgmm/sweeps/<name>/best.yaml
 
+Console: one line per trial event (started, a few reports, completed / stopped early by ASHA / error), then the
+trials table and best vs default (``tune/console.py``); the base configuration goes to
+``<home>/sweeps/<name>/base.yaml``. ``--verbose`` adds Ray's and Tune's own output (status tables, the workers'
+output) and prints the configuration.
+
 Ray: Tune over Train V2 needs the Ray dashboard (State API): Train's placement-group cleaner polls it to release
 the workers of a trial Tune stopped. A local Ray is started with it; on a cluster the sweep checks it first.
 Each trial driver asks for no CPU (``{"cpu": 0, "memory": 1e8}``); the Train workers ask for
@@ -49,7 +54,8 @@ from pipeline.core.atomic import atomic_write_bytes, atomic_write_text
 from pipeline.core.cli import add_cluster_options, add_config_options, add_store_options
 from pipeline.core.errors import DataError
 from pipeline.core.home import resolve_home
-from pipeline.core.raycluster import connect, quiet
+from pipeline.core.raycluster import connect
+from tune.console import SweepConsole, point_text, quiet_tune
 from tune.report import COMPLETED, ERROR, FINAL_KEYS, STOPPED, best_row
 from tune.resources import ReleaseTrialResources, live_placement_groups, wait_released
 from tune.space import (
@@ -165,9 +171,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not args.verbose:
-        quiet()
+        quiet_tune()
     name = args.run_name or f"{cfg.name}{'-smoke' if args.smoke else ''}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
-    print(f"[sweep] home: {home}\n[sweep] sweep: {name}\n[sweep] base configuration:\n{dump_yaml(cfg)}", flush=True)
+    base_yaml = home / "sweeps" / name / "base.yaml"
+    atomic_write_text(base_yaml, dump_yaml(cfg))
+    print(f"[sweep] sweep {name} · home {home} · base configuration: {base_yaml}", flush=True)
+    if args.verbose:
+        print(dump_yaml(cfg), flush=True)
     try:
         return Sweep(cfg, settings, home, name, args).run()
     except (DataError, DashboardMissing) as e:
@@ -198,7 +208,8 @@ class Sweep:
         self.home.mkdir(parents=True, exist_ok=True)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         prepared = prepare(self.cfg.data, self.home)
-        connect(self.args.address, verbose=self.args.verbose, pin_api_address=True)
+        # the trials' lines come from the driver (SweepConsole): the workers' output only with --verbose
+        connect(self.args.address, verbose=self.args.verbose, pin_api_address=True, worker_output=self.args.verbose)
         check_state_api()
         pgs_before = live_placement_groups()
         self.release = ReleaseTrialResources(ray.get_runtime_context().gcs_address, pgs_before)
@@ -247,7 +258,9 @@ class Sweep:
         points = ([default_point(cfg)] if st.include_default else []) + list(st.points)
         space = st.space.covering(points)
         if space != st.space:
-            print(f"[sweep] search space widened to cover the points to evaluate: {space.to_dict()}", flush=True)
+            d = {k: [f"{v:.3g}" for v in vs] for k, vs in space.to_dict().items() if k != "learn_variance"}
+            text = ", ".join(f"{k} {(',' if k == 'consistency_weights' else '..').join(v)}" for k, v in d.items())
+            print(f"[sweep] search space widened to cover the points to evaluate: {text}", flush=True)
         self.points = points
         tuner = tune.Tuner(
             self._trainable(prepared, val, parent),
@@ -256,22 +269,32 @@ class Sweep:
             run_config=tune.RunConfig(
                 name=self.name,
                 storage_path=self.storage,
-                callbacks=[self.release],
+                callbacks=[self._console(points), self.release],
                 failure_config=tune.FailureConfig(max_failures=0),
-                verbose=1,
+                verbose=1 if self.args.verbose else 0,  # Tune's status tables
             ),
         )
-        grace = self._grace()
+        first = "; ".join(f"{label} ({point_text(p)})" for p, label in _labels(points, st.include_default))
         print(
             f"[sweep] {st.num_samples} trials, searcher {st.search} (seed {st.seed}), ASHA on {st.metric} "
-            f"({st.mode}), max_t {cfg.train.steps} steps, grace {grace} steps, "
-            f"max {st.max_concurrent} at once; points first: {points}",
+            f"({st.mode}): grace {self._grace()} of {cfg.train.steps} steps, reduction factor "
+            f"{st.reduction_factor:g}; {st.max_concurrent} at once" + (f"; first: {first}" if first else ""),
             flush=True,
         )
         t = time.time()
         results = tuner.fit()
         self.summary["tune_fit_seconds"] = time.time() - t
         return results
+
+    def _console(self, points: list[dict[str, Any]]) -> SweepConsole:
+        st = self.settings
+        return SweepConsole(
+            self.cfg.train.steps,
+            st.num_samples,
+            labels=_labels(points, st.include_default),
+            same_point=same_point,
+            metric=st.metric,
+        )
 
     def _grace(self) -> int:
         t = self.cfg.train
@@ -290,6 +313,7 @@ class Sweep:
             "parent_run_id": parent.run_id,
             "storage_path": self.storage,
             "sweep_name": self.name,
+            "verbose": bool(self.args.verbose),
         }
         bound = tune.with_parameters(run_trial, base=self.cfg.to_dict(), prepared=prepared, val=val, ctx=ctx)
         return tune.with_resources(bound, TRIAL_RESOURCES)
@@ -437,11 +461,7 @@ class Sweep:
                 "test_ece_calibrated",
             )
             vals = " ".join(f"{k}={r[k]:.4f}" for k in keys if r.get(k) is not None)
-            return (
-                f"  {tag:8s} trial {r['trial_id']} [{r['status']}] lr={r['lr']:.3g} "
-                f"cons={r['consistency_weight']:g} r={r['means_scale']:.3g} var={r['variance']:.3g} "
-                f"learn_var={r['learn_variance']} {vals}"
-            )
+            return f"  {tag:8s} trial {r['trial_id']} [{r['status']}] {point_text(r)} {vals}"
 
         print("[sweep] best vs default:\n" + line("best", best) + "\n" + line("default", default), flush=True)
         print(
@@ -499,6 +519,15 @@ def check_state_api(timeout: float = 60.0) -> None:
                     "needs `ray[default]`)"
                 ) from None
             time.sleep(2)
+
+
+def _labels(points: list[dict[str, Any]], include_default: bool) -> list[tuple[dict[str, Any], str]]:
+    """The points evaluated first, named as the console marks their trials: the base configuration, then
+    ``--point`` 1, 2, ..."""
+    return [
+        (p, "default" if include_default and i == 0 else f"--point {i + (not include_default)}")
+        for i, p in enumerate(points)
+    ]
 
 
 def _trial_name(trial) -> str:

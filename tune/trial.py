@@ -25,13 +25,16 @@ EVALUATED = "evaluated"  # child-run metric: 1.0 once a trial ran to the end and
 def run_trial(params: dict[str, Any], *, base: dict[str, Any], prepared, val, ctx: dict[str, Any]) -> None:
     """The Tune function trainable. ``params``: the sampled point (see ``tune.space``); ``base``: the sweep's
     base configuration as a dict; ``ctx``: home, tracking URI, experiment, parent run id, storage path, sweep
-    name."""
+    name, verbose."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from pipeline.config import Config, dump_yaml
+    from pipeline.core.raycluster import quiet
     from tune.space import trial_config
 
+    if not ctx.get("verbose"):
+        quiet()  # this actor builds the trial's datasets: no Ray Data progress bars (and no MLflow info lines)
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_config(Config.from_dict(base), params)
     ctx = {**ctx, "run_name": f"{ctx['sweep_name']}-trial_{trial_id}"}
@@ -94,6 +97,7 @@ def _train_and_evaluate(cfg, prepared, val, handle, report, ctx: dict[str, Any])
         val=val,
         callbacks=[report],
         label=ctx["run_name"].rsplit("-", 1)[-1],
+        verbose=bool(ctx.get("verbose")),
     )
     trained = run.fit()
     ev = ray.get(evaluation_task(cfg).remote(trained.chosen, prepared, cfg))

@@ -17,7 +17,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 
 
-def connect(address: str | None = None, *, verbose: bool = False, pin_api_address: bool = False) -> None:
+def connect(
+    address: str | None = None, *, verbose: bool = False, pin_api_address: bool = False, worker_output: bool = True
+) -> None:
     """``ray.init`` unless Ray is already initialized in this process.
 
     Args:
@@ -26,6 +28,8 @@ def connect(address: str | None = None, *, verbose: bool = False, pin_api_addres
         pin_api_address: for a local Ray, choose the dashboard port up front and export it as
             ``RAY_API_SERVER_ADDRESS`` to every worker (Tune's placement-group cleaner then queries this cluster
             even when other Ray instances run on the host).
+        worker_output: print the stdout/stderr of this job's Ray workers on this console (Ray's
+            ``log_to_driver``); a driver that prints its own progress (the sweep) turns it off.
     """
     _default_env()
     import ray
@@ -41,7 +45,7 @@ def connect(address: str | None = None, *, verbose: bool = False, pin_api_addres
             kwargs.update(pinned_api_address())
     ray.init(
         address=address,
-        log_to_driver=True,
+        log_to_driver=worker_output,
         configure_logging=True,
         logging_level="INFO" if verbose else "WARNING",
         **kwargs,
