@@ -31,6 +31,7 @@ from pipeline.config import (
     validate,
 )
 from pipeline.config.methods import LABELS_ONLY, method_name
+from pipeline.config.parse import data_set_name
 from pipeline.core.atomic import atomic_dir, atomic_write_text
 from pipeline.core.cli import add_cluster_options, add_config_options, add_store_options
 from pipeline.core.errors import DataError
@@ -216,31 +217,53 @@ class Job:
 
     # --- steps -------------------------------------------------------------------------------------------------
     def _start_tracking(self, prepared):
-        from pipeline.results.tracking import start_run
+        """The MLflow run in the data set's experiment (:func:`experiment_name` of the data's content hash), with the
+        configuration as params, the prepared data as its dataset input and the run record written."""
+        from pipeline.results.tracking import PreparedDataset, data_hash, start_run
 
+        self.prepared, self.data_hash = prepared, data_hash(prepared.manifest)
         resume_id = self.resume_info["run_id"] if self.resume_info else None
         uri = self.args.tracking_uri or (self.resume_info or {}).get("tracking_uri")
         tags = {
             "config_name": self.cfg.name,
             "method": self.cfg.train.method,
             "n_labeled": str(self.cfg.data.n_labeled),
+            **self._data_tags(),
         }
+        experiment = experiment_name(self.cfg, self.data_hash)
+        about = f"FlowGMM runs on {self._data_text()}: one run per job, one 'comparison' run per compare.py"
         handle = start_run(
-            self.home, experiment_name(self.cfg), self.run_name, tracking_uri=uri, resume_run_id=resume_id, tags=tags
+            self.home,
+            experiment,
+            self.run_name,
+            tracking_uri=uri,
+            resume_run_id=resume_id,
+            tags=tags,
+            description=about,
         )
         record = {
             "run_id": handle.run_id,
             "tracking_uri": handle.tracking_uri,
+            "experiment": experiment,
             "config": self.cfg.to_dict(),
             "run_name": self.run_name,
             "storage_path": self.storage,
         }
         atomic_write_text(self.run_dir / RUN_RECORD, json.dumps(record, indent=2, default=str))
+        handle.use_dataset(PreparedDataset(prepared.manifest, prepared.root), log=not resume_id)
         if not resume_id:
             handle.log_params(self.cfg.flat())
             handle.log_text(dump_yaml(self.cfg), "config/resolved.yaml")
             handle.log_json(prepared.manifest, "data/manifest.json")
         return handle
+
+    def _data_tags(self) -> dict[str, str]:
+        """What makes two runs' validation scores comparable: the data's content hash and the prepared split."""
+        return {"data_hash": self.data_hash, "data_split": self.prepared.manifest["name"]}
+
+    def _data_text(self) -> str:
+        d = self.cfg.data
+        return f"{Path(d.path).name} (content {self.data_hash})" if d.source == "table" and d.path else d.source
 
     def _train_and_evaluate(self, prepared, handle) -> dict[str, Any]:
         from pipeline.data.shards import load_split
@@ -263,7 +286,7 @@ class Job:
         with self.phase("mlflow"):
             model_dir, served_spec = self._save_served_model(trained.chosen, spec, ev)
             self._log_evaluation(handle, ev)
-            model_uri = self._register(handle, model_dir, served_spec, metrics, trained.chosen)
+            registration = self._register(handle, model_dir, served_spec, metrics, trained.chosen)
         metrics["wall_seconds"] = time.time() - self.t0
         metrics.update({f"time_{k}_s": v for k, v in self.timing.items()})
         handle.log_metrics(metrics)
@@ -272,7 +295,8 @@ class Job:
             "calibration": ev.calibration_table,
             "ood": ev.ood_table,
             "model_dir": str(model_dir),
-            "model_uri": model_uri,
+            "model_uri": registration.uri,
+            "registration": registration,
         }
 
     def _train(self, cfg: Config, prepared, spec, val, *, run_name: str, mlflow: dict | None, label: str):
@@ -349,30 +373,57 @@ class Job:
     def _log_evaluation(self, handle, ev) -> None:
         handle.log_json(ev.calibration_table, "evaluation/calibration_table.json")
         handle.log_text(_table_text(ev.calibration_table), "evaluation/calibration_table.txt")
-        handle.log_json(ev.ood_table, "evaluation/ood_table.json")
+        if ev.ood_table:  # no OOD sets: no empty file
+            handle.log_json(ev.ood_table, "evaluation/ood_table.json")
         for path, png in ev.figures.items():
             handle.log_bytes(png, path)
 
-    def _register(self, handle, model_dir: Path, served_spec, metrics, best) -> str:
-        """Log the pyfunc model, register it, move ``champion`` if it is better on validation; the model URI."""
-        from pipeline.results.registry import register
+    def _register(self, handle, model_dir: Path, served_spec, metrics, best):
+        """Log the pyfunc model (a validation row as its input example), register it under the data set's name,
+        move ``champion`` if it is better on validation than the champion of the same data; the Registration."""
+        from pipeline.data.shards import load_split
+        from pipeline.results.registry import register_model
         from pipeline.results.tracking import log_model
 
-        model_uri = log_model(handle, model_dir, served_spec)
-        registered = registered_name(self.cfg)
-        version, promoted = register(handle.tracking_uri, handle.run_id, model_uri, registered, metrics)
-        metrics.update({"registered_version": float(version), "promoted_to_champion": float(promoted)})
+        x_val, _ = load_split(self.prepared, "val")
+        about = self._model_text(served_spec, metrics)
+        model_uri = log_model(handle, model_dir, served_spec, example=x_val[:1], description=about)
+        registered = registered_name(self.cfg, self.data_hash)
+        reg = register_model(
+            handle.tracking_uri,
+            handle.run_id,
+            model_uri,
+            registered,
+            metrics,
+            data=self._data_tags(),
+            description=f"FlowGMM classifiers of {self._data_text()}; alias 'champion': the best on validation "
+            "among the versions trained on the same data split",
+            version_description=about,
+        )
         handle.set_tags(
             {
                 "model_uri": model_uri,
                 "model_dir": str(model_dir),
                 "best_checkpoint": best.path,
                 "registered_model": registered,
-                "registered_version": version,
-                "promoted_to_champion": str(promoted),
+                "registered_version": reg.version,
+                "registered_uri": reg.uri,
+                "promoted_to_champion": str(reg.promoted),
+                "champion_decision": reg.reason,
             }
         )
-        return model_uri
+        return reg
+
+    def _model_text(self, served_spec, metrics) -> str:
+        """The logged model's one-line description."""
+        d = self.cfg.data
+        labels = f"{d.n_labeled} labels" if d.n_labeled is not None else "labels sized from the data"
+        acc, split = metrics.get("test_accuracy_calibrated"), self.prepared.manifest["name"]
+        return (
+            f"{method_name(self.cfg.train.method)} on {self._data_text()} ({labels}, split {split}),"
+            f" calibrated (variance x{served_spec['variance_scale']:.3g}), out of domain below log p(x) = "
+            f"{served_spec['ood_threshold']:.4g}" + (f"; test accuracy {acc:.4f}" if acc is not None else "")
+        )
 
 
 def _table_text(rows: list[dict[str, Any]]) -> str:
@@ -385,10 +436,8 @@ def _table_text(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def registered_name(cfg: Config) -> str:
-    """The registry name: ``flowgmm-<source>``; a user table ``flowgmm-table-<file stem>`` (two tables never compete
-    for one ``@champion``)."""
-    if cfg.data.source != "table" or not cfg.data.path:
-        return f"flowgmm-{cfg.data.source}"
-    stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(cfg.data.path).stem)
-    return f"flowgmm-table-{stem}"
+def registered_name(cfg: Config, data_hash: str | None = None) -> str:
+    """The registry name: the data set's name (``flowgmm-<source>``; a user table
+    ``flowgmm-table-<file stem>-<content hash>``), whatever experiment ``cfg.experiment`` names: two data sets never
+    compete for one ``@champion``."""
+    return data_set_name(cfg, data_hash)

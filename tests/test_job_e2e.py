@@ -76,6 +76,45 @@ def _assert_served_scale_minimises_validation_nll(home: Path, m: dict) -> None:
         assert nll(s) < nll(1.0) - 1e-4 and nll(1.0) >= m["final_val_nll"] - 1e-4
 
 
+def _assert_mlflow_contents(home: Path, client, run) -> None:
+    """Issue 22: measurements as metrics, settings and counts as params; the prepared data as the run's dataset
+    input; the served model's measurements on the logged model, with a real validation row as its input example;
+    descriptions; the registered URI the registry resolves; nothing under the working directory."""
+    import mlflow
+
+    from pipeline.config.methods import method_name
+    from pipeline.data import load_split, prepare
+
+    m, params, tags = run.data.metrics, run.data.params, run.data.tags
+    for key in ("baseline_logreg_C", "baseline_knn_n_neighbors", "test_rows", "val_rows", "labeled_rows"):
+        assert key in params and key not in m, key
+    assert "registered_version" not in m and "promoted_to_champion" not in m
+    prepared = prepare(resolve("digits", smoke=True).data, home)
+    assert params["test_rows"] == str(prepared.counts["test"])
+    (inp,) = run.inputs.dataset_inputs
+    assert (inp.dataset.name, inp.dataset.digest) == (prepared.manifest["name"], tags["data_hash"])
+    assert [(t.key, t.value) for t in inp.tags] == [("mlflow.data.context", "training")]
+    (out,) = run.outputs.model_outputs
+    logged = client.get_logged_model(out.model_id)
+    linked = {x.key: x.value for x in logged.metrics}
+    assert linked["test_accuracy"] == m["test_accuracy"] and "baseline_logreg_test_accuracy" not in linked
+    method = method_name(resolve("digits", smoke=True).train.method)
+    assert logged.tags["mlflow.note.content"].startswith(f"{method} on digits (")
+    assert tags["mlflow.note.content"].startswith("```\n[flowgmm] results on the test split (digits")
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.tags["mlflow.note.content"].startswith("FlowGMM runs on digits")
+    for e in client.search_experiments():  # `Default` too: nothing under the working directory
+        assert e.artifact_location.startswith((home / "mlartifacts").resolve().as_uri()), e
+    assert tags["registered_uri"] == "models:/flowgmm-digits/1" and tags["champion_decision"] == "no champion yet"
+    assert client.get_model_version("flowgmm-digits", "1").run_id == run.info.run_id
+    assert client.get_registered_model("flowgmm-digits").description
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    model = mlflow.models.Model.load(tags["registered_uri"])
+    example = model.load_input_example(mlflow.artifacts.download_artifacts(tags["registered_uri"]))
+    x_val, _ = load_split(prepared, "val")
+    np.testing.assert_array_equal(np.asarray(example), x_val[:1])
+
+
 def test_smoke_digits_trains_end_to_end_and_is_recorded(digits_run):
     home, client, run = digits_run
     assert run.info.status == "FINISHED"
@@ -121,6 +160,8 @@ def test_smoke_digits_trains_end_to_end_and_is_recorded(digits_run):
         "plots/boundary_distance_hist.png",
     ):
         assert a in arts, (a, sorted(arts))
+    assert "evaluation/ood_table.json" not in arts  # no OOD sets in the smoke recipe: no empty file
+    _assert_mlflow_contents(home, client, run)
     # the paper's low-density separation, for the model and the labels-only flow beside it (same unlabeled rows)
     assert m["unlabeled_boundary_distance_median"] > 0
     assert m["labels_only_flow_unlabeled_boundary_distance_median"] > 0

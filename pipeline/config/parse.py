@@ -101,8 +101,27 @@ def _shown(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, tuple) else repr(value)
 
 
-def experiment_name(cfg: Config) -> str:
-    return cfg.experiment or f"flowgmm-{cfg.data.source}"
+def experiment_name(cfg: Config, data_hash: str | None = None) -> str:
+    """The MLflow experiment of a run: ``cfg.experiment`` when set, else the data set's own name
+    (:func:`data_set_name`, also the name its models are registered under).
+
+    >>> experiment_name(resolve("moons"))
+    'flowgmm-moons'
+    >>> experiment_name(resolve("table", overrides=["data.path=/d/wine.csv"]), "3f9a2c1b")
+    'flowgmm-table-wine-3f9a2c1b'
+    """
+    return cfg.experiment or data_set_name(cfg, data_hash)
+
+
+def data_set_name(cfg: Config, data_hash: str | None = None) -> str:
+    """``flowgmm-<source>`` for a shipped source; a user's table ``flowgmm-table-<file stem>-<data_hash>``, where
+    ``data_hash`` is the short content hash of the prepared data's input files
+    (``pipeline.results.tracking.data_hash``): two tables, or two versions of one file, never share an experiment
+    or a registered model."""
+    if cfg.data.source != "table" or not cfg.data.path:
+        return f"flowgmm-{cfg.data.source}"
+    stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(cfg.data.path).stem)
+    return f"flowgmm-table-{stem}" + (f"-{data_hash}" if data_hash else "")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

@@ -44,11 +44,22 @@ def signature(spec: dict[str, Any]):
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
-def input_example(spec: dict[str, Any]) -> Any:
-    """One valid input row for the logged model: a mid-grey image, or the training features' mean row."""
+def input_example(spec: dict[str, Any], rows: Any = None) -> Any:
+    """The logged model's input example in its raw input form: ``rows`` (e.g. the first validation row, as
+    ``load_split`` returns it) as uint8 images or a table of the feature columns; without rows, a mid-grey image or
+    the training features' mean row.
+
+    >>> input_example({"kind": "vector", "shape": [2], "feature_columns": ["a", "b"]}, np.array([[1.5, -2.0]]))
+         a    b
+    0  1.5 -2.0
+    """
     if spec["kind"] == "image":
+        if rows is not None:
+            return np.asarray(rows, dtype=np.uint8).reshape(-1, *spec["shape"])
         return np.full((1, *spec["shape"]), 128, dtype=np.uint8)
     cols = feature_names(spec)
+    if rows is not None:
+        return pd.DataFrame(np.asarray(rows, dtype=np.float64).reshape(-1, len(cols)), columns=cols)
     mean = spec.get("feature_mean") or [0.0] * len(cols)
     return pd.DataFrame([[float(v) for v in mean]], columns=cols)
 

@@ -37,15 +37,24 @@ def summary_lines(cfg, result: dict[str, Any], handle, timing: dict[str, float])
     out += _size_lines(m, method)
     out += _ood_lines(result["ood"], m)
     out.append(_time_line(m, timing))
-    registered = f"models:/flowgmm-{cfg.data.source}/{m['registered_version']:.0f}" if "registered_version" in m else ""
-    promoted = " (@champion)" if m.get("promoted_to_champion") else ""
-    out.append(f"  model: {registered or result['model_uri']}{promoted} · weights in {result['model_dir']}")
+    out.append(f"  model: {_model_text(result)} · weights in {result['model_dir']}")
     out.append(f"  MLflow: run {handle.run_id} · view with: {ui_command(handle.tracking_uri)}")
     return out
 
 
 def print_summary(cfg, result: dict[str, Any], handle, timing: dict[str, float]) -> None:
-    print("\n".join(summary_lines(cfg, result, handle, timing)), flush=True)
+    """Print the results table; it is also the MLflow run's description (the run page shows it)."""
+    text = "\n".join(summary_lines(cfg, result, handle, timing))
+    print(text, flush=True)
+    handle.describe(text)
+
+
+def _model_text(result: dict[str, Any]) -> str:
+    """The registered version's URI as the registry resolves it, and whether (and why) it is ``@champion``."""
+    reg = result.get("registration")
+    if reg is None:
+        return result["model_uri"]
+    return f"{reg.uri} ({'' if reg.promoted else 'not '}@champion: {reg.reason})"
 
 
 def ui_command(tracking_uri: str) -> str:
