@@ -21,6 +21,7 @@ ENTRIES = [
     ["tune/sweep.py", "--config", "moons"],
     ["-m", "pipeline.run"],
     ["-m", "tune.sweep"],
+    ["-m", "pipeline.data"],
 ]
 
 

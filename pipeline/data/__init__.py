@@ -11,11 +11,18 @@ What to prepare and how training reads it are configuration: :class:`pipeline.co
 or Tune).
 """
 
-from pipeline.data.ingest import Step, build_datasets, data_config, steps_per_epoch
-from pipeline.data.manifest import Prepared
-from pipeline.data.prepare import prepare
-from pipeline.data.shards import load_split, load_unlabeled_labels
-from pipeline.data.stream import SSLStream
+import sys
+
+from pipeline.core.stack import require_stack
+
+if sys.argv[:1] == ["-m"]:  # `python -m pipeline.data`: this package imports torch before __main__ runs
+    require_stack()
+
+from pipeline.data.ingest import Step, build_datasets, data_config, steps_per_epoch  # noqa: E402
+from pipeline.data.manifest import Prepared  # noqa: E402
+from pipeline.data.prepare import prepare  # noqa: E402
+from pipeline.data.shards import load_split, load_unlabeled_labels  # noqa: E402
+from pipeline.data.stream import SSLStream  # noqa: E402
 
 __all__ = [
     "Prepared",
