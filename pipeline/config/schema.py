@@ -29,6 +29,10 @@ class ModelConfig:
     num_couplings: Annotated[int | None, Range(ge=1)] = None
     hidden: Annotated[int | None, Range(ge=1)] = None
     depth: Annotated[int, Range(ge=1)] = 2
+    # "affine" (RealNVP) | "spline" (rational-quadratic splines, Durkan et al. 2019; flowgmm/splines.py)
+    coupling: Literal["affine", "spline"] = "affine"
+    bins: Annotated[int, Range(ge=2)] = 8  # spline couplings: bins on [-tail_bound, tail_bound]
+    tail_bound: Annotated[float, Range(gt=0)] = 4.0  # spline couplings: the identity outside (standardized units)
     # latent Gaussian mixture
     means_scale: Annotated[float, Range(gt=0)] = 1.0  # each mean coordinate ~ N(0, r^2); antipodal pair for two classes
     variance: Annotated[float, Range(gt=0)] = 1.0  # component variance used in training
