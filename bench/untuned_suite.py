@@ -256,8 +256,10 @@ def metrics_of(home: Path, run_name: str) -> dict[str, float]:
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
     ids = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(ids, filter_string=f"attributes.run_name = '{run_name}'")
-    m = runs[0].data.metrics
-    return {k: m[k] for k in KEEP if k in m}
+    m, params = runs[0].data.metrics, runs[0].data.params
+    out = {k: m[k] for k in KEEP if k in m}
+    out.update({k: float(params[k]) for k in ("test_rows", "val_rows", "labeled_rows") if k in params})
+    return out
 
 
 # --------------------------------------------------------------------------------------------------- the table

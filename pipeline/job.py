@@ -202,6 +202,7 @@ class Job:
         with self.phase("prepare"):
             prepared = prepare(self.cfg.data, self.home)  # DataError -> exit 2, nothing half-written
         print(f"[flowgmm] data: {self.cfg.data.source}, {prepared.manifest['label_summary']} · {prepared.root}")
+        self._size_to_data(prepared)
         with self.phase("ray_start"):
             connect(self.args.address, verbose=self.args.verbose)
         with self.phase("mlflow"):
@@ -216,6 +217,17 @@ class Job:
             handle.end(status)
 
     # --- steps -------------------------------------------------------------------------------------------------
+    def _size_to_data(self, prepared) -> None:
+        """The budget fields the configuration leaves unset, sized from the prepared data (the recorded configuration
+        is the sized one: a resumed run continues with it)."""
+        from pipeline.train.budget import budget_line, size_to_data, sized_fields
+
+        sized = sized_fields(self.cfg)
+        if sized:
+            self.cfg = size_to_data(self.cfg, prepared)
+            atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
+            print(budget_line(self.cfg, sized), flush=True)
+
     def _start_tracking(self, prepared):
         """The MLflow run in the data set's experiment (:func:`experiment_name` of the data's content hash), with the
         configuration as params, the prepared data as its dataset input and the run record written."""

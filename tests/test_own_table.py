@@ -42,6 +42,12 @@ def own_run(ray_local, tmp_path_factory):
     return home, x, y, rc, console.getvalue()
 
 
+def _experiment(home) -> str:
+    """The table's experiment: its file stem and content hash, as the run record holds it."""
+    (record,) = (home / "runs").glob("*/flowgmm_run.json")
+    return json.loads(record.read_text())["experiment"]
+
+
 @pytest.mark.slow
 def test_own_table_runs_on_its_defaults_and_reports_an_interval(own_run):
     home, x, y, rc, console = own_run
@@ -54,7 +60,7 @@ def test_own_table_runs_on_its_defaults_and_reports_an_interval(own_run):
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
-    run = client.search_runs([client.get_experiment_by_name("flowgmm-table").experiment_id])[0]
+    run = client.search_runs([client.get_experiment_by_name(_experiment(home)).experiment_id])[0]
     m, params = run.data.metrics, run.data.params
     assert params["data.n_labeled"] == "None" and params["data.n_val"] == "None"
     manifest = json.loads(next((home / "data").glob("table-*/manifest.json")).read_text())
@@ -63,9 +69,8 @@ def test_own_table_runs_on_its_defaults_and_reports_an_interval(own_run):
     # every one of the 60 labels is used: test (held out) + validation + training; the rest are unlabeled
     assert counts["labeled"] + counts["val"] + counts["test"] == 60 and counts["unlabeled"] == N - 60
     assert counts["val"] >= 2 and counts["test"] >= 2
-    assert (
-        m["test_rows"] == counts["test"] and m["val_rows"] == counts["val"] and m["labeled_rows"] == counts["labeled"]
-    )
+    rows = {k: float(params[f"{k}_rows"]) for k in ("test", "val", "labeled")}  # counts are params, not metrics
+    assert rows == {"test": counts["test"], "val": counts["val"], "labeled": counts["labeled"]}
     assert 0.0 <= m["test_accuracy_ci_low"] <= m["test_accuracy"] <= m["test_accuracy_ci_high"] <= 1.0
     assert m["test_accuracy_ci_high"] - m["test_accuracy_ci_low"] > 0.1  # a dozen test rows: a wide interval
 
@@ -78,7 +83,7 @@ def test_own_table_model_scores_by_class_name(own_run):
     import pandas as pd
 
     mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
-    run = mlflow.search_runs(experiment_names=["flowgmm-table"], output_format="list")[0]
+    run = mlflow.search_runs(experiment_names=[_experiment(home)], output_format="list")[0]
     model = mlflow.pyfunc.load_model(run.data.tags["model_uri"])
     out = model.predict(pd.DataFrame(x, columns=["f1", "f2", "f3", "f4"]))
     assert {"prob_no", "prob_yes"} <= set(out.columns)
