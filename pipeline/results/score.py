@@ -405,13 +405,14 @@ def count_rows(loc: Location, fmt: str) -> int:
 
 
 def score(args: argparse.Namespace) -> dict[str, float]:
-    from pipeline.results.tracking import default_tracking_uri
+    from pipeline.results.tracking import default_tracking_uri, ensure_store
 
     if not args.verbose:
         quiet()
         logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # a failed UDF's trace: main prints one line
     home = resolve_home(args.home)
     uri = args.tracking_uri or default_tracking_uri(home)
+    ensure_store(uri, home)  # a new store keeps MLflow's Default artifacts under the home, not the working directory
     out, fmt = check_output(args.output)
     model_dir, spec = load_spec(args.model, uri)
     plan = check_input(args.input, spec, args.image_column)
