@@ -155,14 +155,15 @@ def _breast_cancer() -> Config:
 def _table() -> Config:
     # A user's own table (--table PATH = --config table data.path=PATH): every label used (validation = 20% of each
     # class's labeled rows, training the rest; a test split held out unless test_path). The budget, the schedule,
-    # the batches and the flow's width are left to the data (pipeline/train/budget.py); the objective and the
-    # augmentation are breast_cancer's.
+    # the batches and the flow's width are left to the data (pipeline/train/budget.py). FlowGMM-cons with the
+    # label-weighted cross-entropy objective (weight 8): on the dev cases of bench/untuned_suite.py (seed 0) it
+    # scored 0.785 / 0.744 test accuracy against 0.709 / 0.598 for breast_cancer's generative objective (weight 3).
     cfg = _breast_cancer()
     cfg.name = "table"
     cfg.data = replace(cfg.data, source="table", n_labeled=None, n_val=None)
     cfg.ingest = replace(cfg.ingest, labeled_batch=None, unlabeled_batch=None)
     cfg.model = replace(cfg.model, num_couplings=None, hidden=None)
-    cfg.train = replace(cfg.train, **{f: None for f in SIZED_TRAIN_FIELDS})
+    cfg.train = replace(cfg.train, loss_form="ce", label_weight=8.0, **{f: None for f in SIZED_TRAIN_FIELDS})
     return cfg
 
 
