@@ -203,11 +203,14 @@ class Sweep:
         import ray
 
         from pipeline.data import load_split, prepare
-        from pipeline.results.tracking import start_run
+        from pipeline.results.tracking import data_hash, start_run
+        from pipeline.train.budget import size_to_data
 
         self.home.mkdir(parents=True, exist_ok=True)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         prepared = prepare(self.cfg.data, self.home)
+        self.cfg = size_to_data(self.cfg, prepared)  # the budget fields the configuration leaves to the data
+        self.experiment = experiment_name(self.cfg, data_hash(prepared.manifest))  # the job's, for the same data
         # the trials' lines come from the driver (SweepConsole): the workers' output only with --verbose
         connect(self.args.address, verbose=self.args.verbose, pin_api_address=True, worker_output=self.args.verbose)
         check_state_api()
@@ -216,7 +219,7 @@ class Sweep:
         val = load_split(prepared, "val")
         parent = start_run(
             self.home,
-            experiment_name(self.cfg),
+            self.experiment,
             self.name,
             tracking_uri=self.args.tracking_uri,
             tags={
@@ -309,7 +312,7 @@ class Sweep:
         ctx = {
             "home": str(self.home),
             "tracking_uri": parent.tracking_uri,
-            "experiment": experiment_name(self.cfg),
+            "experiment": self.experiment,
             "parent_run_id": parent.run_id,
             "storage_path": self.storage,
             "sweep_name": self.name,

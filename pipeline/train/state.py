@@ -29,8 +29,11 @@ class NonFiniteLossError(FloatingPointError):
     raises it from the loop's return value, never as a worker failure that Ray Train would retry."""
 
     def __init__(self, step: int, checked_at: int, where: str = ""):
-        self.step, self.checked_at = int(step), int(checked_at)
+        self.step, self.checked_at, self.where = int(step), int(checked_at), where
         super().__init__(f"{where}{nonfinite_message(self.step, self.checked_at)}")
+
+    def __reduce__(self):  # copied and pickled whole (Ray Tune copies a trial's error)
+        return (type(self), (self.step, self.checked_at, self.where))
 
 
 def nonfinite_message(step: int, checked_at: int) -> str:
