@@ -1,13 +1,14 @@
 """Density of the vector flow on tables: affine (RealNVP) vs rational-quadratic spline couplings (a plain script).
 
     .venv/bin/python bench/bench_vector_flow.py                   # affine vs spline, every table, 3 seeds (1 thread)
-    .venv/bin/python bench/bench_vector_flow.py --flows affine/permute,spline/no-permute --json /tmp/ablation.json
+    .venv/bin/python bench/bench_vector_flow.py --tables breast_cancer,wine,clusters24 \
+        --flows spline/none,spline/permute,affine/lu --name vector_flow_mixing       # the mixing layers' ablation
     .venv/bin/python bench/bench_vector_flow.py --tables wine --seeds 1 --steps-scale 0.2    # seconds
 
 Each fit is ``flowgmm.vector_flow`` as the product builds it (``standardize`` from the training rows, alternating
 half masks, ``num_couplings``/``hidden``/``depth`` as the breast_cancer recipe: 6/128/2; ``--flows`` names the
-couplings and, after a slash, overrides the product's default permutations between pairs of couplings, on for
-spline and off for affine) with a standard normal base,
+couplings and, after a slash, the layer before every pair of couplings if not the product's default: ``none``,
+``permute`` (fixed) or ``lu`` (learned ``P L U x + b``, the spline default)) with a standard normal base,
 trained by maximum likelihood with Adam (lr 1e-3, batch 256 or the whole training split if smaller) for a fixed
 number of steps per table; every ``eval_every`` steps the validation NLL is computed and the test NLL at the best
 validation step is reported (early stopping; small tables overfit within a few hundred steps). Rows are split
@@ -44,7 +45,7 @@ if not __package__:  # `python bench/bench_vector_flow.py`: import the project f
 from bench.record import write_result  # noqa: E402
 from flowgmm import vector_flow  # noqa: E402
 from flowgmm.bijections import Sequential  # noqa: E402
-from flowgmm.flows import COUPLINGS  # noqa: E402
+from flowgmm.flows import COUPLINGS, DEFAULT_MIXING, MIXINGS  # noqa: E402
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -124,22 +125,21 @@ def _nll(flow: Sequential, x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (z.square().sum(1) + z.shape[1] * LOG_2PI) - logdet
 
 
-def _variant(flow: str) -> tuple[str, bool | None]:
-    """``"spline"`` -> ("spline", None: the product default); ``"affine/permute"`` -> ("affine", True);
-    ``"spline/no-permute"`` -> ("spline", False)."""
-    coupling, _, option = flow.partition("/")
-    return coupling, {"": None, "permute": True, "no-permute": False}[option]
+def _variant(flow: str) -> tuple[str, str | None]:
+    """``"spline"`` -> ("spline", None: the product's default mixing); ``"affine/lu"`` -> ("affine", "lu")."""
+    coupling, _, mixing = flow.partition("/")
+    return coupling, mixing or None
 
 
 def _fit(name: str, flow_name: str, seed: int, args: argparse.Namespace) -> Fit:
     table = TABLES[name]
-    coupling, permute = _variant(flow_name)
+    coupling, mixing = _variant(flow_name)
     train, val, test = _split(table.load(seed), seed)
     mean, std = train.mean(0), train.std(0).clamp_min(1e-6)
     torch.manual_seed(seed)
     flow = vector_flow(
         train.shape[1], args.num_couplings, args.hidden, args.depth, standardize=(mean, std),
-        coupling=coupling, bins=args.bins, tail_bound=args.tail_bound, permute=permute,
+        coupling=coupling, bins=args.bins, tail_bound=args.tail_bound, mixing=mixing,
     )  # fmt: skip
     opt = torch.optim.Adam(flow.parameters(), lr=args.lr)
     gen = torch.Generator().manual_seed(seed)
@@ -218,8 +218,8 @@ def _parse() -> argparse.Namespace:
     parser.add_argument(
         "--flows",
         default="affine,spline",
-        help="comma-separated couplings (affine, spline), each optionally with /permute or /no-permute (default: "
-        "the product's, on for spline, off for affine)",
+        help=f"comma-separated couplings {COUPLINGS}, each optionally with /MIXING, one of {MIXINGS} (default: the "
+        f"product's, {DEFAULT_MIXING})",
     )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply every table's step count")
@@ -237,9 +237,11 @@ def _parse() -> argparse.Namespace:
     if unknown:
         parser.error(f"--tables: unknown table {unknown[0]!r}; choose from {', '.join(TABLES)}")
     for flow in args.flows.split(","):
-        coupling, _, option = flow.partition("/")
-        if coupling not in COUPLINGS or option not in ("", "permute", "no-permute"):
-            parser.error(f"--flows: unknown flow {flow!r}; a coupling from {COUPLINGS}, optionally /permute")
+        coupling, mixing = _variant(flow)
+        if coupling not in COUPLINGS or mixing not in (None, *MIXINGS):
+            parser.error(
+                f"--flows: unknown flow {flow!r}; a coupling from {COUPLINGS}, optionally /{'|'.join(MIXINGS)}"
+            )
     if args.seeds < 1:
         parser.error(f"--seeds: {args.seeds} must be at least 1")
     return args

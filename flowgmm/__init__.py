@@ -15,6 +15,7 @@ from flowgmm import calibration, metrics, objectives
 from flowgmm.bijections import Affine, Bijection, Flatten, Sequential
 from flowgmm.coupling import AffineCoupling, channel_mask, checkerboard_mask, half_mask
 from flowgmm.flows import image_flow, vector_flow
+from flowgmm.linear import LULinear
 from flowgmm.mixture import GaussianMixture
 from flowgmm.model import FlowGMM
 from flowgmm.permutation import Permutation
@@ -35,6 +36,7 @@ __all__ = [
     "AffineCoupling",
     "RQSplineCoupling",
     "Permutation",
+    "LULinear",
     "rq_spline",
     "Logit",
     "Squeeze",

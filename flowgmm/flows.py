@@ -12,7 +12,7 @@ the CPU per step); samples come back as images.
 ``vector_flow`` alternates half/half masks (first half kept, then second half kept, ...), so every
 coordinate is transformed, for ``dim = 2`` too. Its couplings are affine (RealNVP, the default) or monotone
 rational-quadratic splines (``coupling="spline"``, Neural Spline Flows; :mod:`flowgmm.splines`), the latter with a
-fixed random permutation between pairs of couplings by default (``permute``). With
+learned LU linear map before every pair of couplings by default (``mixing``). With
 ``standardize=(mean, std)`` it starts with a fixed :class:`~flowgmm.bijections.Affine` map, so densities are in the
 raw data space.
 
@@ -30,7 +30,7 @@ Example:
     >>> flow = vector_flow(dim=2, num_couplings=4, hidden=16)
     >>> flow(torch.randn(3, 2))[0].shape, flow.dim
     (torch.Size([3, 2]), 2)
-    >>> flow = vector_flow(dim=3, num_couplings=2, hidden=16, coupling="spline", bins=8, tail_bound=4.0)
+    >>> flow = vector_flow(dim=3, num_couplings=2, hidden=16, coupling="spline", bins=8, tail_bound=4.0, mixing="none")
     >>> x = torch.randn(3, 3)
     >>> torch.allclose(flow(x)[0], x, atol=1e-5)   # zero-initialised conditioners: the identity
     True
@@ -45,16 +45,20 @@ from torch import Tensor
 
 from flowgmm.bijections import Affine, Bijection, Flatten, Sequential
 from flowgmm.coupling import AffineCoupling, channel_mask, checkerboard_mask, half_mask
+from flowgmm.linear import LULinear
 from flowgmm.nets import MLP, Norm, ResNet
 from flowgmm.permutation import Permutation
 from flowgmm.preprocess import Logit
 from flowgmm.reshape import FactorOut, Squeeze
 from flowgmm.splines import RQSplineCoupling
 
-__all__ = ["image_flow", "image_vector_flow", "vector_flow", "COUPLINGS"]
+__all__ = ["image_flow", "image_vector_flow", "vector_flow", "COUPLINGS", "MIXINGS", "DEFAULT_MIXING"]
 
 Coupling = Literal["affine", "spline"]
 COUPLINGS: tuple[str, ...] = ("affine", "spline")
+Mixing = Literal["none", "permute", "lu"]
+MIXINGS: tuple[str, ...] = ("none", "permute", "lu")
+DEFAULT_MIXING: dict[str, Mixing] = {"affine": "none", "spline": "lu"}  # measured: bench/bench_vector_flow.py
 
 
 def _checkerboard(shape: Sequence[int], parity: int, mid: int, blocks: int, norm: Norm) -> AffineCoupling:
@@ -125,16 +129,16 @@ def image_vector_flow(
     coupling: Coupling = "affine",
     bins: int = 8,
     tail_bound: float = 4.0,
-    permute: bool | None = None,
+    mixing: Mixing | None = None,
 ) -> Sequential:
     """``Logit(alpha)`` on ``[B, channels, size, size]`` images in ``[0, 1]``, then a :func:`vector_flow` over the
-    flattened pixels (``coupling``, ``bins``, ``tail_bound``, ``permute`` as there; the logit maps ``[0, 1]`` into
+    flattened pixels (``coupling``, ``bins``, ``tail_bound``, ``mixing`` as there; the logit maps ``[0, 1]`` into
     ``[-logit(1 - alpha), logit(1 - alpha)]``, about ``[-2.9, 2.9]`` for 0.05, inside the default tail bound);
     ``dim = channels * size**2`` and :meth:`inverse` returns images."""
     shape = (channels, size, size)
     dim = channels * size * size
     body = vector_flow(
-        dim, num_couplings, hidden, depth, coupling=coupling, bins=bins, tail_bound=tail_bound, permute=permute
+        dim, num_couplings, hidden, depth, coupling=coupling, bins=bins, tail_bound=tail_bound, mixing=mixing
     )
     return Sequential(Logit(alpha), Flatten(shape), *body.layers, input_shape=shape)
 
@@ -150,7 +154,7 @@ def vector_flow(
     coupling: Coupling = "affine",
     bins: int = 8,
     tail_bound: float = 4.0,
-    permute: bool | None = None,
+    mixing: Mixing | None = None,
 ) -> Sequential:
     """A flow for ``[B, dim]`` vectors: MLP couplings on alternating half/half masks.
 
@@ -164,20 +168,24 @@ def vector_flow(
             Flows: :class:`~flowgmm.splines.RQSplineCoupling`, monotone rational-quadratic splines).
         bins, tail_bound: spline couplings only: ``K`` bins on ``[-tail_bound, tail_bound]``, the identity outside
             (standardized inputs: 4 covers all but a few outliers, which pass through unchanged in that layer).
-        permute: a fixed random :class:`~flowgmm.permutation.Permutation` between consecutive pairs of couplings
-            (before couplings 2, 4, ...: each pair still changes every coordinate once, and the permutations regroup
-            the halves, so coordinates that shared a half condition on each other later). ``None``: on for spline
-            couplings, off for affine ones (the architecture of specs written before the option).
+        mixing: a layer before every pair of couplings (each pair changes every coordinate once; the layer regroups
+            the halves, so coordinates that shared a half condition on each other): ``"none"``, ``"permute"`` (a
+            fixed random :class:`~flowgmm.permutation.Permutation`) or ``"lu"`` (a learned
+            :class:`~flowgmm.linear.LULinear`, ``P L U x + b``, a permutation at initialisation). ``None``: the
+            default of the coupling, :data:`DEFAULT_MIXING` (affine: ``"none"``, the architecture of specs written
+            before the option).
     """
     if coupling not in COUPLINGS:
         raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
-    permute = coupling == "spline" if permute is None else permute
+    mixing = DEFAULT_MIXING[coupling] if mixing is None else mixing
+    if mixing not in MIXINGS:
+        raise ValueError(f"mixing must be one of {MIXINGS}, got {mixing!r}")
     layers: list[Bijection] = []
     if standardize is not None:
         layers.append(Affine(*standardize))
     for i in range(num_couplings):
-        if permute and i > 0 and i % 2 == 0:
-            layers.append(Permutation.random(dim, seed=i // 2))
+        if i % 2 == 0 and mixing != "none":
+            layers.append(Permutation.random(dim, seed=i // 2) if mixing == "permute" else LULinear(dim, seed=i // 2))
         mask = half_mask(dim, parity=i % 2)
         if coupling == "spline":
             layers.append(RQSplineCoupling(mask, bins, tail_bound, hidden, depth, dropout))

@@ -8,8 +8,8 @@ with ``torch.load(weights_only=True)``. This is how checkpoints, evaluation and 
     >>> model.predict_proba(torch.zeros(3, 2)).shape
     torch.Size([3, 2])
     >>> spline = dict(spec, model={"num_couplings": 2, "hidden": 8, "coupling": "spline", "bins": 6, "tail_bound": 3.0})
-    >>> type(build_model(spline).flow.layers[0]).__name__
-    'RQSplineCoupling'
+    >>> [type(layer).__name__ for layer in build_model(spline).flow.layers]
+    ['LULinear', 'RQSplineCoupling', 'RQSplineCoupling']
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from flowgmm.flows import image_flow, image_vector_flow, vector_flow
 from flowgmm.model import FlowGMM
 
 IMAGE_KEYS = ("num_scales", "mid_channels", "num_blocks", "norm")
-VECTOR_KEYS = ("num_couplings", "hidden", "depth", "coupling", "bins", "tail_bound", "permute")
+VECTOR_KEYS = ("num_couplings", "hidden", "depth", "coupling", "bins", "tail_bound", "mixing")
 MIXTURE_KEYS = ("means_scale", "variance", "per_class_variance", "learn_means", "learn_variance", "learn_weights")
 
 
@@ -35,8 +35,8 @@ def build_model(spec: dict[str, Any]) -> FlowGMM:
     optional levels (images: grey levels), feature_mean/feature_std (vectors), class_counts (for class weights
     "counts") and seed. Vector flows (``kind`` "vector", or images with ``model.flow`` "vector") read
     :data:`VECTOR_KEYS` from ``model``: ``coupling`` ("affine", the default for specs written before the key, or
-    "spline"), ``bins`` and ``tail_bound`` (spline couplings), ``permute`` (absent or null: on for spline couplings,
-    off for affine ones)."""
+    "spline"), ``bins`` and ``tail_bound`` (spline couplings), ``mixing`` ("none", "permute" or "lu"; absent or null:
+    the coupling's default, ``flowgmm.flows.DEFAULT_MIXING``)."""
     m = dict(spec.get("model", {}))
     shape = list(spec["shape"])
     if spec["kind"] == "image":

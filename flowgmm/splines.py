@@ -60,22 +60,11 @@ def params_per_coordinate(bins: int) -> int:
 
 class Knots(NamedTuple):
     """The ``K + 1`` knots of a spline per coordinate: positions ``x``, values ``y`` and derivatives ``d``, each
-    ``[..., K + 1]``; ``x`` and ``y`` run from ``-bound`` to ``bound`` and ``d`` is 1 at both ends. ``stacked`` is
-    ``[..., 3, K + 1]`` (rows x, y, d), the form the bin lookup gathers from in one call."""
+    ``[..., K + 1]``; ``x`` and ``y`` run from ``-bound`` to ``bound`` and ``d`` is 1 at both ends."""
 
-    stacked: Tensor
-
-    @property
-    def x(self) -> Tensor:
-        return self.stacked[..., 0, :]
-
-    @property
-    def y(self) -> Tensor:
-        return self.stacked[..., 1, :]
-
-    @property
-    def d(self) -> Tensor:
-        return self.stacked[..., 2, :]
+    x: Tensor
+    y: Tensor
+    d: Tensor
 
 
 def spline_knots(
@@ -97,24 +86,31 @@ def spline_knots(
     raw = (raw - raw.detach().amax(-1, keepdim=True)).exp()  # softmax by hand: faster on short rows, same values
     sizes = min_bin + (1 - min_bin * bins) * (raw / raw.sum(-1, keepdim=True))
     inner = torch.cumsum(sizes[..., :-1], dim=-1) * (2 * bound) - bound
-    xy = F.pad(F.pad(inner, (1, 0), value=-bound), (0, 1), value=bound)
+    x, y = F.pad(F.pad(inner, (1, 0), value=-bound), (0, 1), value=bound).unbind(-2)
     offset = math.log(math.expm1(1.0 - min_derivative))
     d = F.pad(min_derivative + F.softplus(params[..., 2 * bins :] + offset), (1, 1), value=1.0)
-    return Knots(torch.cat([xy, d.unsqueeze(-2)], dim=-2))
+    return Knots(x, y, d)
 
 
-def _gather_bin(knots: Knots, v: Tensor, row: int) -> tuple[Tensor, ...]:
-    """The bin of every ``v`` (searched in the knot positions, ``row`` 0, or values, ``row`` 1) and that bin's
-    ``x_k, w_k, y_k, h_k, d_k, d_{k+1}``, each shaped like ``v``."""
-    along = knots.stacked[..., row, 1:-1].contiguous()
-    idx = torch.searchsorted(along, v.unsqueeze(-1).contiguous(), right=True)
-    idx = torch.cat([idx, idx + 1], dim=-1).unsqueeze(-2).expand(*v.shape, 3, 2)
-    x_k, x_k1, y_k, y_k1, d_k, d_k1 = torch.gather(knots.stacked, -1, idx).flatten(-2).unbind(-1)
+def _gather_bin(knots: Knots, v: Tensor, along: Tensor) -> tuple[Tensor, ...]:
+    """The bin of every ``v`` (searched in ``along``: the knot positions or values) and that bin's
+    ``x_k, w_k, y_k, h_k, d_k, d_{k+1}``, each shaped like ``v``.
+
+    The bin is picked by a one-hot weighted sum rather than ``gather``: the same values, a backward without scatter
+    (``torch.compile``'s CPU backend corrupted memory on the scatter of a multi-coupling flow's gather backward)."""
+    bins = along.shape[-1] - 1
+    idx = (v.unsqueeze(-1) >= along[..., 1:-1]).sum(-1, keepdim=True)  # interior knots at or below v: 0 .. K-1
+    onehot = (idx == torch.arange(bins, device=v.device)).to(v.dtype)
+
+    def pick(t: Tensor) -> tuple[Tensor, Tensor]:
+        return (onehot * t[..., :-1]).sum(-1), (onehot * t[..., 1:]).sum(-1)
+
+    (x_k, x_k1), (y_k, y_k1), (d_k, d_k1) = pick(knots.x), pick(knots.y), pick(knots.d)
     return x_k, x_k1 - x_k, y_k, y_k1 - y_k, d_k, d_k1
 
 
 def _forward_inside(x: Tensor, knots: Knots) -> tuple[Tensor, Tensor]:
-    x_k, w, y_k, h, d0, d1 = _gather_bin(knots, x, 0)
+    x_k, w, y_k, h, d0, d1 = _gather_bin(knots, x, knots.x)
     s = h / w
     xi = ((x - x_k) / w).clamp(0, 1)
     xi1 = xi * (1 - xi)
@@ -125,7 +121,7 @@ def _forward_inside(x: Tensor, knots: Knots) -> tuple[Tensor, Tensor]:
 
 
 def _inverse_inside(y: Tensor, knots: Knots) -> tuple[Tensor, Tensor]:
-    x_k, w, y_k, h, d0, d1 = _gather_bin(knots, y, 1)
+    x_k, w, y_k, h, d0, d1 = _gather_bin(knots, y, knots.y)
     s = h / w
     dy = y - y_k
     curve = d1 + d0 - 2 * s

@@ -1,6 +1,7 @@
 """Rational-quadratic spline couplings: the elementwise spline (round trips, exact derivatives, monotonicity, identity
-tails), the coupling and the spline vector flows (round trips, log-dets against autograd Jacobians, identity at
-initialisation, float32 log-dets under bf16 autocast), training, and the model spec."""
+tails), the coupling, the mixing layers between pairs of couplings (fixed permutation, learned LU linear map) and the
+spline vector flows (round trips, log-dets against autograd Jacobians, identity at initialisation, float32 log-dets
+under bf16 autocast), training, and the model spec."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import pytest
 import torch
 from torch import nn
 
+import flowgmm.linear
 import flowgmm.permutation
 import flowgmm.splines
 from flowgmm import FlowGMM, objectives, vector_flow
 from flowgmm.bijections import Bijection
 from flowgmm.coupling import AffineCoupling, half_mask
 from flowgmm.flows import image_vector_flow
+from flowgmm.linear import LULinear
 from flowgmm.permutation import Permutation
 from flowgmm.spec import build_model, load, save
 from flowgmm.splines import RQSplineCoupling, params_per_coordinate, rq_spline, spline_knots
@@ -134,6 +137,7 @@ CASES: dict[str, tuple[Callable[[], Bijection], tuple[int, ...], str]] = {
         "real",
     ),
     "permutation": (lambda: Permutation(torch.tensor([3, 0, 4, 1, 2])), (5,), "real"),
+    "lu-linear": (lambda: LULinear(5, seed=3), (5,), "real"),
     "vector-flow-spline-3": (
         lambda: vector_flow(dim=3, num_couplings=4, hidden=16, coupling="spline", bins=6, tail_bound=3.0),
         (3,),
@@ -151,13 +155,18 @@ CASES: dict[str, tuple[Callable[[], Bijection], tuple[int, ...], str]] = {
         (6,),
         "real",
     ),
-    "vector-flow-spline-5-no-permute": (
-        lambda: vector_flow(dim=5, num_couplings=4, hidden=16, coupling="spline", permute=False),
+    "vector-flow-spline-5-no-mixing": (
+        lambda: vector_flow(dim=5, num_couplings=4, hidden=16, coupling="spline", mixing="none"),
+        (5,),
+        "real",
+    ),
+    "vector-flow-spline-5-lu": (
+        lambda: vector_flow(dim=5, num_couplings=4, hidden=16, coupling="spline", mixing="lu"),
         (5,),
         "real",
     ),
     "vector-flow-affine-4-permute": (
-        lambda: vector_flow(dim=4, num_couplings=4, hidden=16, permute=True),
+        lambda: vector_flow(dim=4, num_couplings=4, hidden=16, mixing="permute"),
         (4,),
         "real",
     ),
@@ -223,29 +232,55 @@ def test_coupling_changes_only_unmasked_coordinates_and_starts_at_identity() -> 
     assert set(layer.state_dict()) == {"mask"} | {f"net.{k}" for k in layer.net.state_dict()}
 
 
-def _kinds(flow: Bijection) -> list[str]:
-    names = {RQSplineCoupling: "S", AffineCoupling: "A", Permutation: "P"}
-    return [names.get(type(layer), "?") for layer in flow.layers]
+def _kinds(flow: Bijection) -> str:
+    names = {RQSplineCoupling: "S", AffineCoupling: "A", Permutation: "P", LULinear: "L"}
+    return "".join(names.get(type(layer), "?") for layer in flow.layers)
 
 
 def test_spline_vector_flow_layout_and_identity_at_init() -> None:
     flow = vector_flow(dim=5, num_couplings=6, hidden=8, coupling="spline")
-    # alternating half masks; a fixed permutation between consecutive pairs, so each pair changes every coordinate
-    assert _kinds(flow) == ["S", "S", "P", "S", "S", "P", "S", "S"]
+    # alternating half masks; a mixing layer (default: learned LU) before every pair, each pair changes every
+    # coordinate once
+    assert _kinds(flow) == "LSSLSSLSS"
     couplings = [layer for layer in flow.layers if isinstance(layer, RQSplineCoupling)]
     for i, layer in enumerate(couplings):
         assert torch.equal(layer.mask, half_mask(5, i % 2))
-    perms = [layer.order for layer in flow.layers if isinstance(layer, Permutation)]
-    assert not torch.equal(perms[0], perms[1])
-    assert torch.equal(perms[0], vector_flow(dim=5, num_couplings=6, hidden=8, coupling="spline").layers[2].order)
+    orders = [layer.order for layer in flow.layers if isinstance(layer, LULinear)]
+    assert not torch.equal(orders[0], orders[1])
+    assert torch.equal(orders[1], vector_flow(dim=5, num_couplings=6, hidden=8, coupling="spline").layers[3].order)
     x = torch.randn(32, 5)
-    z, logdet = flow(x)
-    assert torch.allclose(z, x[:, perms[0]][:, perms[1]], atol=1e-5, rtol=0) and logdet.abs().max() < 1e-5
-    assert _kinds(vector_flow(dim=5, num_couplings=4, coupling="spline", permute=False)) == ["S"] * 4
-    assert _kinds(vector_flow(dim=5, num_couplings=4)) == ["A"] * 4  # affine: the architecture of old specs
-    assert _kinds(vector_flow(dim=5, num_couplings=4, permute=True)) == ["A", "A", "P", "A", "A"]
+    z, logdet = flow(x)  # LU layers start as their permutation, couplings as the identity
+    assert torch.allclose(z, x[:, orders[0]][:, orders[1]][:, orders[2]], atol=1e-5, rtol=0)
+    assert logdet.abs().max() < 1e-5
+    plain = vector_flow(dim=5, num_couplings=4, coupling="spline", mixing="none")
+    assert _kinds(plain) == "SSSS"
+    z, logdet = plain(x)
+    assert torch.allclose(z, x, atol=1e-5, rtol=0) and logdet.abs().max() < 1e-5  # zero-initialised: the identity
+    permuted = vector_flow(dim=5, num_couplings=4, coupling="spline", mixing="permute")
+    assert _kinds(permuted) == "PSSPSS"
+    z, _ = permuted(x)
+    assert torch.allclose(z, x[:, permuted.layers[0].order][:, permuted.layers[3].order], atol=1e-5, rtol=0)
+    assert _kinds(vector_flow(dim=5, num_couplings=4)) == "AAAA"  # affine: the architecture of old specs
+    assert _kinds(vector_flow(dim=5, num_couplings=4, mixing="permute")) == "PAAPAA"
     with pytest.raises(ValueError, match="coupling must be one of"):
         vector_flow(dim=5, coupling="cubic")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="mixing must be one of"):
+        vector_flow(dim=5, mixing="shuffle")  # type: ignore[arg-type]
+
+
+def test_lu_linear_runs_in_float32_under_autocast_and_learns() -> None:
+    torch.manual_seed(0)
+    layer = _perturb(LULinear(6, seed=1), std=0.3)
+    x = torch.randn(16, 6)
+    z32, logdet32 = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z16, logdet16 = layer(x)
+        x_back = layer.inverse(z16)
+    assert z16.dtype == logdet16.dtype == x_back.dtype == torch.float32
+    assert torch.equal(z16, z32) and torch.equal(logdet16, logdet32)  # no bf16 rounding of the flow's values
+    assert (x_back - x).abs().max() < 1e-5
+    (z32.square().sum() - logdet32.sum()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.parameters())
 
 
 def test_logdet_is_float32_for_float32_input_and_under_bf16_autocast() -> None:
@@ -321,11 +356,14 @@ def test_spec_round_trip_and_old_specs_build_affine(tmp_path) -> None:
     old = build_model({"kind": "vector", "shape": [3], "num_classes": 2, "model": {"num_couplings": 2, "hidden": 8}})
     assert all(isinstance(layer, AffineCoupling) for layer in old.flow.layers)
     assert set(old.flow.state_dict()) == set(vector_flow(3, 2, 8).state_dict())  # old weights still load
-    assert "layers.2.order" not in model.flow.state_dict()  # 2 couplings: no permutation
-    unpermuted = build_model(dict(spec, model=dict(model_keys, num_couplings=4, permute=False)))
-    assert not any(isinstance(layer, Permutation) for layer in unpermuted.flow.layers)
-    permuted = build_model(dict(spec, model=dict(model_keys, num_couplings=4, permute=None)))
-    assert any(isinstance(layer, Permutation) for layer in permuted.flow.layers)
+    assert _kinds(model.flow) == "?LSS"  # the standardization, then the spline default: an LU layer per pair
+    for mixing, kinds in [("none", "?SS"), (None, "?LSS"), ("permute", "?PSS"), ("lu", "?LSS")]:
+        assert _kinds(build_model(dict(spec, model=dict(model_keys, mixing=mixing))).flow) == kinds
+    permute_spec = dict(spec, model=dict(model_keys, mixing="permute"))
+    permute_model = _perturb(build_model(permute_spec)).eval()
+    save(permute_model, permute_spec, tmp_path / "permute")
+    with torch.no_grad():
+        assert torch.equal(load(tmp_path / "permute")[0].log_prob(x), permute_model.log_prob(x))
     image = {"kind": "image", "shape": [1, 4, 4], "num_classes": 2, "model": dict(model_keys, flow="vector")}
     assert any(isinstance(layer, RQSplineCoupling) for layer in build_model(image).flow.layers)
 
@@ -335,7 +373,7 @@ def test_permutation_rejects_a_non_permutation() -> None:
         Permutation(torch.tensor([0, 0, 2]))
 
 
-@pytest.mark.parametrize("module", [flowgmm.splines, flowgmm.permutation])
+@pytest.mark.parametrize("module", [flowgmm.splines, flowgmm.permutation, flowgmm.linear])
 def test_docstring_examples_run(module) -> None:
     torch.manual_seed(0)
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
