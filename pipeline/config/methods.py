@@ -29,6 +29,7 @@ ANCHORS: dict[str, str] = {
     "logreg": "logistic regression",
     "knn": "k-nearest neighbours",
     "label_spreading": "label spreading",
+    "self_training": "self-training",
 }
 
 

@@ -1,32 +1,59 @@
-"""The baselines a sceptical reader tries first, on exactly the run's split: logistic regression and kNN on the
-labeled rows, and label spreading (scikit-learn's ``LabelSpreading``, kNN kernel) on the labeled plus unlabeled rows.
+"""The baselines a sceptical reader tries first, on exactly the run's split, each as strong as a careful user makes
+it: logistic regression and kNN on the labeled rows; label spreading (scikit-learn's ``LabelSpreading``, kNN or RBF
+kernel) on the labeled plus unlabeled rows; and self-training (``SelfTrainingClassifier``) around either supervised
+anchor at its chosen setting.
 
-Inputs are scaled as the flow sees them (images: the grey levels dequantized at their centre, ``(q + 0.5) / L``;
-vectors: standardized with the run's fixed feature mean and std). Each method's hyperparameters are chosen on the
-validation split from the small grids below, then it predicts the test split once. Label spreading uses at most
-``eval.anchor_unlabeled`` unlabeled rows (a subsample seeded by the data seed).
+Inputs are scaled as the flow sees them (images: the grey levels dequantized at their centre, ``(q + 0.5) / L``, so
+pixels in [0, 1]; vectors: standardized with the run's fixed feature mean and std). Each method's settings are
+chosen on the validation split (at most ``VAL_ROWS`` rows, a seeded subsample) from the grids below (ties: the
+first), then it predicts the test split once. The RBF bandwidth is relative to the data: ``gamma = gamma_scale / m``
+with ``m`` the median squared distance between rows. The graph methods use at most ``eval.anchor_unlabeled``
+unlabeled rows (a subsample seeded by the data seed); the RBF kernel (a dense ``n x n`` matrix) and self-training
+(up to 10 refits per setting) at most ``DENSE_ROWS`` rows, labeled ones first: with that many labeled rows they are
+skipped (``baseline_<key>_skipped`` says so). Every fit runs on one BLAS thread: these matrices are small, and a
+BLAS thread per core beside training, Ray or other jobs slowed them tens of times on a busy 2-core machine.
+
+``classical_baselines`` returns two dicts: metrics (``baseline_<key>_val_accuracy``, ``baseline_<key>_test_accuracy``,
+``baseline_<key>_seconds``) and the chosen settings (``baseline_<key>_<setting>``, e.g.
+``baseline_label_spreading_kernel``), with ``<key>`` one of ``pipeline.config.methods.ANCHORS``.
 
     >>> from pipeline.results.anchors import GRIDS
     >>> sorted(GRIDS)
-    ['knn', 'label_spreading', 'logreg']
+    ['knn', 'label_spreading', 'logreg', 'self_training']
+    >>> sorted({p["kernel"] for p in GRIDS["label_spreading"]})
+    ['knn', 'rbf']
 """
 
 from __future__ import annotations
 
 import itertools
+import time
 import warnings
-from typing import Any, Callable
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
 from pipeline.data.manifest import Prepared
 from pipeline.data.shards import load_split
 
-GRIDS: dict[str, dict[str, tuple]] = {
-    "logreg": {"C": (0.01, 0.1, 1.0, 10.0)},
-    "knn": {"n_neighbors": (1, 3, 5, 10, 20)},
-    "label_spreading": {"n_neighbors": (5, 10, 20), "alpha": (0.2, 0.5, 0.8, 0.99)},
+Params = dict[str, Any]
+
+
+def _grid(**axes: tuple) -> list[Params]:
+    return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+
+
+GRIDS: dict[str, list[Params]] = {
+    "logreg": _grid(C=(0.01, 0.1, 1.0, 10.0)),
+    "knn": _grid(n_neighbors=(1, 3, 5, 10, 20)),
+    "label_spreading": _grid(kernel=("knn",), n_neighbors=(5, 10, 20), alpha=(0.2, 0.5, 0.8, 0.99))
+    + _grid(kernel=("rbf",), gamma_scale=(2.0, 8.0, 32.0, 128.0), alpha=(0.2, 0.5, 0.8)),
+    "self_training": _grid(base=("logreg", "knn"), threshold=(0.7, 0.8, 0.9, 0.95, 0.99)),
 }
+DENSE_ROWS = 2000  # rows (labeled first, then unlabeled) for the RBF kernel and self-training; none if more labeled
+VAL_ROWS = 5000  # validation rows the grids are chosen on (a seeded subsample when there are more)
+SPREAD_ITERATIONS = 100  # label spreading's iteration cap (alpha <= 0.8 converges in under 60 on digits)
 
 
 def flow_view(prepared: Prepared, x: np.ndarray) -> np.ndarray:
@@ -41,61 +68,159 @@ def flow_view(prepared: Prepared, x: np.ndarray) -> np.ndarray:
     return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 
 
-def _make(method: str, params: dict[str, Any]):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.neighbors import KNeighborsClassifier
-    from sklearn.semi_supervised import LabelSpreading
+def median_sq_distance(x: np.ndarray, rows: int = 1000, seed: int = 0) -> float:
+    """Median squared Euclidean distance between distinct rows (of at most ``rows`` sampled ones): the RBF scale.
 
-    if method == "logreg":
-        return LogisticRegression(max_iter=2000, **params)
-    if method == "knn":
-        return KNeighborsClassifier(**params)
-    return LabelSpreading(kernel="knn", max_iter=200, **params)
-
-
-def _choose(method: str, fit: Callable[[Any], Any], x_val: np.ndarray, y_val: np.ndarray, n_fit: int):
-    """The grid point with the best validation accuracy (ties: the first); neighbours never exceed the fit rows."""
-    grid = GRIDS[method]
-    best: tuple[float, dict[str, Any], Any] = (-1.0, {}, None)
-    for values in itertools.product(*grid.values()):
-        params = dict(zip(grid, values))
-        if params.get("n_neighbors", 0) > n_fit:
-            continue
-        with warnings.catch_warnings():
-            # convergence notices of the grid's extremes; label spreading divides by zero for points whose kNN
-            # graph component holds no label (scikit-learn then predicts class 0 for them: counted as it is)
-            warnings.simplefilter("ignore")
-            model = fit(_make(method, params))
-            acc = float((model.predict(x_val) == y_val).mean())
-        if acc > best[0]:
-            best = (acc, params, model)
-    return best
+    >>> median_sq_distance(np.array([[0.0], [1.0], [3.0]]))
+    4.0
+    """
+    if len(x) > rows:
+        x = x[np.random.default_rng(seed).choice(len(x), rows, replace=False)]
+    x = x.astype(np.float64)
+    sq = (x * x).sum(1)
+    d = sq[:, None] + sq[None, :] - 2.0 * x @ x.T
+    iu = np.triu_indices(len(x), k=1)
+    return float(max(np.median(d[iu]), 1e-12)) if len(iu[0]) else 1.0
 
 
-def classical_baselines(prepared: Prepared, max_unlabeled: int) -> dict[str, float]:
-    """``baseline_{logreg,knn,label_spreading}_test_accuracy``, their validation accuracy and chosen parameters."""
-    x_l, y_l = load_split(prepared, "labeled")
-    x_v, y_v = load_split(prepared, "val")
-    x_t, y_t = load_split(prepared, "test")
+@dataclass
+class AnchorSplit:
+    """The run's rows as the flow sees them (``dense``: the labeled plus unlabeled rows up to ``DENSE_ROWS``)."""
+
+    xl: np.ndarray
+    yl: np.ndarray
+    xv: np.ndarray
+    yv: np.ndarray
+    xt: np.ndarray
+    yt: np.ndarray
+    xu: np.ndarray  # already shuffled and capped at anchor_unlabeled
+    u_rows: np.ndarray  # their row numbers in the unlabeled split
+
+    def capped(self, seed: int) -> AnchorSplit:
+        """At most ``VAL_ROWS`` validation rows (a subsample seeded by ``seed``)."""
+        if len(self.yv) <= VAL_ROWS:
+            return self
+        keep = np.sort(np.random.default_rng(seed + 1).choice(len(self.yv), VAL_ROWS, replace=False))
+        return replace(self, xv=self.xv[keep], yv=self.yv[keep])
+
+    def unlabeled(self, dense: bool) -> np.ndarray:
+        return self.xu[: max(0, DENSE_ROWS - len(self.xl))] if dense else self.xu
+
+    def with_unlabeled(self, dense: bool) -> tuple[np.ndarray, np.ndarray]:
+        xu = self.unlabeled(dense)
+        return np.concatenate([self.xl, xu]), np.concatenate([self.yl, np.full(len(xu), -1, np.int64)])
+
+
+def load_anchor_split(prepared: Prepared, max_unlabeled: int) -> AnchorSplit:
+    """The run's split as the anchors see it: at most ``max_unlabeled`` unlabeled rows and ``VAL_ROWS`` validation
+    rows (subsamples seeded by the data seed)."""
+    seed = prepared.manifest.get("seed", 0)
     x_u, _ = load_split(prepared, "unlabeled")
-    if len(x_u) > max_unlabeled:
-        keep = np.random.default_rng(prepared.manifest.get("seed", 0)).choice(len(x_u), max_unlabeled, replace=False)
-        x_u = x_u[np.sort(keep)]
-    xl, xv, xt, xu = (flow_view(prepared, a) for a in (x_l, x_v, x_t, x_u))
-    x_ssl = np.concatenate([xl, xu])
-    y_ssl = np.concatenate([y_l, np.full(len(xu), -1, np.int64)])
-    fits = {
-        "logreg": (lambda m: m.fit(xl, y_l), len(xl)),
-        "knn": (lambda m: m.fit(xl, y_l), len(xl)),
-        "label_spreading": (lambda m: m.fit(x_ssl, y_ssl), len(x_ssl)),
-    }
-    out: dict[str, float] = {}
-    for method, (fit, n_fit) in fits.items():
-        val_acc, params, model = _choose(method, fit, xv, y_v, n_fit)
-        out[f"baseline_{method}_val_accuracy"] = val_acc
+    order = np.random.default_rng(seed).permutation(len(x_u))[:max_unlabeled]
+    parts = [load_split(prepared, s) for s in ("labeled", "val", "test")]
+    (xl, yl), (xv, yv), (xt, yt) = ((flow_view(prepared, x), y) for x, y in parts)
+    return AnchorSplit(xl, yl, xv, yv, xt, yt, flow_view(prepared, x_u[order]), order).capped(seed)
+
+
+def _accuracy(model, x: np.ndarray, y: np.ndarray, rows: int = 4096) -> float:
+    """Accuracy predicted ``rows`` at a time (an RBF model builds a ``rows x n`` kernel per call)."""
+    hits = sum(int((model.predict(x[i : i + rows]) == y[i : i + rows]).sum()) for i in range(0, len(y), rows))
+    return hits / max(1, len(y))
+
+
+class Anchors:
+    """Fits each anchor over its grid, keeps the best on validation, scores it on test; ``models`` holds the kept
+    fits."""
+
+    def __init__(self, split: AnchorSplit):
+        self.s = split
+        self.scale = median_sq_distance(np.concatenate([split.xl, split.unlabeled(dense=True)]))
+        self.metrics: dict[str, float] = {}
+        self.params: Params = {}
+        self.chosen: dict[str, Params] = {}
+        self.models: dict[str, Any] = {}
+
+    def model(self, method: str, p: Params):
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.neighbors import KNeighborsClassifier
+        from sklearn.semi_supervised import LabelSpreading, SelfTrainingClassifier
+
+        if method == "logreg":
+            return LogisticRegression(max_iter=2000, **p)
+        if method == "knn":
+            return KNeighborsClassifier(**p)
+        if method == "self_training":
+            return SelfTrainingClassifier(self.model(p["base"], self.chosen[p["base"]]), threshold=p["threshold"])
+        if p["kernel"] == "knn":
+            return LabelSpreading(
+                kernel="knn", n_neighbors=p["n_neighbors"], alpha=p["alpha"], max_iter=SPREAD_ITERATIONS
+            )
+        gamma = p["gamma_scale"] / self.scale
+        return LabelSpreading(kernel="rbf", gamma=gamma, alpha=p["alpha"], max_iter=SPREAD_ITERATIONS)
+
+    def fit(self, method: str, p: Params):
+        s = self.s
+        if method in ("logreg", "knn"):
+            return self.model(method, p).fit(s.xl, s.yl)
+        return self.model(method, p).fit(*s.with_unlabeled(_dense(method, p)))
+
+    def fits(self, method: str, p: Params) -> bool:
+        """Neighbours never exceed the rows they are drawn from; dense settings need fewer than ``DENSE_ROWS``
+        labeled rows (above that, a kNN graph only and no self-training: plenty of labels, and bounded cost)."""
+        if _dense(method, p) and len(self.s.yl) >= DENSE_ROWS:
+            return False
+        rows = len(self.s.yl) if method == "knn" else len(self.s.yl) + len(self.s.xu)
+        return p.get("n_neighbors", 0) <= rows
+
+    def run(self, method: str, grid: list[Params] | None = None) -> None:
+        """Fit ``method`` at every point of ``grid`` (default ``GRIDS[method]``); keep the best on validation."""
+        t0 = time.perf_counter()
+        s, best = self.s, (-1.0, {}, None)
+        for p in (p for p in (grid or GRIDS[method]) if self.fits(method, p)):
+            with warnings.catch_warnings():
+                # convergence notices of the grid's extremes; label spreading divides by zero for points whose graph
+                # component holds no label (scikit-learn then predicts class 0 for them: counted as it is)
+                warnings.simplefilter("ignore")
+                model = self.fit(method, p)
+                acc = _accuracy(model, s.xv, s.yv)
+            if acc > best[0]:
+                best = (acc, p, model)
+        acc, p, model = best
+        key = f"baseline_{method}"
+        if model is None:
+            self.params[f"{key}_skipped"] = f"{len(s.yl)} labeled rows (at most {DENSE_ROWS - 1} for this anchor)"
+            return
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            out[f"baseline_{method}_test_accuracy"] = float((model.predict(xt) == y_t).mean())
-        out.update({f"baseline_{method}_{k}": float(v) for k, v in params.items()})
-    out["baseline_label_spreading_unlabeled_rows"] = float(len(xu))
-    return out
+            test = _accuracy(model, s.xt, s.yt)
+        self.chosen[method], self.models[method] = p, model
+        self.metrics.update({f"{key}_val_accuracy": acc, f"{key}_test_accuracy": test})
+        self.metrics[f"{key}_seconds"] = time.perf_counter() - t0
+        self.params.update({f"{key}_{k}": v for k, v in self.settings(method, p).items()})
+
+    def settings(self, method: str, p: Params) -> Params:
+        """The chosen grid point, plus what it implies: the RBF ``gamma``, the base's own setting, the rows used."""
+        out = dict(p)
+        if method == "label_spreading" and p["kernel"] == "rbf":
+            out["gamma"] = p["gamma_scale"] / self.scale
+        if method == "self_training":
+            out.update({f"base_{k}": v for k, v in self.chosen[p["base"]].items()})
+        if method in ("label_spreading", "self_training"):
+            out["unlabeled_rows"] = len(self.s.unlabeled(_dense(method, p)))
+        return out
+
+
+def _dense(method: str, p: Params) -> bool:
+    """Settings whose cost grows with the square of the rows (or that refit many times): RBF, self-training."""
+    return method == "self_training" or p.get("kernel") == "rbf"
+
+
+def classical_baselines(prepared: Prepared, max_unlabeled: int) -> tuple[dict[str, float], Params]:
+    """``(metrics, settings)`` of the anchors (see the module docstring for the keys)."""
+    from threadpoolctl import threadpool_limits
+
+    anchors = Anchors(load_anchor_split(prepared, max_unlabeled))
+    with threadpool_limits(limits=1):
+        for method in GRIDS:  # self-training last: it wraps the supervised anchors' chosen settings
+            anchors.run(method)
+    return anchors.metrics, anchors.params

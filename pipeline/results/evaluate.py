@@ -1,11 +1,13 @@
 """Evaluation of a trained FlowGMM on the prepared splits: test metrics before and after variance-scaling
-calibration (fit on the labeled validation split), bits/dim, out-of-domain detection, a logistic-regression
-baseline on the same labeled rows, and the pictures.
+calibration (chosen on the labeled validation split by ``flowgmm.calibration.choose_variance_scale``), bits/dim,
+out-of-domain detection, the classical anchors on the same split, and the pictures.
 
 Runs wherever it is called: the pipeline calls it inside a Ray task (on a GPU when training used GPUs).
 
     result = evaluate_model("/path/to/best/checkpoint", prepared, cfg)
     result.metrics["test_accuracy"], result.metrics["test_ece_calibrated"]
+    result.calibration_note     # how the served scale was chosen, e.g. "cross-fit, 5 folds: kept x1 (...); n=10"
+    result.params               # the anchors' chosen settings, e.g. {"baseline_label_spreading_kernel": "rbf", ...}
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class EvalResult:
     ood_threshold: float
     figures: dict[str, bytes] = field(default_factory=dict)  # artifact path -> PNG bytes
     boundary_distances: np.ndarray | None = None  # unlabeled points' latent distances to the decision boundary
+    calibration_note: str = ""  # how variance_scale was chosen (flowgmm.calibration.Calibration.note)
+    params: dict[str, Any] = field(default_factory=dict)  # settings, not measurements: the anchors' chosen ones
 
 
 def classification_metrics(probs: np.ndarray, y: np.ndarray, n_bins: int) -> dict[str, float]:
@@ -68,10 +72,12 @@ def evaluate_model(
     ev.boundary()
     if ev.image:
         ev.sample_share()
+    params: dict[str, Any] = {}
     if cfg.eval.baselines:  # the classical anchors on the same split (the labels-only flow is trained by the job)
-        ev.out.update(classical_baselines(prepared, cfg.eval.anchor_unlabeled))
+        metrics, params = classical_baselines(prepared, cfg.eval.anchor_unlabeled)
+        ev.out.update(metrics)
     figs = ev.figures() if (cfg.eval.figures if figures_on is None else figures_on) else {}
-    return EvalResult(ev.out, ev.table, ev.ood_rows, ev.scale, ev.threshold, figs, ev.distances)
+    return EvalResult(ev.out, ev.table, ev.ood_rows, ev.scale, ev.threshold, figs, ev.distances, ev.note, params)
 
 
 class _Evaluation:
@@ -97,18 +103,22 @@ class _Evaluation:
         return e
 
     def calibrate(self) -> None:
-        """One variance scale fit on the labeled validation split, the flow frozen; metrics before and after."""
+        """One variance scale chosen on the labeled validation split (regularised: a prior on log s, kept only if
+        it beats s = 1 on held-out folds), the flow frozen; metrics before and after."""
         enc, out, bins = self.enc, self.out, self.cfg.eval.ece_bins
-        self.scale = calibration.fit_variance_scale(self.model.mixture, enc["val"].z, torch.as_tensor(enc["val"].y))
+        chosen = calibration.choose_variance_scale(self.model.mixture, enc["val"].z, torch.as_tensor(enc["val"].y))
+        self.scale, self.note = chosen.scale, chosen.note
         for split in ("val", "test"):
             name = "final_val" if split == "val" else split  # per-epoch "val_*" metrics are logged in training
             for label, s in (("uncalibrated", 1.0), ("calibrated", self.scale)):
                 m = classification_metrics(posterior(self.model, enc[split].z, s), enc[split].y, bins)
-                self.table.append({"split": split, "model": label, "variance_scale": s, **m})
+                how = chosen.note if label == "calibrated" else "none"
+                row = {"split": split, "model": label, "variance_scale": s, **m}
+                self.table.append({**row, "variance_scale_fitted": chosen.fitted, "calibration": how})
                 suffix = "" if label == "uncalibrated" else "_calibrated"
                 out.update({f"{name}_{k}{suffix}": v for k, v in m.items()})
             out[f"{name}_bpd"] = bits_per_dim(enc[split].log_px, self.dim, self.levels)
-        out["variance_scale"] = self.scale
+        out.update(variance_scale=self.scale, variance_scale_fitted=chosen.fitted)
         n_test = len(enc["test"].y)  # the sizes behind the numbers, and a 95% interval on test accuracy
         out.update(test_rows=float(n_test), val_rows=float(len(enc["val"].y)))
         out["labeled_rows"] = float(self.prepared.manifest["counts"]["labeled"])
@@ -214,9 +224,11 @@ def evaluate_accuracy_only(model_dir: str, prepared: Prepared, cfg: Config, devi
         "test_ece_calibrated",
         "test_bpd",
         "unlabeled_boundary_distance_median",
+        "variance_scale",
+        "variance_scale_fitted",
     )
     metrics = {k: ev.out[k] for k in keep if k in ev.out}
-    return EvalResult(metrics, ev.table, [], ev.scale, float("nan"), {}, ev.distances)
+    return EvalResult(metrics, ev.table, [], ev.scale, float("nan"), {}, ev.distances, ev.note)
 
 
 def evaluate_checkpoint(checkpoint, prepared: Prepared, cfg: Config, accuracy_only: bool = False):
