@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_store_options(p)
     add_cluster_options(p)
     p.add_argument("--resume", default=None, metavar="NAME", help="continue the interrupted run NAME")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # key=value words may come before or after the options
 
 
 def main(argv: list[str] | None = None) -> int:

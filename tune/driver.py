@@ -120,7 +120,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--variance-range", type=float, nargs=2, metavar=("LOW", "HIGH"), help="log-uniform (base x0.25..x2)"
     )
     r.add_argument("--learn-variance", choices=("both", "true", "false"), default="both")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # key=value words may come before or after the options
 
 
 def settings_from_args(args: argparse.Namespace, cfg: Config) -> SweepSettings:
