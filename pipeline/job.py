@@ -291,6 +291,7 @@ class Job:
             )
         with self.phase("evaluate"):
             ev = self._evaluate(trained.chosen, prepared, cfg)
+        handle.log_params({**ev.params, "calibration": ev.calibration_note})  # the anchors' chosen settings
         metrics = {**ev.metrics, **self._train_metrics(trained)}
         if cfg.eval.baselines and cfg.train.method != LABELS_ONLY.value:
             with self.phase("baseline"):
@@ -305,6 +306,7 @@ class Job:
         return {
             "metrics": metrics,
             "calibration": ev.calibration_table,
+            "calibration_note": ev.calibration_note,
             "ood": ev.ood_table,
             "model_dir": str(model_dir),
             "model_uri": registration.uri,

@@ -34,6 +34,8 @@ def summary_lines(cfg, result: dict[str, Any], handle, timing: dict[str, float])
     width = max([40, *(len(name) + 2 for name, _ in table)])
     out.append(f"  {'model':<{width}}{'accuracy':>9}{'NLL':>8}{'ECE':>8}")
     out += [f"  {name:<{width}}{cells}" for name, cells in table]
+    if result.get("calibration_note"):
+        out.append(f"  calibration: {result['calibration_note']}")
     out += _size_lines(m, method)
     out += _ood_lines(result["ood"], m)
     out.append(_time_line(m, timing))
