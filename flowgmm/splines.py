@@ -92,7 +92,7 @@ def spline_knots(
     return Knots(x, y, d)
 
 
-def _gather_bin(knots: Knots, v: Tensor, along: Tensor) -> tuple[Tensor, ...]:
+def _bin_of(knots: Knots, v: Tensor, along: Tensor) -> tuple[Tensor, ...]:
     """The bin of every ``v`` (searched in ``along``: the knot positions or values) and that bin's
     ``x_k, w_k, y_k, h_k, d_k, d_{k+1}``, each shaped like ``v``.
 
@@ -110,7 +110,7 @@ def _gather_bin(knots: Knots, v: Tensor, along: Tensor) -> tuple[Tensor, ...]:
 
 
 def _forward_inside(x: Tensor, knots: Knots) -> tuple[Tensor, Tensor]:
-    x_k, w, y_k, h, d0, d1 = _gather_bin(knots, x, knots.x)
+    x_k, w, y_k, h, d0, d1 = _bin_of(knots, x, knots.x)
     s = h / w
     xi = ((x - x_k) / w).clamp(0, 1)
     xi1 = xi * (1 - xi)
@@ -121,7 +121,7 @@ def _forward_inside(x: Tensor, knots: Knots) -> tuple[Tensor, Tensor]:
 
 
 def _inverse_inside(y: Tensor, knots: Knots) -> tuple[Tensor, Tensor]:
-    x_k, w, y_k, h, d0, d1 = _gather_bin(knots, y, knots.y)
+    x_k, w, y_k, h, d0, d1 = _bin_of(knots, y, knots.y)
     s = h / w
     dy = y - y_k
     curve = d1 + d0 - 2 * s
