@@ -33,6 +33,9 @@ class ModelConfig:
     coupling: Literal["affine", "spline"] = "affine"
     bins: Annotated[int, Range(ge=2)] = 8  # spline couplings: bins on [-tail_bound, tail_bound]
     tail_bound: Annotated[float, Range(gt=0)] = 4.0  # spline couplings: the identity outside (standardized units)
+    # a mixing layer before every pair of couplings: "none" | "permute" | "lu" (learned); None: the coupling's own
+    # default (affine: none, spline: lu; flowgmm/flows.py)
+    mixing: Literal["none", "permute", "lu"] | None = None
     # latent Gaussian mixture
     means_scale: Annotated[float, Range(gt=0)] = 1.0  # each mean coordinate ~ N(0, r^2); antipodal pair for two classes
     variance: Annotated[float, Range(gt=0)] = 1.0  # component variance used in training
