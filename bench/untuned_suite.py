@@ -38,6 +38,12 @@ from typing import Any, Callable
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.cli import add_dry_run, exit_if_dry_run  # noqa: E402
+from bench.record import write_result  # noqa: E402
+
 ANCHOR_KEYS = ("logreg", "knn", "label_spreading", "self_training")
 
 
@@ -106,6 +112,16 @@ SUITE = (
 )
 
 DEV = (
+    Case(
+        "dev-300",
+        "300 rows, 6 features (4 informative), 2 classes x 2 clusters, 24 labels",
+        Table(300, 6, 4, 2, 2, 24, 5_000),
+    ),
+    Case(
+        "dev-800",
+        "800 rows, 8 features (5 informative), 3 classes, 40 labels",
+        Table(800, 8, 5, 3, 1, 40, 5_000, class_sep=0.9),
+    ),
     Case(
         "dev-5k",
         "5k rows, 12 features (6 informative), 4 classes, 100 labels",
@@ -238,12 +254,64 @@ def run_one(home: Path, case: Case, seed: int, variant: tuple[str, ...] = ()) ->
     cmd += [f"data.seed={seed}", f"train.seed={seed}", *variant]
     env = {**os.environ, "FLOWGMM_HOME": str(home)}
     t0 = time.time()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        peak = MemoryPeak(proc.pid)
+        stdout, stderr = proc.communicate()
+        peak.stop()
+    proc.stdout, proc.stderr = stdout, stderr
     wall = time.time() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     out = {"case": case.name, "seed": seed, "variant": tag, "wall_s": wall, "command": " ".join(cmd[1:])}
+    out.update(peak_driver_mib=peak.driver / 2**20, peak_tree_mib=peak.tree / 2**20)
     return {**out, **metrics_of(home, name)}
+
+
+class MemoryPeak:
+    """Peak resident memory of a job, sampled every half second from /proc (Linux): of its driver process (where
+    the in-driver training runs) and of its whole process tree (Ray's daemons and workers included)."""
+
+    def __init__(self, pid: int, every: float = 0.5):
+        import threading
+
+        self.pid, self.every, self.driver, self.tree = pid, every, 0, 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(self.every):
+            rss = _tree_rss(self.pid)
+            if rss:
+                self.driver, self.tree = max(self.driver, rss[self.pid]), max(self.tree, sum(rss.values()))
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def _tree_rss(root: int) -> dict[int, int]:
+    """Resident bytes of ``root`` and its descendants ({} once it is gone)."""
+    parent: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parent[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    tree, frontier = {root}, [root]
+    while frontier:
+        kids = [p for p, pp in parent.items() if pp in frontier and p not in tree]
+        tree.update(kids)
+        frontier = kids
+    out = {}
+    for pid in tree:
+        try:
+            pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        out[pid] = pages * os.sysconf("SC_PAGE_SIZE")
+    return out if root in out else {}
 
 
 def variant_tag(variant: tuple[str, ...]) -> str:
@@ -288,6 +356,8 @@ def summarize(results: list[dict[str, Any]], case: Case) -> dict[str, Any] | Non
         )
     for k in ("test_nll", "test_nll_calibrated", "test_ece", "test_ece_calibrated", "train_steps", "wall_s"):
         row[k] = med(k)
+    for k in ("train_seconds", "peak_tree_mib"):  # the slowest seed, the largest footprint
+        row[k] = max(r[k] for r in rs) if all(k in r for r in rs) else None
     row["nll_worse"] = max(r["test_nll_calibrated"] - r["test_nll"] for r in rs)
     return row
 
@@ -299,8 +369,9 @@ def _f(v: float | None, fmt: str = ".3f") -> str:
 def markdown(rows: list[dict[str, Any]]) -> str:
     head = (
         "| case | FlowGMM-cons | labels-only flow | logistic regression | kNN | label spreading | self-training | "
-        "vs best anchor | vs labels-only | NLL uncal. -> cal. | ECE uncal. -> cal. | steps | wall s |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "vs best anchor | vs labels-only | NLL uncal. -> cal. | ECE uncal. -> cal. | steps | wall s | train s (max) | "
+        "peak GiB (max) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows:
@@ -315,6 +386,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"{_f(r['test_ece'])} -> {_f(r['test_ece_calibrated'])}",
             _f(r["train_steps"], ".0f"),
             _f(r["wall_s"], ".0f"),
+            _f(r["train_seconds"], ".0f"),
+            _f(None if r["peak_tree_mib"] is None else r["peak_tree_mib"] / 1024, ".2f"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"
@@ -331,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--override", dest="variant", action="append", default=[], metavar="KEY=VALUE",
         help="dev cases only: an override of the defaults (repeat for a variant of several)",
     )  # fmt: skip
+    add_dry_run(p)
     return p
 
 
@@ -338,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     if a.variant and a.set == "suite":
         raise SystemExit("error: the suite runs the defaults only; variants are for --set dev")
+    exit_if_dry_run(a, [c.config for c in SETS[a.set] if c.config], a.variant)
     cases = [c for c in SETS[a.set] if a.cases is None or c.name in a.cases]
     results = json.loads(a.json.read_text()) if a.json.exists() else []
     tag = variant_tag(tuple(a.variant))
@@ -359,10 +434,9 @@ def main(argv: list[str] | None = None) -> int:
             tmp.replace(a.json)
     results = [r for r in results if r.get("variant", "") == tag]
     rows = [row for c in cases if (row := summarize(results, c)) is not None]
-    print()
-    print(markdown(rows))
-    for c in cases:
-        print(f"- {c.name}: {c.what}")
+    legend = "\n".join(f"- {c.name}: {c.what}" for c in cases)
+    name = "untuned_suite" if a.set == "suite" and not a.cases else f"untuned_{a.set}" + (f"_{tag}" if tag else "")
+    write_result(name, {"rows": rows, "runs": str(a.json)}, markdown(rows) + "\n" + legend)
     return 0
 
 
