@@ -84,3 +84,26 @@ def shared_data_dir() -> Path:
 def data_home(tmp_path_factory) -> Path:
     """A FLOWGMM_HOME shared by the data tests of a session (prepared sets are reused across tests)."""
     return tmp_path_factory.mktemp("flowgmm_home")
+
+
+@pytest.fixture
+def one_thread():
+    """Small tensors: one intra-op thread is faster and immune to a busy 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def perturb(module, std: float, seed: int = 0):
+    """Move every parameter of a flow block away from its (partly zero) initialisation so the map is not the
+    identity (``from conftest import perturb``)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(std * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return module

@@ -8,6 +8,7 @@ from typing import Callable
 
 import pytest
 import torch
+from conftest import perturb
 from torch import nn
 
 from flowgmm import FlowGMM, dequantize, image_flow, objectives, vector_flow
@@ -17,23 +18,11 @@ from flowgmm.nets import MLP, ResNet
 from flowgmm.preprocess import Logit
 from flowgmm.reshape import FactorOut, Squeeze
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one intra-op thread is faster and immune to a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _perturb(module: nn.Module, std: float = 0.2, seed: int = 0) -> nn.Module:
-    """Move every parameter away from its (partly zero) initialisation so the maps are not the identity."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(std * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    return module
+    return perturb(module, std, seed)
 
 
 def _coupling_image(mask: torch.Tensor) -> AffineCoupling:
