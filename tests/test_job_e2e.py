@@ -457,15 +457,15 @@ def test_bad_config_and_bad_data_exit_non_zero(tmp_path, capsys):
     assert "error:" in err and "no-data-here" in err
 
 
-def test_compiled_couplings_run_in_training_and_track_the_eager_loss(ray_local, tmp_path):
-    """train.compile=couplings acts on the model training runs: compiled frames execute inside the training loop
+def test_compiled_model_runs_in_training_and_tracks_the_eager_loss(ray_local, tmp_path):
+    """train.compile=full acts on the model training runs: compiled frames execute inside the training loop
     (the compile_frames metric) and, with the cheap `eager` backend on CPU, the losses track the eager run's
     within 1e-4 relative (the same math, traced by Dynamo)."""
     home = tmp_path / "home"
     common = ["--config", "moons", "--smoke", "--home", str(home)]
     extra = ["eval.baselines=false", "eval.figures=false"]
     assert main([*common, "--run-name", "eager", *extra]) == 0
-    compiled = ["train.compile=couplings", "train.compile_backend=eager"]
+    compiled = ["train.compile=full", "train.compile_backend=eager"]
     assert main([*common, "--run-name", "compiled", *extra, *compiled]) == 0
     client, runs = _runs(home, "flowgmm-moons")
     by_name = {r.info.run_name: r for r in runs}

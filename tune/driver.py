@@ -291,13 +291,14 @@ class Sweep:
 
     def _console(self, points: list[dict[str, Any]]) -> SweepConsole:
         st = self.settings
-        return SweepConsole(
+        self.console = SweepConsole(
             self.cfg.train.steps,
             st.num_samples,
             labels=_labels(points, st.include_default),
             same_point=same_point,
             metric=st.metric,
         )
+        return self.console
 
     def _grace(self) -> int:
         t = self.cfg.train
@@ -352,7 +353,7 @@ class Sweep:
         from tune.report import STOPPED, trial_rows
 
         runs = {r.data.tags.get("trial_id"): r for r in child_runs(parent)}
-        rows = trial_rows(results, runs)
+        rows = trial_rows(results, runs, stopped=self.console.stopped)  # the console's outcome, the table's too
         client = parent.client
         for row in rows:
             run = runs.get(row["trial_id"])

@@ -12,7 +12,7 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from flowgmm.metrics import selection_score
 from tune.space import PARAMS
@@ -42,11 +42,12 @@ def trial_id_of(result) -> str:
     return name[len("trial_") :] if name.startswith("trial_") else name
 
 
-def trial_rows(results, children: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def trial_rows(results, children: dict[str, Any] | None = None, stopped: Collection[str] = ()) -> list[dict[str, Any]]:
     """One row per trial of a ``ResultGrid``: parameters, how far it got, the validation curve (from
     Tune) and, for trials that ran to the end, the final calibrated metrics (from the trial's MLflow child run in
-    ``children``, keyed by trial id). Status: ``completed`` (evaluated), ``stopped_early`` (ended by the scheduler
-    before evaluation) or ``error``."""
+    ``children``, keyed by trial id). Status: ``error``; ``stopped_early`` when the scheduler stopped it (its id in
+    ``stopped``: what the console said; a trial whose last steps and evaluation finished before the stop arrived
+    counts as stopped too) or when it ended before evaluation; else ``completed``."""
     children = children or {}
     rows = []
     for r in results:
@@ -61,7 +62,7 @@ def trial_rows(results, children: dict[str, Any] | None = None) -> list[dict[str
         child = children.get(tid)
         final = dict(child.data.metrics) if child is not None else {}
         evaluated = child is not None and child.info.status == "FINISHED" and final.get(EVALUATED) == 1.0
-        status = ERROR if r.error is not None else COMPLETED if evaluated else STOPPED
+        status = ERROR if r.error is not None else COMPLETED if evaluated and tid not in stopped else STOPPED
         row: dict[str, Any] = {"trial_id": tid, "status": status}
         cfg = r.config or {}
         for k in PARAMS:
