@@ -268,8 +268,10 @@ def run_one(home: Path, case: Case, seed: int, variant: tuple[str, ...] = ()) ->
 
 
 class MemoryPeak:
-    """Peak resident memory of a job, sampled every half second from /proc (Linux): of its driver process (where
-    the in-driver training runs) and of its whole process tree (Ray's daemons and workers included)."""
+    """Peak memory of a job, sampled every half second from /proc (Linux): the proportional set size (PSS: shared
+    pages such as Ray's object store and the libraries divided among the processes that map them, so that the sum
+    over processes is the memory the job holds) of its driver process (where the in-driver training runs) and of its
+    whole process tree (Ray's daemons and workers included)."""
 
     def __init__(self, pid: int, every: float = 0.5):
         import threading
@@ -291,7 +293,7 @@ class MemoryPeak:
 
 
 def _tree_rss(root: int) -> dict[int, int]:
-    """Resident bytes of ``root`` and its descendants ({} once it is gone)."""
+    """Proportional set size in bytes of ``root`` and its descendants ({} once it is gone)."""
     parent: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -307,10 +309,11 @@ def _tree_rss(root: int) -> dict[int, int]:
     out = {}
     for pid in tree:
         try:
-            pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-        except (OSError, IndexError, ValueError):
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            kib = next(int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:"))
+        except (OSError, IndexError, ValueError, StopIteration):
             continue
-        out[pid] = pages * os.sysconf("SC_PAGE_SIZE")
+        out[pid] = kib * 1024
     return out if root in out else {}
 
 
