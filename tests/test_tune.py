@@ -157,6 +157,24 @@ def _report(step, acc, done=False):
     return {"step": step, "val_accuracy": acc, "val_nll": 1.5, "done": done}
 
 
+def test_quiet_console_drops_the_raylet_worker_pool_notice_and_keeps_other_raylet_lines(capsys, monkeypatch):
+    # CI saw "(raylet) WARNING: 8 PYTHON worker processes have been started on node ..." in colour on the sweep console
+    from ray._private import worker
+
+    from pipeline.core.raycluster import WORKER_POOL_NOTICE, quiet
+
+    monkeypatch.setattr(worker, "print_to_stdstream", worker.print_to_stdstream)  # undone after the test
+    monkeypatch.delenv("RAY_COLOR_PREFIX", raising=False)
+    quiet()
+    notice = f"WARNING: 8 {WORKER_POOL_NOTICE}: 1a2b with address: 192.0.2.2, which is 4x the maximum (2)."
+    worker.print_to_stdstream({"lines": [notice], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    other = "WARNING: the object store is 91% full (test_quiet_console)"
+    worker.print_to_stdstream({"lines": [notice, other], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    out = capsys.readouterr().out
+    assert WORKER_POOL_NOTICE not in out and other in out
+    assert "\x1b[" not in out
+
+
 def test_console_prints_one_line_per_trial_event():
     a, b = _trial("aaaa"), _trial("bbbb", {**POINT, "lr": 0.1, "consistency_weight": 3.0})
     lines = _console_lines(

@@ -70,6 +70,35 @@ def quiet() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="ray")
+    os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # "(raylet) ..." lines as plain text, no escape codes
+    _drop_raylet_lines(WORKER_POOL_NOTICE)
+
+
+# The raylet's notice, pushed to every driver, when more Python workers have started than four times its startup
+# concurrency (the CPU count): a 2-core machine running one training job (~12 actors) prints it every time
+WORKER_POOL_NOTICE = "PYTHON worker processes have been started on node"
+
+
+def _drop_raylet_lines(*notices: str) -> None:
+    """Leave out the raylet's messages to this driver that contain one of ``notices``; all others print as Ray
+    prints them. Ray prints them through ``ray._private.worker.print_to_stdstream`` (the driver's error-listener
+    thread), looked up by name on each message, so wrapping it there is enough; a Ray without it is left as is."""
+    from ray._private import worker
+
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "flowgmm_drops", None) == notices:
+        return
+
+    def print_to_stdstream(data: dict[str, Any], ignore_prefix: bool) -> None:
+        if data.get("pid") == "raylet":
+            lines = [ln for ln in data.get("lines", []) if not any(n in ln for n in notices)]
+            if not lines:
+                return
+            data = {**data, "lines": lines}
+        original(data, ignore_prefix)
+
+    print_to_stdstream.flowgmm_drops = notices  # type: ignore[attr-defined]
+    worker.print_to_stdstream = print_to_stdstream
 
 
 def _default_env() -> None:
