@@ -113,6 +113,11 @@ SUITE = (
 
 DEV = (
     Case(
+        "dev-150",
+        "150 rows, 10 features (6 informative), 3 classes, 30 labels",
+        Table(150, 10, 6, 3, 1, 30, 5_000, class_sep=1.5),
+    ),
+    Case(
         "dev-300",
         "300 rows, 6 features (4 informative), 2 classes x 2 clusters, 24 labels",
         Table(300, 6, 4, 2, 2, 24, 5_000),
