@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if not __package__:  # `python bench/bench_vector_flow.py`: import the project from this checkout
     sys.path[0] = str(ROOT)
 
+from bench.cli import add_dry_run, exit_if_dry_run  # noqa: E402
 from bench.record import write_result  # noqa: E402
 from flowgmm import vector_flow  # noqa: E402
 from flowgmm.bijections import Sequential  # noqa: E402
@@ -232,6 +233,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--name", default="vector_flow", help="the result's name: bench/results/NAME.json")
+    add_dry_run(parser)
     args = parser.parse_args()
     unknown = [t for t in args.tables.split(",") if t not in TABLES]
     if unknown:
@@ -244,6 +246,7 @@ def _parse() -> argparse.Namespace:
             )
     if args.seeds < 1:
         parser.error(f"--seeds: {args.seeds} must be at least 1")
+    exit_if_dry_run(args)
     return args
 
 
