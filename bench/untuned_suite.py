@@ -11,7 +11,8 @@ For every case and seed (``data.seed = train.seed = s``; the generated tables ar
 job once in a fresh process (FlowGMM-cons, the default, with every baseline on the same split) and reads the run's
 metrics back from its MLflow store. It prints one table: per case, FlowGMM-cons, the labels-only flow and each anchor
 (test accuracy, median over seeds), the paired difference to the best anchor (median over seeds of FlowGMM-cons minus
-the best anchor of that seed's split), calibrated vs uncalibrated NLL and ECE, the steps taken, and the wall time;
+the best anchor of that seed's split), calibrated vs uncalibrated NLL and ECE, the steps taken, the wall time, and
+the AUROC of log p(x) against the test rows shifted by the evaluation (tables: ``flowgmm.ood.shifted_rows``);
 and writes every run's figures to ``--json`` (runs already there are not repeated, so an interrupted suite resumes).
 
     python bench/untuned_suite.py --home /tmp/untuned --json bench/results/untuned_suite.json
@@ -334,6 +335,7 @@ def metrics_of(home: Path, run_name: str) -> dict[str, float]:
     runs = client.search_runs(ids, filter_string=f"attributes.run_name = '{run_name}'")
     m, params = runs[0].data.metrics, runs[0].data.params
     out = {k: m[k] for k in KEEP if k in m}
+    out.update({k: v for k, v in m.items() if k.startswith("ood_") and k.endswith(("_auroc", "_fpr95"))})
     out.update({k: float(params[k]) for k in ("test_rows", "val_rows", "labeled_rows") if k in params})
     return out
 
@@ -367,7 +369,12 @@ def summarize(results: list[dict[str, Any]], case: Case) -> dict[str, Any] | Non
     for k in ("train_seconds", "peak_tree_mib"):  # the slowest seed, the largest footprint
         row[k] = max(r[k] for r in rs) if all(k in r for r in rs) else None
     row["nll_worse"] = max(r["test_nll_calibrated"] - r["test_nll"] for r in rs)
+    for shift in OOD_SHIFTS:  # log p(x) against the test rows shifted by the evaluation (tables only)
+        row[f"ood_{shift}_auroc"] = med(f"ood_{shift}_log_px_auroc")
     return row
+
+
+OOD_SHIFTS = ("scaled", "permuted")  # flowgmm.ood.shifted_rows
 
 
 def _f(v: float | None, fmt: str = ".3f") -> str:
@@ -378,8 +385,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     head = (
         "| case | FlowGMM-cons | labels-only flow | logistic regression | kNN | label spreading | self-training | "
         "vs best anchor | vs labels-only | NLL uncal. -> cal. | ECE uncal. -> cal. | steps | wall s | train s (max) | "
-        "peak GiB (max) |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "peak GiB (max) | OOD AUROC scaled / permuted |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows:
@@ -396,6 +403,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             _f(r["wall_s"], ".0f"),
             _f(r["train_seconds"], ".0f"),
             _f(None if r["peak_tree_mib"] is None else r["peak_tree_mib"] / 1024, ".2f"),
+            " / ".join(_f(r.get(f"ood_{s}_auroc")) for s in OOD_SHIFTS),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"

@@ -24,6 +24,7 @@ MODULES = [
     "flowgmm.objectives",
     "flowgmm.calibration",
     "flowgmm.metrics",
+    "flowgmm.ood",
 ]
 
 

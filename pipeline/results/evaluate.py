@@ -20,6 +20,7 @@ import torch
 
 from flowgmm import calibration
 from flowgmm import metrics as M
+from flowgmm import ood
 from flowgmm.model import FlowGMM
 from flowgmm.spec import levels_of
 from flowgmm.spec import load as load_model
@@ -94,7 +95,8 @@ class _Evaluation:
         self.out: dict[str, float] = {}
         self.table: list[dict[str, Any]] = []
         self.ood_rows: list[dict[str, Any]] = []
-        self.ood_scores: dict[str, np.ndarray] = {}
+        self.ood_scores: dict[str, dict[str, np.ndarray]] = {}  # score -> OOD set -> its rows' scores
+        self.test_scores: dict[str, np.ndarray] = {}  # score -> the test split's
 
     def encode(self, x: np.ndarray, y: np.ndarray):
         self.model.to(self.device)
@@ -126,25 +128,41 @@ class _Evaluation:
         out.update(test_accuracy_ci_low=low, test_accuracy_ci_high=high)
 
     def out_of_domain(self) -> None:
-        """log p(x) and max p(y|x) (calibrated) against each OOD set; in-domain = the test split."""
+        """Every score of ``flowgmm.ood`` against each OOD set (the data set's own, and for tables the test rows
+        shifted by ``ood.shifted_rows``); in-domain = the test split. The served flag: log p(x) below the
+        ``eval.ood_percentile`` of validation."""
         test, out = self.enc["test"], self.out
         self.threshold = float(np.percentile(self.enc["val"].log_px.numpy(), self.cfg.eval.ood_percentile))
         out["ood_threshold"] = self.threshold
         out["test_ood_flag_rate"] = float((test.log_px.numpy() < self.threshold).mean())
-        test_conf = posterior(self.model, test.z, self.scale).max(1)
-        for name in self.prepared.manifest.get("ood", {}) or {}:
-            e = self.encode(*load_split(self.prepared, f"ood/{name}"))
-            conf = posterior(self.model, e.z, self.scale).max(1)
-            for score, s_in, s_out in (
-                ("log_px", test.log_px.numpy(), e.log_px.numpy()),
-                ("max_prob", test_conf, conf),
-            ):
-                r = M.ood_report(s_in, s_out)
+        x_test = load_split(self.prepared, "test")[0]
+        sets = {name: load_split(self.prepared, f"ood/{name}")[0] for name in self.prepared.manifest.get("ood") or {}}
+        if not self.image and self.prepared.feature_mean is not None and len(x_test) > 1:
+            sets.update(ood.shifted_rows(x_test, self.prepared.feature_mean))
+        if not sets:
+            return
+        self.test_scores = self.scores(x_test, test)
+        for name, x in sets.items():
+            e = self.encode(x, np.full(len(x), -1))
+            scores = self.scores(x, e)
+            for score, s_out in scores.items():
+                r = M.ood_report(self.test_scores[score], s_out)
                 self.ood_rows.append({"ood_set": name, "score": score, **r})
                 out.update({f"ood_{name}_{score}_{k}": v for k, v in r.items()})
+                self.ood_scores.setdefault(score, {})[name] = s_out
             out[f"ood_{name}_flag_rate"] = float((e.log_px.numpy() < self.threshold).mean())
             out[f"ood_{name}_bpd"] = bits_per_dim(e.log_px, self.dim, self.levels)
-            self.ood_scores[name] = e.log_px.numpy()
+
+    def scores(self, x: np.ndarray, e) -> dict[str, np.ndarray]:
+        """The OOD scores of rows ``x`` (encoded as ``e``), higher = more in-domain (``flowgmm.ood``)."""
+        s = {
+            "log_px": e.log_px.double().numpy(),
+            "latent": ood.latent_score(self.model.mixture, e.z),
+            "max_prob": posterior(self.model, e.z, self.scale).max(1),
+        }
+        if self.image and self.levels:
+            s["complexity"] = ood.complexity_score(e.log_px, x, self.levels)
+        return s
 
     def boundary(self, rows: int = 5000) -> None:
         """Latent distances of (at most ``rows``) unlabeled points to the decision boundary: the low-density
@@ -186,9 +204,10 @@ class _Evaluation:
             ),
             "plots/confusion_matrix.png": figures.confusion(p_after.argmax(1), test.y, names),
         }
-        if self.ood_scores:
-            figs["plots/ood_log_px_hist.png"] = figures.ood_histogram(
-                test.log_px.numpy(), self.ood_scores, self.threshold, self.dim
+        for score, by_set in self.ood_scores.items():  # one picture per score
+            threshold = self.threshold if score == "log_px" else None
+            figs[f"plots/ood_{score}_hist.png"] = figures.ood_histogram(
+                self.test_scores[score], by_set, threshold, figures.OOD_AXES[score].format(dim=self.dim)
             )
         if self.image:
             t = self.cfg.eval.sample_temperature

@@ -63,22 +63,34 @@ def confusion(pred: np.ndarray, y: np.ndarray, names: Sequence[str]) -> bytes:
     return _png(fig)
 
 
-def ood_histogram(in_scores: np.ndarray, out_scores: dict[str, np.ndarray], threshold: float, dim: int) -> bytes:
+OOD_AXES = {  # the x label of each OOD score's histogram (flowgmm.ood: higher = more in-domain)
+    "log_px": "log p(x)  (nats, D={dim})",
+    "latent": "best class's log N(f(x); mu_k, v_k I)  (nats)",
+    "complexity": "zlib bits - model bits  (input complexity corrected)",
+    "max_prob": "max p(y | x)  (calibrated)",
+}
+
+
+def ood_histogram(
+    in_scores: np.ndarray, out_scores: dict[str, np.ndarray], threshold: float | None, xlabel: str
+) -> bytes:
     """The axis spans the in-domain scores and as far again below them: out-of-domain scores can be orders of
-    magnitude lower (pixels' log-densities), so those below the axis pile up at its left edge (share in the legend)."""
+    magnitude lower (pixels' log-densities), so those below the axis pile up at its left edge (share in the legend).
+    ``threshold``: the served flag's, drawn when given."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     allv = np.concatenate([in_scores, *out_scores.values()])
     in_lo, in_hi = np.percentile(in_scores, [0.5, 99.9])
-    lo = in_lo - (in_hi - in_lo)
-    hi = max(in_hi, float(np.percentile(allv, 99.9)))
+    lo = in_lo - max(in_hi - in_lo, 1e-6)
+    hi = max(in_hi, float(np.percentile(allv, 99.9)), lo + 1e-6)
     bins = np.linspace(lo, hi, 80)
     ax.hist(np.clip(in_scores, lo, hi), bins=bins, alpha=0.6, density=True, label="test (in-domain)")
     for name, s in out_scores.items():
         below = float((s < lo).mean())
         label = f"{name} ({below:.0%} below the axis)" if below >= 0.005 else name
         ax.hist(np.clip(s, lo, hi), bins=bins, alpha=0.5, density=True, label=label)
-    ax.axvline(threshold, color="k", ls="--", lw=1, label="OOD threshold")
-    ax.set_xlabel(f"log p(x)  (nats, D={dim})")
+    if threshold is not None:
+        ax.axvline(threshold, color="k", ls="--", lw=1, label="OOD threshold")
+    ax.set_xlabel(xlabel)
     ax.legend(fontsize=8)
     return _png(fig)
 

@@ -83,13 +83,15 @@ def _size_lines(m: dict[str, Any], method: str) -> list[str]:
 
 
 def _ood_lines(rows: list[dict[str, Any]], m: dict[str, Any]) -> list[str]:
+    """bits/dim, then one line per out-of-domain set: each score's AUROC and false-positive rate at 95% TPR."""
     out = []
     if "test_bpd" in m:
         out.append(f"  bits/dim (test) {m['test_bpd']:.3f}")
+    by_set: dict[str, list[str]] = {}
     for r in rows:
-        out.append(
-            f"  out-of-domain {r['ood_set']} by {r['score']}: AUROC {r['auroc']:.3f}, FPR at 95% TPR {r['fpr95']:.3f}"
-        )
+        by_set.setdefault(r["ood_set"], []).append(f"{r['score']} {r['auroc']:.3f}/{r['fpr95']:.3f}")
+    for name, cells in by_set.items():
+        out.append(f"  out-of-domain {name} (AUROC/FPR95): " + ", ".join(cells))
     return out
 
 
