@@ -34,10 +34,69 @@ from torch import Tensor
 
 from flowgmm.mixture import GaussianMixture
 
-__all__ = ["SCORES", "complexity_bits", "complexity_score", "latent_score", "model_bits", "shifted_rows"]
+__all__ = [
+    "DEFAULT",
+    "SCORES",
+    "available",
+    "complexity_bits",
+    "complexity_score",
+    "latent_score",
+    "model_bits",
+    "scores",
+    "served",
+    "shifted_rows",
+]
 
 SCORES = ("log_px", "latent", "complexity", "max_prob")  # complexity: images only
+# the served score (``is_ood``) per data kind when the configuration names none: see bench/RESULTS.md "Out-of-domain"
+DEFAULT = {"image": "log_px", "vector": "log_px"}
 SCALE_SHIFT = 3.0  # the ``scaled`` set: deviations from the training mean times this
+
+
+def available(kind: str) -> tuple[str, ...]:
+    """The scores a model of this kind (``"image"`` or ``"vector"``) has."""
+    return SCORES if kind == "image" else tuple(s for s in SCORES if s != "complexity")
+
+
+def served(choice: str, kind: str) -> str:
+    """The score a model of ``kind`` serves for ``choice`` (a score's name, or ``"auto"``: the kind's default);
+    ValueError naming ``eval.ood_score`` when the kind does not have it.
+
+    >>> served("auto", "vector"), served("latent", "image")
+    ('log_px', 'latent')
+    """
+    name = DEFAULT[kind] if choice == "auto" else choice
+    if name not in available(kind):
+        raise ValueError(f"eval.ood_score={name}: a {kind} model has {', '.join(available(kind))}")
+    return name
+
+
+@torch.no_grad()
+def scores(
+    names: tuple[str, ...] | list[str],
+    mixture: GaussianMixture,
+    z: Tensor,
+    log_px: Tensor,
+    probs: np.ndarray | None = None,
+    x: np.ndarray | None = None,
+    levels: int | None = None,
+) -> dict[str, np.ndarray]:
+    """The named scores of one batch, higher = more in-domain: ``log_px`` (``[N]``), the latents ``z``, the
+    calibrated class probabilities ``probs`` (for ``max_prob``) and the raw uint8 images ``x`` at ``levels`` (for
+    ``complexity``)."""
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        if name == "log_px":
+            out[name] = log_px.double().cpu().numpy()
+        elif name == "latent":
+            out[name] = latent_score(mixture, z)
+        elif name == "max_prob" and probs is not None:
+            out[name] = np.asarray(probs, dtype=np.float64).max(1)
+        elif name == "complexity" and x is not None and levels:
+            out[name] = complexity_score(log_px.cpu(), x, levels)
+        else:
+            raise ValueError(f"OOD score {name!r} needs what was not given (or is not one of {SCORES})")
+    return out
 
 
 @torch.no_grad()

@@ -191,6 +191,7 @@ class Job:
             self.timing[name] = self.timing.get(name, 0.0) + time.time() - t
 
     def run(self) -> int:
+        from flowgmm import ood
         from pipeline.data.prepare import prepare
 
         self.home.mkdir(parents=True, exist_ok=True)
@@ -203,6 +204,10 @@ class Job:
             prepared = prepare(self.cfg.data, self.home)  # DataError -> exit 2, nothing half-written
         print(f"[flowgmm] data: {self.cfg.data.source}, {prepared.manifest['label_summary']} · {prepared.root}")
         self._size_to_data(prepared)
+        try:
+            ood.served(self.cfg.eval.ood_score, prepared.kind)  # before any training
+        except ValueError as e:
+            raise DataError(f"{e} ({prepared.manifest['name']} is {prepared.kind} data)") from None
         with self.phase("ray_start"):
             connect(self.args.address, verbose=self.args.verbose)
         with self.phase("mlflow"):
@@ -378,7 +383,12 @@ class Job:
         with best.as_directory() as best_dir:
             model, _ = load_model(best_dir)
         model.set_variance_scale(ev.variance_scale)
-        served_spec = {**spec, "variance_scale": ev.variance_scale, "ood_threshold": ev.ood_threshold}
+        served_spec = {
+            **spec,
+            "variance_scale": ev.variance_scale,
+            "ood_score": ev.ood_score,
+            "ood_threshold": ev.ood_threshold,
+        }
         model_dir = self.home / "models" / self.run_name
         with atomic_dir(model_dir) as tmp:  # the whole directory appears at once
             save_model(model, served_spec, tmp)
@@ -410,6 +420,7 @@ class Job:
             registered,
             metrics,
             data=self._data_tags(),
+            tags={"ood_score": served_spec["ood_score"]},
             description=f"FlowGMM classifiers of {self._data_text()}; alias 'champion': the best on validation "
             "among the versions trained on the same data split",
             version_description=about,
@@ -435,8 +446,9 @@ class Job:
         acc, split = metrics.get("test_accuracy_calibrated"), self.prepared.manifest["name"]
         return (
             f"{method_name(self.cfg.train.method)} on {self._data_text()} ({labels}, split {split}),"
-            f" calibrated (variance x{served_spec['variance_scale']:.3g}), out of domain below log p(x) = "
-            f"{served_spec['ood_threshold']:.4g}" + (f"; test accuracy {acc:.4f}" if acc is not None else "")
+            f" calibrated (variance x{served_spec['variance_scale']:.3g}), out of domain below "
+            f"{served_spec['ood_score']} = {served_spec['ood_threshold']:.4g}"
+            + (f"; test accuracy {acc:.4f}" if acc is not None else "")
         )
 
 

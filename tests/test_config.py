@@ -152,7 +152,7 @@ def test_every_field_rejects_a_value_outside_its_rule(f):
 
 def test_rule_messages_say_what_is_allowed():
     spec = {f.key: f for f in FIELDS}
-    assert problem(spec["eval.ood_percentile"], 150.0) == "must be a number in [0, 100]"
+    assert problem(spec["eval.ood_fpr"], 1.5) == "must be a number in (0, 1)"
     assert problem(spec["train.consistency_threshold"], 1.0) == "must be a number in [0, 1)"
     assert problem(spec["train.log_every"], 0) == "must be an integer >= 1 (or None)"
     assert problem(spec["train.batch_rows"], 1) == "must be an integer >= 2, or 0 (off)"
@@ -176,7 +176,7 @@ def test_whole_numbers_only_for_integers():
         ("train:\n  steps: true\n", "train.steps=True: must be an integer"),
         ("train:\n  lr: null\n", "train.lr=None: must be a number"),
         ("train:\n  log_every: 0\n", "train.log_every=0: must be an integer >= 1"),
-        ("eval:\n  ood_percentile: 150\n", "eval.ood_percentile=150.0"),
+        ("eval:\n  ood_fpr: 1.5\n", "eval.ood_fpr=1.5"),
         ("model: 3\n", "model must be a mapping"),
     ],
 )

@@ -221,6 +221,11 @@ def test_registration_moves_champion_only_on_improvement(store, tmp_path):
     mlflow.set_tracking_uri(uri)
     served = mlflow.pyfunc.load_model("models:/flowgmm-test@champion")
     out = served.predict(__import__("pandas").DataFrame({"x0": [0.0, 1.0], "x1": [0.5, -0.5]}))
-    assert list(out.columns) == ["label", "prob_a", "prob_b", "log_px", "is_ood", "class"]
+    assert list(out.columns) == [
+        "label", "prob_a", "prob_b", "log_px", "ood_score", "ood_score_name", "is_ood", "class"
+    ]  # fmt: skip
+    # a model saved before the served score was a choice serves log p(x), thresholded as before
+    assert list(out["ood_score_name"]) == ["log_px"] * 2 and np.array_equal(out["ood_score"], out["log_px"])
+    assert list(out["is_ood"]) == list(out["log_px"] < -9.0)
     np.testing.assert_allclose(out[["prob_a", "prob_b"]].sum(axis=1), 1.0, atol=1e-6)
     assert list(out["class"]) == [["a", "b"][i] for i in out["label"]]

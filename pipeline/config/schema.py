@@ -107,8 +107,11 @@ class EvalConfig:
     baselines: bool = True  # labels-only flow, logistic regression, kNN and label spreading on the same split
     # label spreading: at most this many unlabeled rows (a seeded subsample)
     anchor_unlabeled: Annotated[int, Range(ge=1)] = 20000
-    # log p(x) threshold: this percentile of validation log p(x)
-    ood_percentile: Annotated[float, Range(ge=0, le=100)] = 1.0
+    # the served out-of-domain score (flowgmm.ood): auto = the measured default of the data kind (flowgmm.ood.DEFAULT);
+    # complexity needs images
+    ood_score: Literal["auto", "log_px", "latent", "complexity", "max_prob"] = "auto"
+    # is_ood: the served score below this quantile of the validation rows' (their false-positive rate)
+    ood_fpr: Annotated[float, Range(gt=0, lt=1)] = 0.01
     ece_bins: Annotated[int, Range(ge=1)] = 15
     sample_temperature: Annotated[float, Range(gt=0)] = 0.25
     figures: bool = True

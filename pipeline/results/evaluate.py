@@ -43,6 +43,7 @@ class EvalResult:
     boundary_distances: np.ndarray | None = None  # unlabeled points' latent distances to the decision boundary
     calibration_note: str = ""  # how variance_scale was chosen (flowgmm.calibration.Calibration.note)
     params: dict[str, Any] = field(default_factory=dict)  # settings, not measurements: the anchors' chosen ones
+    ood_score: str = ""  # the served out-of-domain score (flowgmm.ood), thresholded at ood_threshold
 
 
 def classification_metrics(probs: np.ndarray, y: np.ndarray, n_bins: int) -> dict[str, float]:
@@ -78,7 +79,9 @@ def evaluate_model(
         metrics, params = classical_baselines(prepared, cfg.eval.anchor_unlabeled)
         ev.out.update(metrics)
     figs = ev.figures() if (cfg.eval.figures if figures_on is None else figures_on) else {}
-    return EvalResult(ev.out, ev.table, ev.ood_rows, ev.scale, ev.threshold, figs, ev.distances, ev.note, params)
+    return EvalResult(
+        ev.out, ev.table, ev.ood_rows, ev.scale, ev.threshold, figs, ev.distances, ev.note, params, ev.served
+    )
 
 
 class _Evaluation:
@@ -88,10 +91,16 @@ class _Evaluation:
         self.prepared, self.cfg, self.device = prepared, cfg, device
         self.model, spec = load_model(model_dir, map_location=device)
         self.model.to(device).eval()
-        self.image = spec["kind"] == "image"
+        self.kind = spec["kind"]
+        self.image = self.kind == "image"
         self.levels = levels_of(spec)
         self.dim = int(np.prod(spec["shape"]))
-        self.enc = {s: self.encode(*load_split(prepared, s)) for s in ("val", "test")}
+        self.x: dict[str, np.ndarray] = {}  # the raw rows of the validation and test splits
+        self.enc = {}
+        for split in ("val", "test"):
+            self.x[split], y = load_split(prepared, split)
+            self.enc[split] = self.encode(self.x[split], y)
+        self.served = ood.served(cfg.eval.ood_score, self.kind)
         self.out: dict[str, float] = {}
         self.table: list[dict[str, Any]] = []
         self.ood_rows: list[dict[str, Any]] = []
@@ -128,20 +137,19 @@ class _Evaluation:
         out.update(test_accuracy_ci_low=low, test_accuracy_ci_high=high)
 
     def out_of_domain(self) -> None:
-        """Every score of ``flowgmm.ood`` against each OOD set (the data set's own, and for tables the test rows
-        shifted by ``ood.shifted_rows``); in-domain = the test split. The served flag: log p(x) below the
-        ``eval.ood_percentile`` of validation."""
-        test, out = self.enc["test"], self.out
-        self.threshold = float(np.percentile(self.enc["val"].log_px.numpy(), self.cfg.eval.ood_percentile))
+        """The served flag: the served score below its ``eval.ood_fpr`` quantile on validation. Then every score of
+        ``flowgmm.ood`` against each OOD set (the data set's own, and for tables and other vectors the test rows
+        shifted by ``ood.shifted_rows``); in-domain = the test split."""
+        out, served = self.out, self.served
+        val = self.scores(self.x["val"], self.enc["val"], (served,))[served]
+        self.threshold = float(np.quantile(val, self.cfg.eval.ood_fpr))
+        self.test_scores = self.scores(self.x["test"], self.enc["test"])
         out["ood_threshold"] = self.threshold
-        out["test_ood_flag_rate"] = float((test.log_px.numpy() < self.threshold).mean())
-        x_test = load_split(self.prepared, "test")[0]
+        out["test_ood_flag_rate"] = float((self.test_scores[served] < self.threshold).mean())
+        x_test = self.x["test"]
         sets = {name: load_split(self.prepared, f"ood/{name}")[0] for name in self.prepared.manifest.get("ood") or {}}
         if not self.image and self.prepared.feature_mean is not None and len(x_test) > 1:
             sets.update(ood.shifted_rows(x_test, self.prepared.feature_mean))
-        if not sets:
-            return
-        self.test_scores = self.scores(x_test, test)
         for name, x in sets.items():
             e = self.encode(x, np.full(len(x), -1))
             scores = self.scores(x, e)
@@ -150,19 +158,15 @@ class _Evaluation:
                 self.ood_rows.append({"ood_set": name, "score": score, **r})
                 out.update({f"ood_{name}_{score}_{k}": v for k, v in r.items()})
                 self.ood_scores.setdefault(score, {})[name] = s_out
-            out[f"ood_{name}_flag_rate"] = float((e.log_px.numpy() < self.threshold).mean())
+            out[f"ood_{name}_flag_rate"] = float((scores[served] < self.threshold).mean())
             out[f"ood_{name}_bpd"] = bits_per_dim(e.log_px, self.dim, self.levels)
 
-    def scores(self, x: np.ndarray, e) -> dict[str, np.ndarray]:
-        """The OOD scores of rows ``x`` (encoded as ``e``), higher = more in-domain (``flowgmm.ood``)."""
-        s = {
-            "log_px": e.log_px.double().numpy(),
-            "latent": ood.latent_score(self.model.mixture, e.z),
-            "max_prob": posterior(self.model, e.z, self.scale).max(1),
-        }
-        if self.image and self.levels:
-            s["complexity"] = ood.complexity_score(e.log_px, x, self.levels)
-        return s
+    def scores(self, x: np.ndarray, e, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """OOD scores of rows ``x`` (encoded as ``e``), higher = more in-domain: ``names``, else every score the
+        model has (``flowgmm.ood``)."""
+        names = names or ood.available(self.kind)
+        probs = posterior(self.model, e.z, self.scale) if "max_prob" in names else None
+        return ood.scores(names, self.model.mixture, e.z, e.log_px, probs, x, self.levels)
 
     def boundary(self, rows: int = 5000) -> None:
         """Latent distances of (at most ``rows``) unlabeled points to the decision boundary: the low-density
@@ -205,7 +209,7 @@ class _Evaluation:
             "plots/confusion_matrix.png": figures.confusion(p_after.argmax(1), test.y, names),
         }
         for score, by_set in self.ood_scores.items():  # one picture per score
-            threshold = self.threshold if score == "log_px" else None
+            threshold = self.threshold if score == self.served else None
             figs[f"plots/ood_{score}_hist.png"] = figures.ood_histogram(
                 self.test_scores[score], by_set, threshold, figures.OOD_AXES[score].format(dim=self.dim)
             )
@@ -247,7 +251,7 @@ def evaluate_accuracy_only(model_dir: str, prepared: Prepared, cfg: Config, devi
         "variance_scale_fitted",
     )
     metrics = {k: ev.out[k] for k in keep if k in ev.out}
-    return EvalResult(metrics, ev.table, [], ev.scale, float("nan"), {}, ev.distances, ev.note)
+    return EvalResult(metrics, ev.table, [], ev.scale, float("nan"), {}, ev.distances, ev.note, {}, ev.served)
 
 
 def evaluate_checkpoint(checkpoint, prepared: Prepared, cfg: Config, accuracy_only: bool = False):

@@ -61,11 +61,13 @@ def register_model(
     metrics: dict[str, float],
     *,
     data: dict[str, str] | None = None,
+    tags: dict[str, str] | None = None,
     description: str = "",
     version_description: str = "",
     alias: str = ALIAS,
 ) -> Registration:
-    """Register ``model_uri`` as a new version of ``name`` (tagged with ``data``: :data:`DATA_TAGS`); move ``alias``
+    """Register ``model_uri`` as a new version of ``name`` (tagged with ``data``: :data:`DATA_TAGS`, and ``tags``:
+    the served settings, e.g. ``{"ood_score": "log_px"}``); move ``alias``
     to it when :func:`champion_decision` says so. ``description`` becomes the registered model's when it has none;
     ``version_description`` is the new version's."""
     import mlflow
@@ -80,6 +82,7 @@ def register_model(
         "variance_scale": metrics.get("variance_scale"),
         "ood_threshold": metrics.get("ood_threshold"),
         "test_accuracy": metrics.get("test_accuracy_calibrated"),
+        **(tags or {}),
         **(data or {}),
     }
     current = current_champion(client, name, alias)

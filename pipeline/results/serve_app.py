@@ -147,6 +147,7 @@ class FlowGMMServer:
             "status": "ok",
             "model_uri": self.model_uri,
             "model_version": self.loaded.version,
+            "ood_score": self.loaded.spec.get("ood_score", "log_px"),
             "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
         }
 

@@ -8,8 +8,9 @@ Every problem is a :class:`BadRequest` whose message names the row and the field
     row 3, field 'mean radius': NaN or infinite value
     row 0: 63 values, the model needs 64 pixels
 
-The answer per row: ``label``, ``class``, ``probabilities`` (calibrated, by class name), ``log_px``, ``is_ood`` and
-``model_version`` (the registered version that answered).
+The answer per row: ``label``, ``class``, ``probabilities`` (calibrated, by class name), ``log_px``, ``ood_score``
+and ``ood_score_name`` (the served out-of-domain score), ``is_ood`` and ``model_version`` (the registered version
+that answered).
 """
 
 from __future__ import annotations
@@ -132,6 +133,8 @@ def answer_rows(frame: pd.DataFrame, names: list[str], version: str) -> list[dic
             "class": str(frame["class"].iat[r]),
             "probabilities": {n: float(p) for n, p in zip(names, probs[r])},
             "log_px": float(frame["log_px"].iat[r]),
+            "ood_score": float(frame["ood_score"].iat[r]),
+            "ood_score_name": str(frame["ood_score_name"].iat[r]),
             "is_ood": bool(frame["is_ood"].iat[r]),
             "model_version": version,
         }

@@ -3,7 +3,8 @@
 It takes raw inputs (images as uint8 pixels ``[N, C, H, W]``, or a table with the training feature columns),
 applies the training preprocessing (pixels / 255 and a fixed dequantization u = 0.5), and returns, per row, the
 predicted ``label``, the calibrated class probabilities ``prob_<class>``, ``log_px`` (log p(x) in the data space),
-``is_ood`` (log p(x) below the threshold chosen on validation) and ``class`` (the predicted class's name). Inputs
+``ood_score`` and ``ood_score_name`` (the served out-of-domain score, ``flowgmm.ood``: higher = more in-domain),
+``is_ood`` (that score below the threshold chosen on validation) and ``class`` (the predicted class's name). Inputs
 go to the model's device (CPU or CUDA); results come back as NumPy on the CPU.
 
     model = mlflow.pyfunc.load_model("runs:/<run_id>/model")
@@ -33,6 +34,8 @@ def signature(spec: dict[str, Any]):
             ColSpec("long", "label"),
             *[ColSpec("double", f"prob_{n}") for n in names],
             ColSpec("double", "log_px"),
+            ColSpec("double", "ood_score"),
+            ColSpec("string", "ood_score_name"),
             ColSpec("boolean", "is_ood"),
             ColSpec("string", "class"),
         ]
@@ -93,7 +96,7 @@ def predict_frame(
 ) -> pd.DataFrame:
     import torch
 
-    from flowgmm import dequantize
+    from flowgmm import dequantize, ood
     from flowgmm.spec import levels_of
 
     if isinstance(model_input, pd.DataFrame):
@@ -108,8 +111,9 @@ def predict_frame(
         x = np.asarray(model_input)
     x = x.reshape(len(x), *spec["shape"])
     device = next(model.parameters()).device
-    labels, probs, logps = [], [], []
+    labels, probs, logps, served = [], [], [], []
     levels = levels_of(spec)
+    name = spec.get("ood_score", "log_px")  # models saved before the served score was a choice: log p(x)
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
             xb = torch.as_tensor(x[i : i + batch_size]).to(device)
@@ -117,15 +121,20 @@ def predict_frame(
             z, logdet = model(xb)
             z, logdet = z.float(), logdet.float()
             p = model.mixture.posterior(z, calibrated=True)
+            lp = model.mixture.log_prob(z, calibrated=False) + logdet
             probs.append(p.cpu().numpy())
             labels.append(p.argmax(1).cpu().numpy())
-            logps.append((model.mixture.log_prob(z, calibrated=False) + logdet).cpu().numpy())
+            logps.append(lp.cpu().numpy())
+            xs = x[i : i + batch_size]
+            served.append(ood.scores((name,), model.mixture, z, lp, probs[-1], xs, levels)[name])
     p = np.concatenate(probs) if probs else np.zeros((0, len(names)))
     logp = np.concatenate(logps) if logps else np.zeros(0)
     out = {"label": np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)}
     out.update({f"prob_{n}": p[:, k].astype(np.float64) for k, n in enumerate(names)})
     out["log_px"] = logp.astype(np.float64)
-    out["is_ood"] = logp < threshold
+    out["ood_score"] = np.concatenate(served).astype(np.float64) if served else np.zeros(0)
+    out["ood_score_name"] = np.full(len(logp), name, dtype=object)
+    out["is_ood"] = out["ood_score"] < threshold
     out["class"] = np.asarray(names, dtype=object)[out["label"]]
     return pd.DataFrame(out)
 
