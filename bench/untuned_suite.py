@@ -451,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     results = [r for r in results if r.get("variant", "") == tag]
     rows = [row for c in cases if (row := summarize(results, c)) is not None]
     legend = "\n".join(f"- {c.name}: {c.what}" for c in cases)
-    name = "untuned_suite" if a.set == "suite" and not a.cases else f"untuned_{a.set}" + (f"_{tag}" if tag else "")
+    name = f"untuned_{a.set}" + (f"_{'-'.join(a.cases)}" if a.cases else "") + (f"_{tag}" if tag else "")
     write_result(name, {"rows": rows, "runs": str(a.json)}, markdown(rows) + "\n" + legend)
     return 0
 

@@ -108,6 +108,19 @@ def _default_env() -> None:
 
     if "ray" not in sys.modules:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # Ray Data reads every Parquet dataset's footers with 32 actors, each a ~110 MiB process: 3.5 GiB of a 5 GiB
+    # peak on a 2-core machine (bench/RESULTS.md); one per two of this machine's cores (a local Ray and its workers
+    # inherit the setting, read when a dataset is planned)
+    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", str(footer_actors(os.cpu_count() or 1)))
+
+
+def footer_actors(cpus: int) -> int:
+    """Parquet footer-reading actors for a machine of ``cpus`` cores: one per two, 1 to Ray Data's default 32.
+
+    >>> footer_actors(2), footer_actors(16), footer_actors(128)
+    (1, 8, 32)
+    """
+    return max(1, min(32, cpus // 2))
 
 
 def export_checkout() -> None:
