@@ -16,7 +16,7 @@ The rule (``n_u`` unlabeled rows, ``n_l`` labeled training rows, ``D`` features,
 - stopping on validation: ``patience`` = 5 evaluation points without a better smoothed selection score, never
   before ``min_steps`` = 30% of the ceiling, and only with at least 50 validation rows (on fewer, the score is
   noise: the dev tables of 300-800 rows with 6-8 validation rows scored up to 2 points higher trained to the
-  ceiling); 20 evaluation points in all (``eval_every``), a progress line at each;
+  ceiling); 20 evaluation points in all (``eval_every``), a progress line at every other one;
 - schedule: warm-up 5% of the ceiling (at most 100 steps), FlowGMM-cons' consistency term from 20% of the ceiling,
   ramped over the next 20%;
 - the vector flow: 6 couplings, ``hidden = 8 D`` rounded up to 32, between 64 and 256.

@@ -4,7 +4,7 @@ Read :func:`train_loop_per_worker` top to bottom: set the worker up (its rank, t
 an :class:`~pipeline.train.engine.Engine`, its share of the batches), restore the latest checkpoint when this is a
 restarted worker group or a resumed run, then take FlowGMM steps (:func:`pipeline.train.step.compute_loss` inside
 ``engine.train_step``). Every ``log_every`` steps, and at every evaluation point, the loss is checked finite on all
-ranks and rank 0 prints one progress line; every ``eval_every`` steps (and at the last) rank 0 validates, all ranks
+ranks and rank 0 prints a progress line (at most one per tenth of the steps); every ``eval_every`` steps (and at the last) rank 0 validates, all ranks
 decide together whether to stop on validation (:class:`~pipeline.train.state.ValidationStop`), and every rank
 reports (with a checkpoint every ``checkpoint_every`` reports, at a stop and at the last step).
 
@@ -100,7 +100,7 @@ def train_loop_per_worker(inp: LoopInputs) -> dict[str, int] | None:
             if bad >= 0:
                 return {"nonfinite_step": bad, "checked_at": step}
         stop = run.evaluate_and_report(stream.steps_per_epoch) if at_eval else False
-        if is_main and (at_log or stop or step >= t.steps):
+        if is_main and (stop or step >= t.steps or (at_log and run.progress_due())):
             run.progress(stopped=stop)
         if stop or step >= t.steps:
             break
@@ -116,6 +116,7 @@ class _Run:
         self.stopper = ValidationStop(self.t.patience, self.t.min_steps)
         self.tracker = _RankZeroTracker(inp.mlflow) if is_main else None
         self.evals = 0
+        self.printed_tenth = 0  # the last tenth of the steps with a progress line (the first line at 10%)
         self.last_val: dict[str, float] = {}
         self.startup: dict[str, float] = {}
 
@@ -183,6 +184,13 @@ class _Run:
             if self.is_main:
                 self.engine.save(tmp, extra={"evals": self.evals, "stopper": self.stopper.state()}, rng=rng)
             self.ckpts.report(metrics, tmp if self.is_main else None)
+
+    def progress_due(self) -> bool:
+        """At most one progress line per tenth of the steps (a 2,000-step table job: 10 lines, not 20)."""
+        tenth = 10 * self.engine.step // max(self.t.steps, 1)
+        due = tenth > self.printed_tenth
+        self.printed_tenth = max(tenth, self.printed_tenth)
+        return due
 
     def progress(self, stopped: bool = False) -> None:
         step, total = self.engine.step, self.t.steps
