@@ -127,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(r)
         print(f"{model:14s} {a.steps} steps: test accuracy {r['test_accuracy_calibrated']:.3f}, {r['wall_s']:.0f} s")
         for ood_set in ood_sets(r):
-            rows.append({"kind": "image", "model": model, "ood_set": ood_set, "seeds": 1, "scores": figures(r, ood_set)})
+            rows.append(
+                {"kind": "image", "model": model, "ood_set": ood_set, "seeds": 1, "scores": figures(r, ood_set)}
+            )
     if a.suite_json is not None:
         rows += table_rows(json.loads(a.suite_json.read_text()))
     write_result("bench_ood", {"rows": rows, "image_runs": runs, "best": best_scores(rows)}, markdown(rows))

@@ -18,9 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from flowgmm import calibration
+from flowgmm import calibration, ood
 from flowgmm import metrics as M
-from flowgmm import ood
 from flowgmm.model import FlowGMM
 from flowgmm.spec import levels_of
 from flowgmm.spec import load as load_model

@@ -4,9 +4,10 @@ Read :func:`train_loop_per_worker` top to bottom: set the worker up (its rank, t
 an :class:`~pipeline.train.engine.Engine`, its share of the batches), restore the latest checkpoint when this is a
 restarted worker group or a resumed run, then take FlowGMM steps (:func:`pipeline.train.step.compute_loss` inside
 ``engine.train_step``). Every ``log_every`` steps, and at every evaluation point, the loss is checked finite on all
-ranks and rank 0 prints a progress line (at most one per tenth of the steps); every ``eval_every`` steps (and at the last) rank 0 validates, all ranks
-decide together whether to stop on validation (:class:`~pipeline.train.state.ValidationStop`), and every rank
-reports (with a checkpoint every ``checkpoint_every`` reports, at a stop and at the last step).
+ranks and rank 0 prints a progress line (at most one per tenth of the steps); every ``eval_every`` steps (and at
+the last) rank 0 validates, all ranks decide together whether to stop on validation
+(:class:`~pipeline.train.state.ValidationStop`), and every rank reports (with a checkpoint every
+``checkpoint_every`` reports, at a stop and at the last step).
 
 A non-finite loss ends the loop with ``{"nonfinite_step": N, "checked_at": M}`` as its return value: a deterministic
 failure, which the driver turns into an error instead of letting Ray Train retry it. One flag, ``is_main`` (rank 0),
