@@ -9,6 +9,7 @@ fail the test under CI=true and skip it otherwise.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -107,3 +108,18 @@ def perturb(module, std: float, seed: int = 0):
         for p in module.parameters():
             p.add_(std * torch.randn(p.shape, generator=gen, dtype=p.dtype))
     return module
+
+
+# a line Ray's log monitor prints on the driver from a worker, actor or the raylet: "(PlacementGroupCleaner pid=42)
+# ...", "(raylet) ...": with the session's Ray (log_to_driver) such a line from an earlier test's actor can land in
+# any later test's captured output
+_RAY_LOG_LINE = re.compile(r"^\((?:raylet|[\w.:]+ pid=\d+|pid=\d+)[^)]*\) ")
+
+
+def own_lines(text: str) -> list[str]:
+    """The lines of captured output that the program under test printed, without Ray's forwarded log lines.
+
+    >>> own_lines("(PlacementGroupCleaner pid=7) Failed to query\\nerror: bad\\n(raylet) WARNING: x")
+    ['error: bad']
+    """
+    return [line for line in text.strip().splitlines() if not _RAY_LOG_LINE.match(line)]

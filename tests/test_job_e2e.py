@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import own_lines
 
 from pipeline.config import resolve
 from pipeline.job import main
@@ -248,7 +249,7 @@ def test_scoring_bad_input_leaves_no_output(digits_run, tmp_path, capsys):
         ]
     )
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and str(broken) in err and len(err.splitlines()) == 1
+    assert rc == 2 and str(broken) in err and len(own_lines(err)) == 1
     assert not out.exists() and not list(tmp_path.glob(".out.parquet*"))
     wrong = tmp_path / "wrong.csv"
     wrong.write_text("a,b\n1,2\n")
@@ -434,7 +435,8 @@ def test_resume_with_conflicting_options_or_a_corrupt_record_exits_2_in_one_line
     for extra, names in cases.items():
         assert main([*base, *extra]) == 2, extra
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and err.startswith("error: --resume r1: ") and str(record) in err, err
+        assert len(own_lines(err)) == 1 and own_lines(err)[0].startswith("error: --resume r1: "), err
+        assert str(record) in err, err
         for name in names:
             assert name in err, (extra, err)
     same = parse_args([*base, "--config", "moons", "--smoke", f"train.lr={cfg.train.lr}", "--run-name", "r1"])
@@ -444,7 +446,7 @@ def test_resume_with_conflicting_options_or_a_corrupt_record_exits_2_in_one_line
         record.write_text(text)
         assert main(base) == 2
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and f"run record {record} is unreadable" in err, err
+        assert len(own_lines(err)) == 1 and f"run record {record} is unreadable" in err, err
 
 
 def test_bad_config_and_bad_data_exit_non_zero(tmp_path, capsys):

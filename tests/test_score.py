@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import own_lines
 
 from pipeline.results.score import main as score_main
 
@@ -85,9 +86,9 @@ def _no_leftovers(out: Path) -> None:
 
 
 def _one_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
+    err = own_lines(capsys.readouterr().err)
+    assert len(err) == 1, err
+    return err[0]
 
 
 def test_file_uri_input_is_scored_in_input_order_with_class_names(ray_local, model_dir, shards, tmp_path, capsys):
