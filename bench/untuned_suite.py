@@ -418,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, required=True, help="every run's figures (read first: done runs are kept)")
     p.add_argument(
         "-o", "--override", dest="variant", action="append", default=[], metavar="KEY=VALUE",
-        help="dev cases only: an override of the defaults (repeat for a variant of several)",
+        help="an override of the defaults (repeat for a variant of several); the suite takes eval.* ones only",
     )  # fmt: skip
     add_dry_run(p)
     return p
@@ -426,8 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    if a.variant and a.set == "suite":
-        raise SystemExit("error: the suite runs the defaults only; variants are for --set dev")
+    if a.set == "suite" and any(not v.startswith("eval.") for v in a.variant):
+        raise SystemExit(
+            "error: the suite trains with the defaults only; its variants may change what the evaluation measures "
+            "(eval.*), other overrides are for --set dev"
+        )
     exit_if_dry_run(a, [c.config for c in SETS[a.set] if c.config], a.variant)
     cases = [c for c in SETS[a.set] if a.cases is None or c.name in a.cases]
     results = json.loads(a.json.read_text()) if a.json.exists() else []
@@ -452,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [row for c in cases if (row := summarize(results, c)) is not None]
     legend = "\n".join(f"- {c.name}: {c.what}" for c in cases)
     name = f"untuned_{a.set}" + (f"_{'-'.join(a.cases)}" if a.cases else "") + (f"_{tag}" if tag else "")
+    name = "".join(ch if ch.isalnum() or ch in "_.-" else "-" for ch in name)
     write_result(name, {"rows": rows, "runs": str(a.json)}, markdown(rows) + "\n" + legend)
     return 0
 

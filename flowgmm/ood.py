@@ -36,6 +36,7 @@ from flowgmm.mixture import GaussianMixture
 
 __all__ = [
     "DEFAULT",
+    "RATIO",
     "SCORES",
     "available",
     "complexity_bits",
@@ -53,6 +54,7 @@ SCORES = ("log_px", "latent", "complexity", "max_prob")  # complexity: images on
 # 0.000, where log p(x) has 0.888 / 0.418; MNIST against FashionMNIST and notMNIST 1.000 with every score); tables,
 # log p(x) (the best median AUROC on the suite's shifted rows, tied with the latent score)
 DEFAULT = {"image": "complexity", "vector": "log_px"}
+RATIO = "llr"  # log p(x) - log p_background(x) (Ren et al., NeurIPS 2019): evaluation only, needs a background model
 SCALE_SHIFT = 3.0  # the ``scaled`` set: deviations from the training mean times this
 
 
@@ -83,10 +85,11 @@ def scores(
     probs: np.ndarray | None = None,
     x: np.ndarray | None = None,
     levels: int | None = None,
+    background: Tensor | None = None,
 ) -> dict[str, np.ndarray]:
     """The named scores of one batch, higher = more in-domain: ``log_px`` (``[N]``), the latents ``z``, the
-    calibrated class probabilities ``probs`` (for ``max_prob``) and the raw uint8 images ``x`` at ``levels`` (for
-    ``complexity``)."""
+    calibrated class probabilities ``probs`` (for ``max_prob``), the raw uint8 images ``x`` at ``levels`` (for
+    ``complexity``) and a background model's ``log p(x)`` of the same rows (for ``llr``)."""
     out: dict[str, np.ndarray] = {}
     for name in names:
         if name == "log_px":
@@ -97,8 +100,10 @@ def scores(
             out[name] = np.asarray(probs, dtype=np.float64).max(1)
         elif name == "complexity" and x is not None and levels:
             out[name] = complexity_score(log_px.cpu(), x, levels)
+        elif name == RATIO and background is not None:
+            out[name] = (log_px.double().cpu() - torch.as_tensor(background).double().cpu()).numpy()
         else:
-            raise ValueError(f"OOD score {name!r} needs what was not given (or is not one of {SCORES})")
+            raise ValueError(f"OOD score {name!r} needs what was not given (or is not one of {(*SCORES, RATIO)})")
     return out
 
 

@@ -294,13 +294,20 @@ class Job:
             trained = self._train(
                 cfg, prepared, spec, val, run_name=self.run_name, mlflow=handle.worker_info(), label=label
             )
+        background = None
+        if cfg.eval.ood_background:
+            with self.phase("ood_models"):
+                background = self._background_model(prepared)
         with self.phase("evaluate"):
-            ev = self._evaluate(trained.chosen, prepared, cfg)
+            ev = self._evaluate(trained.chosen, prepared, cfg, background=background)
         handle.log_params({**ev.params, "calibration": ev.calibration_note})  # the anchors' chosen settings
         metrics = {**ev.metrics, **self._train_metrics(trained)}
         if cfg.eval.baselines and cfg.train.method != LABELS_ONLY.value:
             with self.phase("baseline"):
                 metrics.update(self._labels_only_baseline(prepared, spec, val, ev))
+        if cfg.eval.ood_heldout:
+            with self.phase("ood_models"):
+                metrics.update(self._heldout_class(prepared, trained.chosen, ev))
         with self.phase("mlflow"):
             model_dir, served_spec = self._save_served_model(trained.chosen, spec, ev)
             self._log_evaluation(handle, ev)
@@ -348,15 +355,81 @@ class Job:
         out.update({k: float(last[k]) for k in keys if k in last})
         return out
 
-    def _evaluate(self, best, prepared, cfg: Config, accuracy_only: bool = False):
+    def _evaluate(self, best, prepared, cfg: Config, accuracy_only: bool = False, background=None):
         """In the driver when training ran there (local mode), else as a Ray task on the workers' resources."""
         from pipeline.results.evaluate import evaluate_checkpoint, evaluation_task
 
         if cfg.train.num_workers == 0:
-            return evaluate_checkpoint(best, prepared, cfg, accuracy_only=accuracy_only)
+            return evaluate_checkpoint(best, prepared, cfg, accuracy_only, background)
         import ray
 
-        return ray.get(evaluation_task(cfg).remote(best, prepared, cfg, accuracy_only=accuracy_only))
+        return ray.get(evaluation_task(cfg).remote(best, prepared, cfg, accuracy_only, background))
+
+    def _on_checkpoint(self, fn, checkpoint, *args):
+        """``fn(checkpoint directory, *args, device=...)`` where :meth:`_evaluate` runs."""
+        from pipeline.results.evaluate import evaluation_task, on_checkpoint
+
+        if self.cfg.train.num_workers == 0:
+            return on_checkpoint(fn, checkpoint, self.cfg, *args)
+        import ray
+
+        return ray.get(evaluation_task(self.cfg, on_checkpoint).remote(fn, checkpoint, self.cfg, *args))
+
+    def _second_model(self, prepared, suffix: str, label: str):
+        """The run's recipe trained on a derived data set (``pipeline.data.derive``); its chosen checkpoint."""
+        from pipeline.data.shards import load_split
+        from pipeline.train.model import model_spec
+
+        cfg = replace(self.cfg, train=replace(self.cfg.train, inject_failure_at_step=-1))
+        per_worker = prepared.counts["unlabeled"] // max(1, cfg.train.num_workers)
+        if 0 < per_worker < cfg.ingest.unlabeled_batch:  # a class fewer: the run's batch can outgrow the pool
+            cfg = replace(cfg, ingest=replace(cfg.ingest, unlabeled_batch=per_worker))
+        val = load_split(prepared, "val")
+        name = f"{self.run_name}-{suffix}"
+        return self._train(cfg, prepared, model_spec(cfg, prepared), val, run_name=name, mlflow=None, label=label)
+
+    def _background_model(self, prepared):
+        """``eval.ood_background``: the recipe on training rows with a share of their cells randomised, the
+        denominator of the likelihood-ratio score."""
+        from pipeline.data.derive import perturbed
+
+        rate = self.cfg.eval.ood_background_rate
+        bg = perturbed(prepared, rate, self.cfg.data.seed)
+        return self._second_model(bg, "background", "background model").chosen
+
+    def _heldout_class(self, prepared, best, ev) -> dict[str, float]:
+        """``eval.ood_heldout``: the recipe on every class but ``train.seed mod K``, that class's test rows scored as
+        out of domain by every score. Unlabeled rows of the class are left out by their withheld label where the
+        source has one, else by the main model's prediction. Rows join ``ev.ood_table``; metrics
+        ``ood_heldout_<score>_<auroc|aupr_in|aupr_out|fpr95>``."""
+        import numpy as np
+
+        from pipeline.data.derive import without_class
+        from pipeline.data.shards import load_split, load_unlabeled_labels
+        from pipeline.results.evaluate import heldout_class_ood, predict_classes
+
+        num = prepared.num_classes
+        k = self.cfg.train.seed % num
+        x_test, y_test = load_split(prepared, "test")
+        if num < 3 or not (y_test == k).any():
+            why = f"{num} classes (needs 3)" if num < 3 else f"no test rows of class {prepared.class_names[k]}"
+            print(f"[flowgmm] held-out-class out-of-domain check skipped: {why}", flush=True)
+            return {}
+        known = load_unlabeled_labels(prepared)
+        if (known < 0).any():
+            x_u, _ = load_split(prepared, "unlabeled")
+            known = np.where(known >= 0, known, self._on_checkpoint(predict_classes, best, x_u))
+        name = prepared.class_names[k]
+        held = without_class(prepared, k, known != k)
+        try:
+            trained = self._second_model(held, f"without-{k}", f"without class {name}")
+        except DataError as e:  # the check, not the run: the main model stands
+            print(f"[flowgmm] held-out-class out-of-domain check skipped: {e}", flush=True)
+            return {}
+        rows = self._on_checkpoint(heldout_class_ood, trained.chosen, held, self.cfg, x_test[y_test == k])
+        ev.ood_table.extend({"ood_set": f"held-out class {name}", **r} for r in rows)
+        out = {f"ood_heldout_{r['score']}_{m}": float(v) for r in rows for m, v in r.items() if m != "score"}
+        return {**out, "ood_heldout_class": float(k)}
 
     def _labels_only_baseline(self, prepared, spec, val, ev) -> dict[str, float]:
         """The same flow and budget trained on the labeled rows only; evaluated like the main model. Its unlabeled

@@ -112,6 +112,13 @@ class EvalConfig:
     ood_score: Literal["auto", "log_px", "latent", "complexity", "max_prob"] = "auto"
     # is_ood: the served score below this quantile of the validation rows' (their false-positive rate)
     ood_fpr: Annotated[float, Range(gt=0, lt=1)] = 0.01
+    # a second model on every class but one (class train.seed mod K, at least 3 classes), the same recipe: that
+    # class's test rows scored as out of domain by every score (doubles the training time; off by default)
+    ood_heldout: bool = False
+    # a background model of the same recipe on training rows with a share ood_background_rate of their cells
+    # randomised; adds the likelihood-ratio score llr = log p(x) - log p_background(x) to the evaluation (not served)
+    ood_background: bool = False
+    ood_background_rate: Annotated[float, Range(gt=0, lt=1)] = 0.2
     ece_bins: Annotated[int, Range(ge=1)] = 15
     sample_temperature: Annotated[float, Range(gt=0)] = 0.25
     figures: bool = True

@@ -64,10 +64,20 @@ def posterior(model: FlowGMM, z: torch.Tensor, scale: float) -> np.ndarray:
 
 
 def evaluate_model(
-    model_dir: str, prepared: Prepared, cfg: Config, *, device: str = "cpu", figures_on: bool | None = None
+    model_dir: str,
+    prepared: Prepared,
+    cfg: Config,
+    *,
+    device: str = "cpu",
+    figures_on: bool | None = None,
+    background_dir: str | None = None,
 ) -> EvalResult:
-    """Test metrics before and after calibration, bits/dim, OOD detection, the baseline and the pictures."""
+    """Test metrics before and after calibration, bits/dim, OOD detection, the baseline and the pictures.
+    ``background_dir``: a background model (``eval.ood_background``), which adds the likelihood-ratio score."""
     ev = _Evaluation(model_dir, prepared, cfg, torch.device(device))
+    if background_dir is not None:
+        ev.background, _ = load_model(background_dir, map_location="cpu")
+        ev.background.eval()
     ev.calibrate()
     ev.out_of_domain()
     ev.boundary()
@@ -105,6 +115,7 @@ class _Evaluation:
         self.ood_rows: list[dict[str, Any]] = []
         self.ood_scores: dict[str, dict[str, np.ndarray]] = {}  # score -> OOD set -> its rows' scores
         self.test_scores: dict[str, np.ndarray] = {}  # score -> the test split's
+        self.background: FlowGMM | None = None  # eval.ood_background's model: adds the score ood.RATIO
 
     def encode(self, x: np.ndarray, y: np.ndarray):
         self.model.to(self.device)
@@ -163,9 +174,14 @@ class _Evaluation:
     def scores(self, x: np.ndarray, e, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         """OOD scores of rows ``x`` (encoded as ``e``), higher = more in-domain: ``names``, else every score the
         model has (``flowgmm.ood``)."""
-        names = names or ood.available(self.kind)
+        names = names or (*ood.available(self.kind), *((ood.RATIO,) if self.background is not None else ()))
         probs = posterior(self.model, e.z, self.scale) if "max_prob" in names else None
-        return ood.scores(names, self.model.mixture, e.z, e.log_px, probs, x, self.levels)
+        background = None
+        if ood.RATIO in names:
+            bg = self.background.to(self.device)
+            background = encode(bg, x, np.full(len(x), -1), levels=self.levels, device=self.device).log_px
+            bg.cpu()
+        return ood.scores(names, self.model.mixture, e.z, e.log_px, probs, x, self.levels, background)
 
     def boundary(self, rows: int = 5000) -> None:
         """Latent distances of (at most ``rows``) unlabeled points to the decision boundary: the low-density
@@ -253,23 +269,54 @@ def evaluate_accuracy_only(model_dir: str, prepared: Prepared, cfg: Config, devi
     return EvalResult(metrics, ev.table, [], ev.scale, float("nan"), {}, ev.distances, ev.note, {}, ev.served)
 
 
-def evaluate_checkpoint(checkpoint, prepared: Prepared, cfg: Config, accuracy_only: bool = False):
+def heldout_class_ood(model_dir: str, held: Prepared, cfg: Config, x_out: np.ndarray, device: str = "cpu"):
+    """OOD rows of a model trained without one class (``pipeline.data.derive.without_class``): every score, the
+    in-domain rows being the held-out data's test split, the out-of-domain rows ``x_out`` (the class's test rows),
+    calibrated on its own validation split as a served model is."""
+    ev = _Evaluation(model_dir, held, cfg, torch.device(device))
+    ev.calibrate()
+    test = ev.scores(ev.x["test"], ev.enc["test"])
+    out = ev.scores(x_out, ev.encode(x_out, np.full(len(x_out), -1)))
+    return [{"score": name, **M.ood_report(test[name], out[name])} for name in test]
+
+
+@torch.no_grad()
+def predict_classes(model_dir: str, x: np.ndarray, batch_size: int = 512, device: str = "cpu") -> np.ndarray:
+    """The model's predicted class of each row (argmax of the posterior)."""
+    model, spec = load_model(model_dir, map_location=device)
+    model.eval()
+    dev = torch.device(device)
+    e = encode(model, x, np.full(len(x), -1), levels=levels_of(spec), device=dev, batch_size=batch_size)
+    return model.mixture.posterior(e.z).argmax(1).numpy()
+
+
+def evaluate_checkpoint(checkpoint, prepared: Prepared, cfg: Config, accuracy_only: bool = False, background=None):
     """Fetch a Ray Train checkpoint, wherever it is stored, and evaluate it (run it through
-    :func:`evaluation_task` to place it on a GPU when training used GPUs)."""
+    :func:`evaluation_task` to place it on a GPU when training used GPUs); ``background``: the checkpoint of the
+    ``eval.ood_background`` model."""
     device = "cuda" if cfg.train.use_gpu else "cpu"
     with checkpoint.as_directory() as d:
         if accuracy_only:
             return evaluate_accuracy_only(d, prepared, cfg, device=device)
-        return evaluate_model(d, prepared, cfg, device=device)
+        if background is None:
+            return evaluate_model(d, prepared, cfg, device=device)
+        with background.as_directory() as b:
+            return evaluate_model(d, prepared, cfg, device=device, background_dir=b)
 
 
-def evaluation_task(cfg: Config):
-    """:func:`evaluate_checkpoint` as a Ray task with the resources of the training workers (a GPU share when they
-    had one), scheduled outside any placement group (a sweep trial's group holds no CPU)."""
+def on_checkpoint(fn, checkpoint, cfg: Config, *args):
+    """``fn(directory, *args, device=...)`` on a fetched Ray Train checkpoint (for :func:`evaluation_task`)."""
+    with checkpoint.as_directory() as d:
+        return fn(d, *args, device="cuda" if cfg.train.use_gpu else "cpu")
+
+
+def evaluation_task(cfg: Config, fn=evaluate_checkpoint):
+    """``fn`` (default :func:`evaluate_checkpoint`) as a Ray task with the resources of the training workers (a GPU
+    share when they had one), scheduled outside any placement group (a sweep trial's group holds no CPU)."""
     import ray
 
     t = cfg.train
     gpus = float(t.gpus_per_worker) if t.use_gpu else 0.0
     return ray.remote(
         num_cpus=min(1.0, t.cpus_per_worker * max(1, t.num_workers)), num_gpus=gpus, scheduling_strategy="DEFAULT"
-    )(evaluate_checkpoint)
+    )(fn)

@@ -68,6 +68,7 @@ OOD_AXES = {  # the x label of each OOD score's histogram (flowgmm.ood: higher =
     "latent": "best class's log N(f(x); mu_k, v_k I)  (nats)",
     "complexity": "zlib bits - model bits  (input complexity corrected)",
     "max_prob": "max p(y | x)  (calibrated)",
+    "llr": "log p(x) - log p_background(x)  (nats)",
 }
 
 

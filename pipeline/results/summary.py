@@ -102,6 +102,7 @@ def _time_line(m: dict[str, Any], timing: dict[str, float]) -> str:
         ("train", "training"),
         ("evaluate", "evaluation"),
         ("baseline", "baseline"),
+        ("ood_models", "OOD models"),
         ("mlflow", "MLflow"),
     )
     parts = " + ".join(f"{label} {timing[k]:.0f}" for k, label in names if k in timing)
