@@ -3,6 +3,9 @@ metrics, for the results table and MLflow."""
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
+
 from pipeline.config import resolve
 from pipeline.data import prepare
 from pipeline.results.evaluate import evaluate_model
@@ -50,3 +53,50 @@ def test_a_vector_run_reports_every_ood_score_against_shifted_test_rows(tmp_path
         "out-of-domain scaled",
         "out-of-domain permuted",
     ]
+
+
+def test_the_likelihood_ratio_against_a_background_model(tmp_path):
+    # llr = log p(x) - log p_background(x): with the model itself as its background it is 0 on every row, so it cannot
+    # tell any set apart (AUROC 0.5); with another model it is the difference of the two flows' log-densities
+    import torch
+
+    from flowgmm import ood
+    from flowgmm.spec import build_model, save
+    from pipeline.train.model import model_spec
+
+    cfg = resolve("moons", smoke=True)
+    prepared = prepare(cfg.data, tmp_path / "home")
+    spec = model_spec(cfg, prepared)
+    save(build_model(spec), spec, tmp_path / "model")
+    ev = evaluate_model(str(tmp_path / "model"), prepared, cfg, figures_on=True, background_dir=str(tmp_path / "model"))
+    llr = [r for r in ev.ood_table if r["score"] == ood.RATIO]
+    assert {r["ood_set"] for r in llr} == {"scaled", "permuted"}
+    assert all(r["auroc"] == 0.5 for r in llr) and "plots/ood_llr_hist.png" in ev.figures
+    assert ev.ood_score == "log_px"  # evaluation only: never the served score
+    lp = torch.tensor([1.0, -2.0])
+    out = ood.scores((ood.RATIO,), None, None, lp, background=torch.tensor([0.5, 0.5]))
+    np.testing.assert_allclose(out[ood.RATIO], [0.5, -2.5])
+    with pytest.raises(ValueError, match="llr"):
+        ood.scores((ood.RATIO,), None, None, lp)  # no background: one clear error, not a silent log p(x)
+
+
+def test_a_model_without_one_class_scores_that_class_by_every_score(tmp_path):
+    from flowgmm import ood
+    from flowgmm.spec import build_model, save
+    from pipeline.data import load_split, load_unlabeled_labels
+    from pipeline.data.derive import without_class
+    from pipeline.results.evaluate import heldout_class_ood, predict_classes
+    from pipeline.train.model import model_spec
+
+    cfg = resolve("digits", smoke=True)
+    prepared = prepare(cfg.data, tmp_path / "home")
+    held = without_class(prepared, 2, load_unlabeled_labels(prepared) != 2)
+    spec = model_spec(cfg, held)
+    assert spec["num_classes"] == 9 and "2" not in spec["class_names"]
+    save(build_model(spec), spec, tmp_path / "held")
+    x, y = load_split(prepared, "test")
+    rows = heldout_class_ood(str(tmp_path / "held"), held, cfg, x[y == 2])
+    assert [r["score"] for r in rows] == list(ood.available("image"))
+    assert all(0 <= r["auroc"] <= 1 and 0 <= r["fpr95"] <= 1 for r in rows)
+    pred = predict_classes(str(tmp_path / "held"), x[:7])
+    assert pred.shape == (7,) and set(pred.tolist()) <= set(range(9))

@@ -126,6 +126,36 @@ def test_csv_in_csv_out_keeps_every_row(ray_local, model_dir, shards, tmp_path, 
     assert scored["class"].tolist() == [CLASSES[k] for k in scored["label"]]
 
 
+def test_the_input_label_and_kept_columns_pass_through_beside_the_predictions(
+    ray_local, model_dir, shards, tmp_path, capsys
+):
+    # a user's table with ground truth under `label` (the convention) and other columns: nothing is dropped or
+    # overwritten; a kept column whose name an output has is written as input_<name>
+    _, frame = shards
+    src = tmp_path / "labeled.csv"
+    given = frame.iloc[:300].assign(label=lambda f: [CLASSES[k] for k in f["y"]], log_px="theirs")
+    given.to_csv(src, index=False)
+    out = tmp_path / "scored.csv"
+    assert _score(model_dir, str(src), out, tmp_path / "home", "--keep", "extra,log_px,a") == 0
+    capsys.readouterr()
+    scored = pd.concat([pd.read_csv(f) for f in sorted(out.glob("*.csv"))], ignore_index=True)
+    assert scored["input_label"].tolist() == given["label"].tolist()
+    assert scored["class"].tolist() == [CLASSES[k] for k in scored["label"]]  # the prediction, under its own name
+    assert scored["extra"].tolist() == ["ignored"] * 300 and scored["input_log_px"].tolist() == ["theirs"] * 300
+    np.testing.assert_allclose(scored["a"], given["a"], rtol=1e-6)  # a feature column may be kept too
+    want = _expected(model_dir, given)
+    np.testing.assert_allclose(scored["log_px"], want["log_px"], rtol=1e-5, atol=1e-4)
+
+
+def test_a_kept_column_the_input_lacks_is_one_line(model_dir, shards, tmp_path, capsys, no_ray):
+    d, _ = shards
+    out = tmp_path / "scored.parquet"
+    assert _score(model_dir, str(d), out, tmp_path / "home", "--keep", "extra,notes") == 2
+    err = _one_line(capsys)
+    assert err.startswith(f"error: {d / 'part-0.parquet'}: --keep column 'notes' is not in the input")
+    assert not out.exists()
+
+
 def test_row_groups_give_order_keys_in_input_order(model_dir, shards, tmp_path):
     from flowgmm.spec import load
     from pipeline.results.score import check_input

@@ -11,8 +11,10 @@ size (bench/bench_score.py measures it).
 Input: any path or URI pyarrow opens (local, ``file://``, ``s3://``, ``gs://``, ``hdfs://``...): a Parquet file, a
 directory of Parquet shards, or CSV (a name ending in ``.csv``). Images: a column ``x`` of flattened uint8 pixels
 (the prepared-shard layout) or ``--image-column NAME``; tables: the feature columns the model was trained on.
-Columns ``id`` and ``y`` pass through. Every input file's schema is checked before Ray starts: bad input gets one
-line naming the file and the column, and exit 2.
+Columns ``id``, ``y`` and the label column (the model's ``label_column``, default ``label``: ground truth, kept beside
+the prediction) pass through, and any others named by ``--keep a,b``; an input column whose name an output column
+already has (e.g. ``label``) is written as ``input_<name>``, so nothing the user gave is dropped or overwritten. Every
+input file's schema is checked before Ray starts: bad input gets one line naming the file and the column, and exit 2.
 
 Output: a directory of Parquet (or, for a name ending in ``.csv``, CSV) files, rows in input order (files in path
 order). A local output is written to a temporary directory beside it and renamed into place when complete; a remote
@@ -41,7 +43,8 @@ from pipeline.core.errors import DataError
 from pipeline.core.home import resolve_home
 from pipeline.core.raycluster import connect, quiet
 
-PASS_THROUGH = ("id", "y")
+PASS_THROUGH = ("id", "y")  # and the model's label column, and --keep
+INPUT_PREFIX = "input_"  # a passed-through column whose name an output column has: input_<name>
 SUCCESS = "_SUCCESS"
 
 
@@ -54,6 +57,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     add_store_options(p)
     p.add_argument("--image-column", default="x", help="column holding flattened uint8 pixels (image models)")
+    p.add_argument(
+        "--keep",
+        type=lambda v: [c.strip() for c in v.split(",") if c.strip()],
+        default=[],
+        metavar="A,B",
+        help="input columns to pass through beside the predictions (as input_<name> where an output has the name)",
+    )
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--actors", type=int, default=1, help="size of the scoring actor pool")
     p.add_argument(
@@ -186,8 +196,9 @@ def _shown(loc: Location, path: str) -> str:
     return f"{loc.uri.split('://', 1)[0]}://{path}"
 
 
-def check_input(uri: str, spec: dict[str, Any], image_column: str) -> Plan:
-    """Every input file's schema (Parquet footers, CSV headers) against the model, before any Ray Data work."""
+def check_input(uri: str, spec: dict[str, Any], image_column: str, keep: list[str] | None = None) -> Plan:
+    """Every input file's schema (Parquet footers, CSV headers) against the model, before any Ray Data work;
+    ``keep``: columns every file must have, passed through."""
     loc = locate(uri)
     fmt = "csv" if loc.path.endswith(".csv") else "parquet"
     files = input_files(loc, fmt)
@@ -197,7 +208,13 @@ def check_input(uri: str, spec: dict[str, Any], image_column: str) -> Plan:
     cols: list[str] = []
     for f, (schema, _) in zip(files, heads):
         cols = check_columns(_shown(loc, f), schema, spec, image_column)
-    extra = [c for c in PASS_THROUGH if c not in cols and all(c in schema.names for schema, _ in heads)]
+    for c in keep or []:
+        for f, (schema, _) in zip(files, heads):
+            if c not in schema.names:
+                raise DataError(f"{_shown(loc, f)}: --keep column '{c}' is not in the input (columns: {schema.names})")
+    label = spec.get("label_column", "label")
+    optional = [c for c in (*PASS_THROUGH, label) if all(c in schema.names for schema, _ in heads)]
+    extra = list(dict.fromkeys([*(c for c in optional if c not in cols), *(keep or [])]))  # a kept feature too
     if fmt == "csv":
         pieces = [Piece(f, -1, i * CSV_KEY_STRIDE) for i, f in enumerate(files)]
         return Plan(loc, files, fmt, cols, extra, None, pieces)
@@ -280,7 +297,7 @@ class Scorer:
     """One actor of the pool: loads the model once (onto CUDA when the actor has a GPU), scores NumPy batches;
     ``source`` names the input in error messages."""
 
-    def __init__(self, model_dir: str, image_column: str, source: str) -> None:
+    def __init__(self, model_dir: str, image_column: str, source: str, passthrough: tuple[str, ...] = ()) -> None:
         import torch
 
         from flowgmm.spec import load
@@ -293,13 +310,14 @@ class Scorer:
         self.names = self.spec.get("class_names") or [str(i) for i in range(self.spec["num_classes"])]
         self.image_column = image_column
         self.source = source
+        self.passthrough = passthrough
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pd.DataFrame:
         x = self.features(batch)
         out = _serving().predict_frame(self.model, self.spec, self.names, self.threshold, x)
-        for c in PASS_THROUGH:
-            if c in batch:
-                out.insert(0 if c == "id" else len(out.columns), c, batch[c])
+        outputs = set(out.columns)
+        for c in self.passthrough:
+            out.insert(0 if c == "id" else len(out.columns), passed_name(c, outputs), batch[c])
         out[ORDER] = batch[ORDER]  # every batch comes from read_piece
         return out
 
@@ -315,6 +333,15 @@ class Scorer:
             where = f"row id {batch['id'][r]}" if "id" in batch else f"row {r} of a batch (no 'id' column)"
             raise DataError(f"{self.source}: column '{cols[c]}' has a NaN or infinite value ({x[r, c]}) at {where}")
         return x.astype(np.float32)
+
+
+def passed_name(column: str, outputs: set[str]) -> str:
+    """The output name of a passed-through input column: itself, or ``input_<name>`` where an output has its name.
+
+    >>> passed_name("label", {"label", "class"}), passed_name("note", {"label"})
+    ('input_label', 'note')
+    """
+    return f"{INPUT_PREFIX}{column}" if column in outputs else column
 
 
 ORDER = "__order"  # the order key column: added at read, sorted on after scoring, dropped before writing
@@ -346,14 +373,14 @@ def scored_dataset(args: argparse.Namespace, model_dir: str, plan: Plan) -> Any:
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
-    keep = plan.columns + plan.passthrough
+    keep = list(dict.fromkeys(plan.columns + plan.passthrough))
     units = [dataclasses.asdict(p) for p in plan.pieces]
     ds = ray.data.from_items(units, override_num_blocks=max(1, len(units))).map_batches(
         read_piece, batch_size=1, batch_format="numpy", fn_args=(plan.loc.fs, plan.fmt, keep, plan.loc.uri)
     )
     scored = ds.map_batches(
         Scorer,
-        fn_constructor_args=(model_dir, args.image_column, plan.loc.uri),
+        fn_constructor_args=(model_dir, args.image_column, plan.loc.uri, tuple(plan.passthrough)),
         batch_size=args.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=args.actors),
@@ -415,7 +442,7 @@ def score(args: argparse.Namespace) -> dict[str, float]:
     ensure_store(uri, home)  # a new store keeps MLflow's Default artifacts under the home, not the working directory
     out, fmt = check_output(args.output)
     model_dir, spec = load_spec(args.model, uri)
-    plan = check_input(args.input, spec, args.image_column)
+    plan = check_input(args.input, spec, args.image_column, args.keep)
     connect(args.address, verbose=args.verbose)
     t0 = time.time()
     rows = write_output(scored_dataset(args, model_dir, plan), out, fmt)
