@@ -155,6 +155,44 @@ def test_image_rows_are_pixels_and_bad_pixels_are_named():
             parse_body(body, spec)
 
 
+def _png(pixels: np.ndarray, fmt: str = "PNG") -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format=fmt)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_encoded_images_are_decoded_to_the_model_pixels_and_bad_ones_are_named():
+    grey = np.array([[0, 64], [128, 255]], dtype=np.uint8)
+    spec = {"kind": "image", "shape": [1, 2, 2], "num_classes": 2}
+    body = json.dumps([{"image": _png(grey)}, [0, 1, 2, 3]]).encode()
+    x = parse_body(body, spec)
+    np.testing.assert_array_equal(x[0], grey.reshape(-1))
+    np.testing.assert_array_equal(x[1], [0, 1, 2, 3])
+    big = np.kron(grey, np.ones((4, 4), np.uint8))  # 8x8: shrunk to the model's 2x2, each pixel its block's mean
+    np.testing.assert_allclose(
+        parse_body(json.dumps([{"image": _png(big)}]).encode(), spec)[0], grey.reshape(-1), atol=1
+    )
+    colour = np.zeros((2, 2, 3), np.uint8)
+    colour[..., 2] = 200  # blue, as JPEG, for a colour model: channels first
+    rgb = parse_body(json.dumps([{"image": _png(colour, "JPEG")}]).encode(), {**spec, "shape": [3, 2, 2]})
+    assert rgb.shape == (1, 12) and rgb[0, 8:].min() > 150 and rgb[0, :8].max() < 60
+    for row, message in [
+        ({"image": "not base64!"}, "row 1, field 'image': not base64 text"),
+        ({"image": "aGVsbG8="}, "row 1, field 'image': not an image Pillow can decode"),
+        ({"image": _png(grey)[:40]}, "row 1, field 'image': not an image Pillow can decode"),
+        ({"image": 7}, "row 1, field 'image': a number, expected base64 text"),
+        ({"image": _png(grey), "x": [1]}, "row 1, field 'x': an encoded image row is"),
+    ]:
+        with pytest.raises(BadRequest, match=message) as e:
+            parse_body(json.dumps([[0, 1, 2, 3], row]).encode(), spec)
+        assert "\n" not in str(e.value)
+
+
 # --- the running app ----------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_serve_answers_as_pyfunc_and_evaluation(served):

@@ -2,11 +2,14 @@
 
 A request body is a JSON list of rows, or an object ``{"rows": [...]}``. A table model's row is an object of its
 feature columns (``{"mean radius": 17.99, ...}``) or a list of the values in the model's column order; an image
-model's row is a list of the flattened uint8 pixels (as ``score.py`` reads the ``x`` column) or ``{"x": [...]}``.
+model's row is a list of the flattened uint8 pixels (as ``score.py`` reads the ``x`` column), ``{"x": [...]}``, or an
+encoded image ``{"image": "<base64 of the PNG/JPEG bytes>"}`` (decoded, converted to the model's channels and resized
+to its size: ``pipeline.data.images``).
 Every problem is a :class:`BadRequest` whose message names the row and the field:
 
     row 3, field 'mean radius': NaN or infinite value
     row 0: 63 values, the model needs 64 pixels
+    row 2, field 'image': not an image Pillow can decode (cannot identify image file ...)
 
 The answer per row: ``label``, ``class``, ``probabilities`` (calibrated, by class name), ``log_px``, ``ood_score``
 and ``ood_score_name`` (the served out-of-domain score), ``is_ood`` and ``model_version`` (the registered version
@@ -48,7 +51,38 @@ def parse_body(body: bytes, spec: dict[str, Any], max_bytes: int = MAX_BODY_BYTE
     if len(rows) > MAX_ROWS:
         raise BadRequest(f"{len(rows)} rows is over the limit of {MAX_ROWS} rows per request")
     names = field_names(spec)
-    return np.stack([parse_row(i, row, names, spec["kind"] == "image") for i, row in enumerate(rows)])
+    image = spec["kind"] == "image"
+    return np.stack(
+        [
+            encoded_row(i, row, spec)
+            if image and isinstance(row, dict) and "image" in row
+            else parse_row(i, row, names, image)
+            for i, row in enumerate(rows)
+        ]
+    )
+
+
+def encoded_row(i: int, row: dict[str, Any], spec: dict[str, Any]) -> np.ndarray:
+    """An image row ``{"image": base64}``: the decoded pixels, flattened, as float32."""
+    import base64
+    import binascii
+
+    from pipeline.data.images import ImageError, decode_image
+
+    if set(row) != {"image"}:
+        extra = sorted(set(row) - {"image"})[0]
+        raise BadRequest(f'row {i}, field \'{extra}\': an encoded image row is {{"image": "<base64>"}} alone')
+    v = row["image"]
+    if not isinstance(v, str):
+        raise BadRequest(f"row {i}, field 'image': a {_json_type(v)}, expected base64 text of PNG/JPEG bytes")
+    try:
+        data = base64.b64decode(v, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"row {i}, field 'image': not base64 text") from None
+    try:
+        return decode_image(data, spec["shape"]).reshape(-1).astype(np.float32)
+    except ImageError as e:
+        raise BadRequest(f"row {i}, field 'image': {e}") from None
 
 
 def field_names(spec: dict[str, Any]) -> list[str]:
@@ -81,7 +115,10 @@ def _row_values(i: int, row: dict[str, Any], names: list[str], image: bool) -> l
     if image:
         if set(row) != {"x"}:
             extra = sorted(set(row) - {"x"})
-            raise BadRequest(f"row {i}, field '{extra[0] if extra else 'x'}': an image row is {{\"x\": [pixels]}}")
+            raise BadRequest(
+                f"row {i}, field '{extra[0] if extra else 'x'}': an image row is "
+                '{"x": [pixels]} or {"image": "<base64 PNG/JPEG>"}'
+            )
         if not isinstance(row["x"], list):
             raise BadRequest(f"row {i}, field 'x': a {_json_type(row['x'])}, expected a list of pixels")
         return row["x"]
