@@ -203,6 +203,10 @@ class Job:
         with self.phase("prepare"):
             prepared = prepare(self.cfg.data, self.home)  # DataError -> exit 2, nothing half-written
         print(f"[flowgmm] data: {self.cfg.data.source}, {prepared.manifest['label_summary']} · {prepared.root}")
+        if prepared.manifest.get("encoding"):
+            from pipeline.data.encoding import summary
+
+            print(f"[flowgmm] table encoding: {summary(prepared.manifest['encoding'])}", flush=True)
         self._size_to_data(prepared)
         try:
             ood.served(self.cfg.eval.ood_score, prepared.kind)  # before any training

@@ -172,6 +172,7 @@ class _Build:
             "num_classes": raw.num_classes,
             "class_names": list(raw.class_names),
             "feature_names": raw.feature_names,
+            "encoding": raw.extra.get("encoding"),  # tables: text one-hot, gaps imputed (pipeline.data.encoding)
             "seed": spec.seed,
             "counts": counts,
             "class_counts": self.class_counts,

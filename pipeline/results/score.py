@@ -239,14 +239,15 @@ def check_columns(name: str, schema: Any, spec: dict[str, Any], image_column: st
         if not (pa.types.is_fixed_size_list(t) and t.list_size == d) and not pa.types.is_list(t):
             raise DataError(f"{name}: column '{image_column}' has type {t}, expected a list of {d} uint8 pixels")
         return [image_column]
-    cols = _serving().feature_names(spec)
+    cols = _serving().input_columns(spec)
     missing = [c for c in cols if c not in names]
     if missing:
         needs = cols if len(cols) <= 6 else [*cols[:3], "...", *cols[-2:]]
         raise DataError(f"{name}: missing feature column '{missing[0]}' (the model needs {len(cols)}: {needs})")
+    text = {e["column"] for e in spec.get("encoding") or [] if e["kind"] == "category"}
     for c in cols:
         t = schema.field(c).type
-        if not (pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_null(t)):
+        if c not in text and not (pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_null(t)):
             raise DataError(f"{name}: column '{c}' has type {t}, expected numbers")
     return cols
 
@@ -325,6 +326,12 @@ class Scorer:
         if self.spec["kind"] == "image":
             col = batch[self.image_column]
             return col if col.dtype != object else np.stack([np.asarray(v, dtype=np.uint8) for v in col])
+        if self.spec.get("encoding"):  # text one-hot, gaps imputed, as in training (pipeline.data.encoding)
+            from pipeline.data.encoding import transform
+
+            return transform(
+                {c: batch[c] for c in _serving().input_columns(self.spec)}, self.spec["encoding"], self.source
+            )
         cols = _serving().feature_names(self.spec)
         x = np.stack([np.asarray(batch[c], dtype=np.float64) for c in cols], axis=1)
         bad = ~np.isfinite(x)

@@ -52,6 +52,8 @@ def parse_body(body: bytes, spec: dict[str, Any], max_bytes: int = MAX_BODY_BYTE
         raise BadRequest(f"{len(rows)} rows is over the limit of {MAX_ROWS} rows per request")
     names = field_names(spec)
     image = spec["kind"] == "image"
+    if spec.get("encoding"):
+        return encoded_table_rows(rows, spec, names)
     return np.stack(
         [
             encoded_row(i, row, spec)
@@ -86,12 +88,47 @@ def encoded_row(i: int, row: dict[str, Any], spec: dict[str, Any]) -> np.ndarray
 
 
 def field_names(spec: dict[str, Any]) -> list[str]:
-    """The fields of a row: a table's feature columns, or ``x[0]`` .. ``x[D-1]`` for an image's pixels."""
+    """The fields of a row: a table's input columns, or ``x[0]`` .. ``x[D-1]`` for an image's pixels."""
     if spec["kind"] == "image":
         return [f"x[{j}]" for j in range(int(np.prod(spec["shape"])))]
-    from pipeline.results.serving import feature_names
+    from pipeline.results.serving import input_columns
 
-    return feature_names(spec)
+    return input_columns(spec)
+
+
+def encoded_table_rows(rows: list[Any], spec: dict[str, Any], names: list[str]) -> np.ndarray:
+    """Rows of a table model with an encoding (``pipeline.data.encoding``): a number or null for a number column, a
+    text value or null for a text column; the encoded float32 features."""
+    from pipeline.core.errors import DataError
+    from pipeline.data.encoding import transform
+
+    kinds = {e["column"]: e["kind"] for e in spec["encoding"]}
+    cols: dict[str, list[Any]] = {c: [] for c in names}
+    for i, row in enumerate(rows):
+        if isinstance(row, dict):
+            values = _row_values(i, row, names, False)
+        elif isinstance(row, list):
+            values = row
+        else:
+            raise BadRequest(f"row {i}: a {_json_type(row)}, expected a list of values or an object of fields")
+        if len(values) != len(names):
+            raise BadRequest(f"row {i}: {len(values)} values, the model needs {len(names)} ({', '.join(names[:3])}...)")
+        for c, v in zip(names, values):
+            if v is not None and (isinstance(v, (bool, dict, list)) or (kinds[c] == "number" and isinstance(v, str))):
+                raise BadRequest(
+                    f"row {i}, field '{c}': a {_json_type(v)} ({_short(v)}), expected a {_wanted(kinds[c])}"
+                )
+            if kinds[c] == "number" and v is not None:
+                check_value(i, c, v, False)
+            cols[c].append(v)
+    try:
+        return transform(cols, spec["encoding"], "request")
+    except DataError as e:
+        raise BadRequest(str(e)) from None
+
+
+def _wanted(kind: str) -> str:
+    return "number or null" if kind == "number" else "text value or null"
 
 
 def parse_row(i: int, row: Any, names: list[str], image: bool) -> np.ndarray:
@@ -158,6 +195,8 @@ def model_input(x: np.ndarray, spec: dict[str, Any]) -> Any:
     """What ``serving.predict_frame`` takes: uint8 pixels ``[N, *shape]`` or a frame of the feature columns."""
     if spec["kind"] == "image":
         return x.astype(np.uint8).reshape(len(x), *spec["shape"])
+    if spec.get("encoding"):  # already encoded by parse_body: the features as they are
+        return np.asarray(x, dtype=np.float32)
     return pd.DataFrame(x, columns=field_names(spec))
 
 

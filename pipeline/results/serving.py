@@ -42,6 +42,13 @@ def signature(spec: dict[str, Any]):
     )
     if spec["kind"] == "image":
         inputs = Schema([TensorSpec(np.dtype("uint8"), (-1, *spec["shape"]))])
+    elif spec.get("encoding"):  # raw columns: numbers (gaps allowed where imputed) and text
+        inputs = Schema(
+            [
+                ColSpec("double" if e["kind"] == "number" else "string", e["column"], required=False)
+                for e in spec["encoding"]
+            ]
+        )
     else:
         inputs = Schema([ColSpec("double", c) for c in feature_names(spec)])
     return ModelSignature(inputs=inputs, outputs=outputs)
@@ -61,14 +68,40 @@ def input_example(spec: dict[str, Any], rows: Any = None) -> Any:
             return np.asarray(rows, dtype=np.uint8).reshape(-1, *spec["shape"])
         return np.full((1, *spec["shape"]), 128, dtype=np.uint8)
     cols = feature_names(spec)
-    if rows is not None:
-        return pd.DataFrame(np.asarray(rows, dtype=np.float64).reshape(-1, len(cols)), columns=cols)
-    mean = spec.get("feature_mean") or [0.0] * len(cols)
-    return pd.DataFrame([[float(v) for v in mean]], columns=cols)
+    if rows is None:
+        rows = np.asarray([spec.get("feature_mean") or [0.0] * len(cols)], dtype=np.float64)
+    rows = np.asarray(rows, dtype=np.float64).reshape(-1, len(cols))
+    if spec.get("encoding"):
+        from pipeline.data.encoding import raw_rows
+
+        return pd.DataFrame(raw_rows(rows, spec["encoding"]), columns=input_columns(spec))
+    return pd.DataFrame(rows, columns=cols)
 
 
 def feature_names(spec: dict[str, Any]) -> list[str]:
+    """The flow's features (a table's encoded columns where it has an encoding)."""
     return list(spec.get("feature_columns") or [f"x{i}" for i in range(spec["shape"][0])])
+
+
+def input_columns(spec: dict[str, Any]) -> list[str]:
+    """The columns a table model reads from its input: the raw columns of its encoding, else its features."""
+    if spec.get("encoding"):
+        return [e["column"] for e in spec["encoding"]]
+    return feature_names(spec)
+
+
+def features_of(frame: pd.DataFrame, spec: dict[str, Any], where: str = "input") -> np.ndarray:
+    """A table model's float32 features from a frame of its input columns (encoded where the model has an
+    encoding); ValueError naming missing columns."""
+    cols = input_columns(spec)
+    missing = [c for c in cols if c not in frame.columns]
+    if missing:
+        raise ValueError(f"input is missing feature columns {missing}")
+    if spec.get("encoding"):
+        from pipeline.data.encoding import transform
+
+        return transform({c: frame[c].to_numpy(object) for c in cols}, spec["encoding"], where)
+    return frame[cols].to_numpy(np.float32, copy=True)  # writable: torch.as_tensor warns on a read-only view
 
 
 class FlowGMMModel(PythonModel):
@@ -100,11 +133,7 @@ def predict_frame(
     from flowgmm.spec import levels_of
 
     if isinstance(model_input, pd.DataFrame):
-        cols = feature_names(spec)
-        missing = [c for c in cols if c not in model_input.columns]
-        if missing:
-            raise ValueError(f"input is missing feature columns {missing}")
-        x = model_input[cols].to_numpy(np.float32, copy=True)  # writable: torch.as_tensor warns on a read-only view
+        x = features_of(model_input, spec)
     elif isinstance(model_input, dict):
         x = np.asarray(next(iter(model_input.values())))
     else:

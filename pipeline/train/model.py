@@ -27,6 +27,8 @@ def model_spec(cfg: Config, prepared: Prepared) -> dict[str, Any]:
         spec["feature_mean"], spec["feature_std"] = man["feature_mean"], man["feature_std"]
         if man.get("feature_names"):
             spec["feature_columns"] = list(man["feature_names"])
+        if man.get("encoding"):  # scoring, the pyfunc model and the server encode raw rows the same way
+            spec["encoding"] = man["encoding"]
     if man.get("source") == "table":  # scoring keeps the input's ground truth beside the prediction
         spec["label_column"] = man.get("spec", {}).get("label_column", "label")
     counts = man.get("class_counts", {}).get("labeled")

@@ -244,6 +244,8 @@ def load_table(
     reader = _TableReader(
         p, table, _feature_list(table, p, feature_columns, label_column, image_column), label_column, image_column
     )
+    if not image_column:  # text columns one-hot, gaps imputed (pipeline.data.encoding); recorded when it does anything
+        reader.fit_encoding(table)
     labels = _read_labels(table, p, label_column, allow_null=True)
     classes = _classes(labels, num_classes, p, label_column)
     names = [str(k) for k in classes]
@@ -277,8 +279,13 @@ def load_table(
         yt,
         str(p),
         str(tp) if tp else str(p),
-        feature_names=reader.features or None,
-        extra={"label_column": label_column, "image_column": image_column, "test_held_out": test_path is None},
+        feature_names=reader.feature_names or None,
+        extra={
+            "label_column": label_column,
+            "image_column": image_column,
+            "test_held_out": test_path is None,
+            "encoding": reader.encoding,
+        },
     )
 
 
@@ -311,7 +318,21 @@ class _TableReader:
     def __init__(self, path: Path, table, features: list[str], label_column: str, image_column: str | None):
         self.path, self.names, self.features = path, table.column_names, features
         self.label_column, self.image_column = label_column, image_column
+        self.encoding: list[dict] | None = None  # set by fit_encoding when the table needs one
         self.check_columns(table, path, train=True)
+
+    def fit_encoding(self, table) -> None:
+        from pipeline.data import encoding
+
+        enc = encoding.fit(table, self.features, str(self.path))
+        self.encoding = enc if encoding.needed(enc) else None
+
+    @property
+    def feature_names(self) -> list[str]:
+        """The flow's features: the encoded ones when the table has an encoding, else the columns."""
+        from pipeline.data import encoding
+
+        return encoding.feature_names(self.encoding) if self.encoding else self.features
 
     def check_columns(self, tab, where: Path, train: bool = False) -> None:
         if len(set(tab.column_names)) != len(tab.column_names):
@@ -324,4 +345,9 @@ class _TableReader:
     def rows(self, tab, where: Path) -> np.ndarray:
         if self.image_column:
             return _image_from_column(tab, where, self.image_column)
+        if self.encoding:
+            from pipeline.data import encoding
+
+            cols = {c: tab.column(c).to_numpy(zero_copy_only=False) for c in self.features if c in tab.column_names}
+            return encoding.transform(cols, self.encoding, str(where))
         return _table_features(tab, where, self.features)
