@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from dataclasses import replace
@@ -200,9 +201,13 @@ class Job:
         print(f"[flowgmm] run {self.run_name} · home {self.home} · configuration: {self.run_dir / 'config.yaml'}")
         if self.args.verbose:
             print(dump_yaml(self.cfg), flush=True)
+        if self.cfg.data.source == "images" and self.args.address:  # the folder is decoded on this cluster
+            os.environ["RAY_ADDRESS"] = self.args.address
         with self.phase("prepare"):
             prepared = prepare(self.cfg.data, self.home)  # DataError -> exit 2, nothing half-written
         print(f"[flowgmm] data: {self.cfg.data.source}, {prepared.manifest['label_summary']} · {prepared.root}")
+        if prepared.manifest.get("image_summary"):
+            print(f"[flowgmm] images: {prepared.manifest['image_summary']}", flush=True)
         if prepared.manifest.get("encoding"):
             from pipeline.data.encoding import summary
 

@@ -17,7 +17,8 @@ FIELDS = leaf_fields(Config)
 
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))
 def test_every_experiment_resolves_and_round_trips(name):
-    cfg = resolve(name, overrides=["data.path=my.csv"] if name == "table" else [])  # table: the user's file
+    user = {"table": ["data.path=my.csv"], "images": ["data.path=photos", "data.image_size=28,28"]}  # the user's data
+    cfg = resolve(name, overrides=user.get(name, []))
     assert Config.from_dict(cfg.to_dict()) == cfg
     assert cfg.name == name
 

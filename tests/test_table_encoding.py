@@ -76,7 +76,7 @@ def test_a_table_with_text_and_gaps_trains_scores_and_serves_alike(ray_local, tm
     # new rows with a missing number, a missing text and an unseen text value
     new = pd.DataFrame({"a": [np.nan, 0.5], "b": [1.0, None], "colour": ["red", None], "country": ["es", "fr"]})
     new.assign(label=["x", "y"]).to_csv(tmp_path / "new.csv", index=False)
-    from pipeline.score import main as score_main
+    from pipeline.results.score import main as score_main
 
     args = ["--model", str(home / "models" / "enc"), "--input", str(tmp_path / "new.csv"), "--home", str(home)]
     assert score_main([*args, "--output", str(tmp_path / "scored.csv")]) == 0

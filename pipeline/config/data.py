@@ -22,9 +22,11 @@ class DataSpec:
     """The ``data`` section. ``n_labeled`` / ``n_val`` left unset (None) size the splits from the labels a source has:
     validation takes 20% of each class's labeled rows (at least 1), training every other labeled row; the shipped
     experiments set both. ``path``, ``test_path``, ``feature_columns``, ``label_column``, ``image_column`` and
-    ``num_classes`` are read only by ``source = "table"`` (:func:`pipeline.config.rules.table_field_problem`)."""
+    ``num_classes`` are read only by ``source = "table"``, ``path``, ``test_path``, ``unlabeled_dir``,
+    ``image_size`` and ``image_mode`` by ``source = "images"`` (:func:`pipeline.config.rules.table_field_problem`)."""
 
-    # moons|circles|eight_gaussians|pinwheel|digits|breast_cancer|wine|iris|mnist|fashion_mnist|cifar10|svhn|table
+    # moons|circles|eight_gaussians|pinwheel|digits|breast_cancer|wine|iris|mnist|fashion_mnist|cifar10|svhn|table|
+    # images
     source: Annotated[str, Known("sources")] = "digits"
     # class-balanced labeled training rows (None: every labeled row not in validation)
     n_labeled: Annotated[int | None, Range(ge=1)] = None
@@ -46,6 +48,11 @@ class DataSpec:
     label_column: Annotated[str, Text()] = "label"
     image_column: Annotated[str | None, Text()] = None
     num_classes: Annotated[int | None, Range(ge=2)] = None  # table source: if None inferred from labels
+    # images source (--images DIR: one subfolder per class): the subfolder of unlabeled images
+    unlabeled_dir: Annotated[str, Text()] = "unlabeled"
+    # images source: the common size, (S,) square or (H, W); empty = the most common size of the folder's images
+    image_size: Annotated[tuple[int, ...], Range(ge=1)] = ()
+    image_mode: Literal["auto", "L", "RGB"] = "auto"  # images source: grey (L) or colour; auto = grey if all are
 
     @classmethod
     def paper(cls, source: str = "mnist", **kw) -> "DataSpec":

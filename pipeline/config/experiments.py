@@ -167,6 +167,20 @@ def _table() -> Config:
     return cfg
 
 
+def _images() -> Config:
+    # A user's image folder (--images DIR = --config images data.path=DIR): every label used, a test split held out
+    # unless data.test_path; the vector flow over the pixels after the logit (the digits and mnist_cpu recipes' flow),
+    # FlowGMM-cons with the label-weighted cross-entropy and a confidence threshold; the budget, the schedule, the
+    # batches and the width left to the data (pipeline/train/budget.py), as for tables.
+    cfg = _digits()
+    cfg.name = "images"
+    cfg.data = replace(cfg.data, source="images", n_labeled=None, n_val=None, shard_rows=2048)
+    cfg.ingest = replace(cfg.ingest, labeled_batch=None, unlabeled_batch=None, translate=1)
+    cfg.model = replace(cfg.model, num_couplings=None, hidden=None)
+    cfg.train = replace(cfg.train, **{f: None for f in SIZED_TRAIN_FIELDS})
+    return cfg
+
+
 SIZED_TRAIN_FIELDS = (
     "steps",
     "eval_every",
@@ -187,6 +201,7 @@ EXPERIMENTS: dict[str, typing.Callable[[], Config]] = {
     "fashion_mnist": _fashion_mnist,
     "breast_cancer": _breast_cancer,
     "table": _table,
+    "images": _images,
 }
 
 

@@ -114,14 +114,15 @@ def experiment_name(cfg: Config, data_hash: str | None = None) -> str:
 
 
 def data_set_name(cfg: Config, data_hash: str | None = None) -> str:
-    """``flowgmm-<source>`` for a shipped source; a user's table ``flowgmm-table-<file stem>-<data_hash>``, where
+    """``flowgmm-<source>`` for a shipped source; a user's table ``flowgmm-table-<file stem>-<data_hash>`` (an image
+    folder ``flowgmm-images-<folder name>-<data_hash>``), where
     ``data_hash`` is the short content hash of the prepared data's input files
     (``pipeline.results.tracking.data_hash``): two tables, or two versions of one file, never share an experiment
     or a registered model."""
-    if cfg.data.source != "table" or not cfg.data.path:
+    if cfg.data.source not in ("table", "images") or not cfg.data.path:
         return f"flowgmm-{cfg.data.source}"
-    stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(cfg.data.path).stem)
-    return f"flowgmm-table-{stem}" + (f"-{data_hash}" if data_hash else "")
+    stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(cfg.data.path.rstrip("/")).stem)
+    return f"flowgmm-{cfg.data.source}-{stem}" + (f"-{data_hash}" if data_hash else "")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

@@ -264,10 +264,21 @@ def table_field_problem(spec: Any) -> str | None:
     "data.path='my.csv' is only for data.source='table' (source is 'digits')"
     """
     if spec.source == "table":
-        return None if spec.path else "data.source='table' needs data.path (a Parquet or CSV file), e.g. --table my.csv"
+        if not spec.path:
+            return "data.source='table' needs data.path (a Parquet or CSV file), e.g. --table my.csv"
+    elif spec.source == "images":
+        if not spec.path:
+            return "data.source='images' needs data.path (a folder of class subfolders), e.g. --images photos/"
+    for key, value in (("image_size", spec.image_size), ("image_mode", spec.image_mode)):
+        if spec.source != "images" and value not in ((), "auto"):
+            return f"data.{key}={value!r} is only for data.source='images' (source is {spec.source!r})"
+    if spec.image_size and (len(spec.image_size) > 2 or min(spec.image_size) < 1):
+        return f"data.image_size={spec.image_size!r}: give S (square) or H,W, positive"
     for key in TABLE_ONLY:
         value = getattr(spec, key)
-        if value not in (None, (), ""):
+        if spec.source == "images" and key in ("path", "test_path"):
+            continue
+        if spec.source != "table" and value not in (None, (), ""):
             return f"data.{key}={value!r} is only for data.source='table' (source is {spec.source!r})"
     return None
 

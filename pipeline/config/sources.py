@@ -12,4 +12,5 @@ SKLEARN = ("digits", "breast_cancer", "wine", "iris")  # bundled with scikit-lea
 IDX_SOURCES = ("mnist", "fashion_mnist", "notmnist")  # IDX .gz files in a data directory (sources.idx)
 TEST_ONLY = ("notmnist",)  # a test split only (out-of-domain detection)
 FILE_SOURCES = IDX_SOURCES + ("cifar10", "svhn")  # read from a data directory
-ALL_SOURCES = GENERATED + SKLEARN + FILE_SOURCES + ("table",)  # "table": a user's Parquet or CSV file
+# "table": a user's Parquet or CSV file; "images": a user's image folder (one subfolder per class)
+ALL_SOURCES = GENERATED + SKLEARN + FILE_SOURCES + ("table", "images")

@@ -1,7 +1,7 @@
 """The command-line options that the entry points share, defined once.
 
 p = argparse.ArgumentParser()
-add_config_options(p, EXPERIMENTS)  # --config, --table, --smoke, --run-name, --data-dir, key=value (run, sweep)
+add_config_options(p, EXPERIMENTS)  # --config, --table, --images, --smoke, --run-name, --data-dir, key=value
 add_store_options(p)       # --home, --tracking-uri (run, sweep, score, compare)
 add_cluster_options(p)     # --address, --storage-path (run, sweep; score takes --address only)
 """
@@ -12,33 +12,41 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-HOW = "set data.path=PATH instead (and data.source=table)"
-
 
 class _Table(argparse.Action):
-    """``--table PATH`` = ``--config table data.path=<absolute PATH>`` (later overrides still win)."""
+    """``--table PATH`` = ``--config table data.path=<absolute PATH>``, ``--images DIR`` = ``--config images
+    data.path=<absolute DIR>`` (a URI stays as given; later overrides still win)."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
-        if getattr(namespace, "config", None) not in (None, "table"):
-            parser.exit(2, f"error: --table runs the 'table' experiment; with --config {namespace.config} {HOW}\n")
-        path = str(Path(values).expanduser().resolve())
-        namespace.table, namespace.config = path, "table"
+        exp = self.dest  # "table" or "images"
+        if getattr(namespace, "config", None) not in (None, exp):
+            how = f"set data.path=PATH instead (and data.source={exp})"
+            parser.exit(2, f"error: --{exp} runs the '{exp}' experiment; with --config {namespace.config} {how}\n")
+        other = "images" if exp == "table" else "table"
+        if getattr(namespace, other, None):
+            parser.exit(2, "error: give --table or --images, not both\n")
+        path = values if "://" in values else str(Path(values).expanduser().resolve())
+        setattr(namespace, exp, path)
+        namespace.config = exp
         namespace.overrides = [f"data.path={path}", *(getattr(namespace, "overrides", None) or [])]
 
 
 class _Config(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None) -> None:
-        if getattr(namespace, "table", None) and values != "table":
-            parser.exit(2, f"error: --table runs the 'table' experiment; with --config {values} {HOW}\n")
+        for exp in ("table", "images"):
+            if getattr(namespace, exp, None) and values != exp:
+                how = f"set data.path=PATH instead (and data.source={exp})"
+                parser.exit(2, f"error: --{exp} runs the '{exp}' experiment; with --config {values} {how}\n")
         namespace.config = values
 
 
 class _Overrides(argparse.Action):
-    """The ``key=value`` words; ``--table``'s data.path goes first whichever order argparse reads them in."""
+    """The ``key=value`` words; ``--table``'s / ``--images``' data.path goes first whichever order argparse reads
+    them in."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
-        table = getattr(namespace, "table", None)
-        namespace.overrides = [*([f"data.path={table}"] if table else []), *(values or [])]
+        path = getattr(namespace, "table", None) or getattr(namespace, "images", None)
+        namespace.overrides = [*([f"data.path={path}"] if path else []), *(values or [])]
 
 
 def add_config_options(p: argparse.ArgumentParser, experiments: Sequence[str]) -> None:
@@ -56,6 +64,14 @@ def add_config_options(p: argparse.ArgumentParser, experiments: Sequence[str]) -
         metavar="PATH",
         help="your own Parquet/CSV table (a 'label' column, empty = unlabeled; every other column a number): "
         "the 'table' experiment on it, i.e. --config table data.path=PATH",
+    )
+    p.add_argument(
+        "--images",
+        default=None,
+        action=_Table,
+        metavar="DIR",
+        help="your own image folder (one subfolder per class, unlabeled images in DIR/unlabeled/; a path or URI): "
+        "the 'images' experiment on it, i.e. --config images data.path=DIR",
     )
     p.add_argument("--smoke", action="store_true", help="shrink the experiment to seconds")
     p.add_argument("--run-name", default=None, help="name of this run (default: <config>-<timestamp>)")

@@ -131,12 +131,18 @@ def spec_key(spec: DataSpec) -> dict:
     d["ood"] = list(spec.ood)
     d["feature_columns"] = list(spec.feature_columns)
     for k in ("path", "test_path"):
-        if d[k]:
+        if d[k] and "://" not in d[k]:
             d[k] = str(Path(d[k]).expanduser().resolve())
     if spec.source not in S.GENERATED:
         d.pop("n_points"), d.pop("noise")
+    if spec.source not in ("table", "images"):
+        for k in ("path", "test_path"):
+            d.pop(k)
     if spec.source != "table":
-        for k in ("path", "test_path", "feature_columns", "label_column", "image_column", "num_classes"):
+        for k in ("feature_columns", "label_column", "image_column", "num_classes"):
+            d.pop(k)
+    if spec.source != "images":
+        for k in ("unlabeled_dir", "image_size", "image_mode"):
             d.pop(k)
     d["format_version"] = FORMAT_VERSION
     return d
@@ -144,7 +150,7 @@ def spec_key(spec: DataSpec) -> dict:
 
 def dataset_name(spec: DataSpec) -> str:
     h = hashlib.sha256(json.dumps(spec_key(spec), sort_keys=True).encode()).hexdigest()[:12]
-    stem = spec.source if spec.source != "table" else f"table-{Path(spec.path or 'table').stem}"
+    stem = spec.source if spec.source not in ("table", "images") else f"{spec.source}-{Path(spec.path or 'x').stem}"
     stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in stem)
     return f"{stem}-{h}"
 
@@ -154,6 +160,10 @@ def fingerprint(spec: DataSpec) -> dict[str, Any]:
     for name in spec.ood:
         files += S.input_files(spec, source=name, test_only=True)
     out: dict[str, Any] = {str(f): {"bytes": f.stat().st_size, "sha256": S.file_sha256(f)} for f in files}
+    if spec.source == "images":
+        from pipeline.data.sources.folder import folder_fingerprint
+
+        out.update(folder_fingerprint(spec))
     if spec.source in S.SKLEARN or any(o in S.SKLEARN + S.GENERATED for o in spec.ood) or spec.source in S.GENERATED:
         import sklearn
 

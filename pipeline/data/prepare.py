@@ -173,6 +173,7 @@ class _Build:
             "class_names": list(raw.class_names),
             "feature_names": raw.feature_names,
             "encoding": raw.extra.get("encoding"),  # tables: text one-hot, gaps imputed (pipeline.data.encoding)
+            "image_summary": raw.extra.get("image_summary"),  # image folders: sizes, channels, files ignored
             "seed": spec.seed,
             "counts": counts,
             "class_counts": self.class_counts,

@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
-import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -39,8 +37,9 @@ import pandas as pd
 
 from pipeline.core.atomic import atomic_dir
 from pipeline.core.cli import add_cluster_options, add_store_options
-from pipeline.core.errors import DataError
+from pipeline.core.errors import DataError, data_error
 from pipeline.core.home import resolve_home
+from pipeline.core.location import Location, locate
 from pipeline.core.raycluster import connect, quiet
 
 PASS_THROUGH = ("id", "y")  # and the model's label column, and --keep
@@ -76,33 +75,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--verbose", action="store_true", help="Ray's and MLflow's own logs")
     add_cluster_options(p, storage=False)
     return p.parse_args(argv)
-
-
-@dataclasses.dataclass(frozen=True)
-class Location:
-    """A path or URI resolved by pyarrow: the file system, the path within it, and what the user wrote."""
-
-    fs: Any
-    path: str
-    uri: str
-
-    @property
-    def local(self) -> bool:
-        import pyarrow.fs as pafs
-
-        return isinstance(self.fs, pafs.LocalFileSystem)
-
-
-def locate(uri: str) -> Location:
-    """``pyarrow.fs.FileSystem.from_uri`` on a URI, or on the absolute form of a local path."""
-    import pyarrow.fs as pafs
-
-    target = uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
-    try:
-        fs, path = pafs.FileSystem.from_uri(target)
-    except Exception as e:  # noqa: BLE001  unknown scheme, missing credentials, bad bucket name...
-        raise DataError(f"{uri}: not a path or URI that pyarrow can open ({type(e).__name__}: {e})") from None
-    return Location(fs, path.rstrip("/") or "/", uri)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -464,23 +436,6 @@ def score(args: argparse.Namespace) -> dict[str, float]:
         flush=True,
     )
     return stats
-
-
-def data_error(e: BaseException) -> DataError | None:
-    """The DataError inside an exception that Ray wrapped (task error, user-code error, chained causes)."""
-    seen: set[int] = set()
-    stack: list[BaseException | None] = [e]
-    while stack:
-        x = stack.pop()
-        if x is None or id(x) in seen:
-            continue
-        seen.add(id(x))
-        if isinstance(x, DataError):
-            return DataError(x.args[0] if x.args and isinstance(x.args[0], str) else str(x))
-        stack += [x.__cause__, x.__context__, getattr(x, "cause", None)]
-    # across processes the chain can arrive as text only (RayTaskError(UserCodeException) with the worker's trace)
-    found = re.findall(r"(?m)^\S*\bDataError: (.+)$", str(e))
-    return DataError(found[-1]) if found else None
 
 
 def main(argv: list[str] | None = None) -> int:

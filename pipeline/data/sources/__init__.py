@@ -11,6 +11,7 @@ Sources, one module per family:
   (test only) as IDX ``.gz``
 - ``colour``: ``cifar10`` (binary release), ``svhn`` (``.mat``)
 - ``table``: a user's Parquet or CSV file
+- ``folder``: a user's image folder (``images``: one subfolder per class, ``unlabeled/``), decoded with Ray Data
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pipeline.data.sources.common import (
     resolve_data_dir,
     stratified_holdout,
 )
+from pipeline.data.sources.folder import load_folder
 from pipeline.data.sources.generated import TEST_SEED_OFFSET, load_generated
 from pipeline.data.sources.idx import idx_files, load_idx, read_idx
 from pipeline.data.sources.table import load_table, read_table_file
@@ -69,6 +71,8 @@ def input_files(spec, source: str | None = None, test_only: bool = False) -> lis
     name = source or spec.source
     if name in GENERATED or name in SKLEARN:
         return []
+    if name == "images":
+        return []  # fingerprinted by path, size and time (pipeline.data.sources.folder.folder_fingerprint)
     if name == "table":
         out = [Path(spec.path).expanduser().resolve()] if spec.path else []
         if spec.test_path:
@@ -106,6 +110,8 @@ def load_source(spec, source: str | None = None, test_only: bool = False) -> Raw
             spec.image_column,
             spec.num_classes,
         )
+    if name == "images":
+        return load_folder(spec)
     if name in FILE_SOURCES:
         d = resolve_data_dir(spec.data_dir, name)
         if name in IDX_SOURCES:

@@ -244,8 +244,6 @@ def load_table(
     reader = _TableReader(
         p, table, _feature_list(table, p, feature_columns, label_column, image_column), label_column, image_column
     )
-    if not image_column:  # text columns one-hot, gaps imputed (pipeline.data.encoding); recorded when it does anything
-        reader.fit_encoding(table)
     labels = _read_labels(table, p, label_column, allow_null=True)
     classes = _classes(labels, num_classes, p, label_column)
     names = [str(k) for k in classes]
@@ -320,6 +318,8 @@ class _TableReader:
         self.label_column, self.image_column = label_column, image_column
         self.encoding: list[dict] | None = None  # set by fit_encoding when the table needs one
         self.check_columns(table, path, train=True)
+        if not image_column:  # text columns one-hot, gaps imputed (pipeline.data.encoding), when it does anything
+            self.fit_encoding(table)
 
     def fit_encoding(self, table) -> None:
         from pipeline.data import encoding
