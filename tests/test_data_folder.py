@@ -124,6 +124,26 @@ def test_the_job_on_a_folder_and_its_bad_input(ray_local, tmp_path, capsys):
     assert main(["--images", str(root), "--home", str(home), "--run-name", "f", "train.steps=40"]) == 0
     out = capsys.readouterr().out
     assert "[flowgmm] images: 110 images, 8x8 grey" in out and "results on the test split" in out
+    # scoring a folder: one row per image, its path and class folder beside the prediction, in path order
+    import pandas as pd
+
+    from pipeline.results.score import main as score_main
+
+    args = ["--model", str(home / "models" / "f"), "--input", str(root), "--home", str(home)]
+    assert score_main([*args, "--output", str(tmp_path / "s.parquet")]) == 0
+    scored = pd.read_parquet(tmp_path / "s.parquet")
+    files = sorted(str(p) for p in root.rglob("*") if p.suffix in (".png", ".jpg"))
+    assert scored["path"].tolist() == files
+    folders = [Path(f).parent.name for f in files]
+    assert scored["input_label"].fillna("-").tolist() == ["-" if d == "unlabeled" else d for d in folders]
+    assert set(scored["class"]) <= set(CLASSES) and scored["ood_score_name"].iloc[0] == "complexity"
+    bad = root / "cross" / "3.png"
+    bad.write_bytes(bad.read_bytes()[:50])
+    capsys.readouterr()
+    assert score_main([*args, "--output", str(tmp_path / "s2.parquet")]) == 2
+    err = own_lines(capsys.readouterr().err)
+    assert len(err) == 1 and err[0].startswith(f"error: {bad}: truncated or unreadable image"), err
+    bad.unlink()
     (root / "empty").mkdir()
     assert main(["--images", str(root), "--home", str(tmp_path / "h2"), "train.steps=40"]) == 2
     err = own_lines(capsys.readouterr().err)

@@ -130,6 +130,7 @@ def spec_key(spec: DataSpec) -> dict:
     d.pop("data_dir")  # where the files live does not matter; their content is fingerprinted separately
     d["ood"] = list(spec.ood)
     d["feature_columns"] = list(spec.feature_columns)
+    d["image_size"] = list(spec.image_size)  # as JSON reads it back: a reused data set's key must compare equal
     for k in ("path", "test_path"):
         if d[k] and "://" not in d[k]:
             d[k] = str(Path(d[k]).expanduser().resolve())

@@ -5,12 +5,15 @@ size (bench/bench_score.py measures it).
 
     python pipeline/score.py --model models:/flowgmm-digits@champion --input new.parquet --output scored.parquet
     python pipeline/score.py --model runs:/<run_id>/model --input table.csv --output scored.csv --actors 2
+    python pipeline/score.py --model models:/flowgmm-images-photos-1a2b3c4d@champion --input photos-new/ --output s.csv
     ray job submit --working-dir . -- python pipeline/score.py --model ... --input s3://bucket/new/ \\
         --output s3://bucket/scored.parquet
 
 Input: any path or URI pyarrow opens (local, ``file://``, ``s3://``, ``gs://``, ``hdfs://``...): a Parquet file, a
 directory of Parquet shards, or CSV (a name ending in ``.csv``). Images: a column ``x`` of flattened uint8 pixels
-(the prepared-shard layout) or ``--image-column NAME``; tables: the feature columns the model was trained on.
+(the prepared-shard layout) or ``--image-column NAME``, or a folder of image files (PNG, JPEG, ...; an ``--images``
+folder's layout: its rows carry ``path`` and ``input_label``, the class folder), decoded to the model's size and
+channels by the read tasks; tables: the feature columns the model was trained on.
 Columns ``id``, ``y`` and the label column (the model's ``label_column``, default ``label``: ground truth, kept beside
 the prediction) pass through, and any others named by ``--keep a,b``; an input column whose name an output column
 already has (e.g. ``label``) is written as ``input_<name>``, so nothing the user gave is dropped or overwritten. Every
@@ -85,8 +88,10 @@ class Piece:
     ``preserve_order``)."""
 
     path: str
-    row_group: int  # -1: a whole CSV file
+    row_group: int  # -1: a whole CSV file; -2: the images ``paths`` of an image folder
     first: int
+    paths: tuple[str, ...] = ()  # image folders: the files of this piece
+    labels: tuple[str, ...] = ()  # ... and the class folder each is in ('' when none)
 
 
 CSV_KEY_STRIDE = 1 << 40  # CSV row counts are unknown before reading: file i's rows get keys i * 2**40 + row
@@ -173,6 +178,8 @@ def check_input(uri: str, spec: dict[str, Any], image_column: str, keep: list[st
     ``keep``: columns every file must have, passed through."""
     loc = locate(uri)
     fmt = "csv" if loc.path.endswith(".csv") else "parquet"
+    if spec["kind"] == "image" and not loc.path.endswith((".csv", ".parquet")) and not data_files(loc, "parquet"):
+        return image_plan(loc, image_column, keep)
     files = input_files(loc, fmt)
     read: Callable[[Location, str], tuple[Any, list[int] | None]] = _csv_header if fmt == "csv" else _parquet_footer
     with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
@@ -196,6 +203,40 @@ def check_input(uri: str, spec: dict[str, Any], image_column: str, keep: list[st
             pieces.append(Piece(f, g, rows))
             rows += int(n)
     return Plan(loc, files, fmt, cols, extra, rows, pieces)
+
+
+IMAGES_PER_PIECE = 256
+UNLABELED_DIR = "unlabeled"  # an image in this folder has no label, as in training (data.unlabeled_dir)
+
+
+def image_plan(loc: Location, image_column: str, keep: list[str] | None) -> Plan:
+    """An image folder (or a folder of images): every image file in path order, read and decoded by the read tasks;
+    its path and class folder (``label``, empty at the top level and in ``unlabeled/``) pass through."""
+    import pyarrow.fs as pafs
+
+    from pipeline.data.sources.folder import image_extensions
+
+    if keep:
+        raise DataError(f"{loc.uri}: --keep names columns, an image folder has none (its rows carry path and label)")
+    try:
+        infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True))
+    except (OSError, FileNotFoundError):
+        raise DataError(f"{loc.uri}: input does not exist") from None
+    exts = image_extensions()
+    files, labels = [], []
+    for i in sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path):
+        rel = i.path[len(loc.path) :].strip("/").split("/")
+        if any(p.startswith((".", "_")) for p in rel) or "." + rel[-1].rsplit(".", 1)[-1].lower() not in exts:
+            continue
+        files.append(i.path)
+        labels.append(rel[0] if len(rel) > 1 and rel[0] != UNLABELED_DIR else "")
+    if not files:
+        raise DataError(f"{loc.uri}: no images and no .parquet files to score")
+    pieces = [
+        Piece(files[s], -2, s, tuple(files[s : s + IMAGES_PER_PIECE]), tuple(labels[s : s + IMAGES_PER_PIECE]))
+        for s in range(0, len(files), IMAGES_PER_PIECE)
+    ]
+    return Plan(loc, files, "images", [image_column], ["path", "label"], len(files), pieces)
 
 
 def check_columns(name: str, schema: Any, spec: dict[str, Any], image_column: str) -> list[str]:
@@ -326,13 +367,16 @@ def passed_name(column: str, outputs: set[str]) -> str:
 ORDER = "__order"  # the order key column: added at read, sorted on after scoring, dropped before writing
 
 
-def read_piece(batch: dict[str, np.ndarray], fs: Any, fmt: str, columns: list[str], source: str) -> Any:
+def read_piece(batch: dict[str, np.ndarray], fs: Any, fmt: str, columns: list[str], source: str, shape=None) -> Any:
     """A read task: the rows of one ``Piece`` with their order keys (a pyarrow table)."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
     path, group, first = str(batch["path"][0]), int(batch["row_group"][0]), int(batch["first"][0])
+    if fmt == "images":
+        table = read_images(list(batch["paths"][0]), list(batch["labels"][0]), fs, shape, columns[0])
+        return table.append_column(ORDER, pa.array(np.arange(first, first + table.num_rows, dtype=np.int64)))
     try:
         if fmt == "csv":
             with fs.open_input_stream(path) as f:
@@ -345,7 +389,32 @@ def read_piece(batch: dict[str, np.ndarray], fs: Any, fmt: str, columns: list[st
     return table.append_column(ORDER, pa.array(np.arange(first, first + table.num_rows, dtype=np.int64)))
 
 
-def scored_dataset(args: argparse.Namespace, model_dir: str, plan: Plan) -> Any:
+def read_images(paths: list[str], labels: list[str], fs: Any, shape, column: str) -> Any:
+    """Image files decoded to the model's shape (``pipeline.data.images``): columns ``column`` (uint8 pixels),
+    ``path`` and ``label`` (the class folder, null when none); a bad image is a DataError naming it."""
+    import pyarrow as pa
+
+    from pipeline.data.images import ImageError, decode_image
+
+    rows = []
+    for p in paths:
+        try:
+            with fs.open_input_file(p) as f:
+                rows.append(decode_image(f.read(), shape).reshape(-1))
+        except (ImageError, OSError) as e:
+            raise DataError(f"{p}: truncated or unreadable image: {e}") from None
+    d = int(np.prod(shape))
+    flat = pa.array(np.concatenate(rows) if rows else np.zeros(0, np.uint8), type=pa.uint8())
+    return pa.table(
+        {
+            column: pa.FixedSizeListArray.from_arrays(flat, d),
+            "path": pa.array(paths, pa.string()),
+            "label": pa.array([lab or None for lab in labels], pa.string()),
+        }
+    )
+
+
+def scored_dataset(args: argparse.Namespace, model_dir: str, plan: Plan, shape=None) -> Any:
     """The lazy Ray Data pipeline: one read task per piece (row group or CSV file) -> the actor pool -> a sort on
     the order key (the input order) -> the scored rows without the key."""
     import ray
@@ -355,7 +424,7 @@ def scored_dataset(args: argparse.Namespace, model_dir: str, plan: Plan) -> Any:
     keep = list(dict.fromkeys(plan.columns + plan.passthrough))
     units = [dataclasses.asdict(p) for p in plan.pieces]
     ds = ray.data.from_items(units, override_num_blocks=max(1, len(units))).map_batches(
-        read_piece, batch_size=1, batch_format="numpy", fn_args=(plan.loc.fs, plan.fmt, keep, plan.loc.uri)
+        read_piece, batch_size=1, batch_format="numpy", fn_args=(plan.loc.fs, plan.fmt, keep, plan.loc.uri, shape)
     )
     scored = ds.map_batches(
         Scorer,
@@ -424,7 +493,7 @@ def score(args: argparse.Namespace) -> dict[str, float]:
     plan = check_input(args.input, spec, args.image_column, args.keep)
     connect(args.address, verbose=args.verbose)
     t0 = time.time()
-    rows = write_output(scored_dataset(args, model_dir, plan), out, fmt)
+    rows = write_output(scored_dataset(args, model_dir, plan, tuple(spec["shape"])), out, fmt)
     seconds = time.time() - t0
     if plan.rows is not None and rows != plan.rows:
         raise DataError(f"{args.output}: wrote {rows} rows for {plan.rows} input rows")
