@@ -295,6 +295,9 @@ def _check_enough_labels(y: np.ndarray, names: list[str], where: str, held_out: 
         check_class_minimum(y, MIN_PER_CLASS, names, where, "a validation and a training row")
 
 
+NOT_FEATURES = ("id", "path")  # a row's identity (pipeline.data.embed writes both), never a feature
+
+
 def _feature_list(
     table, p: Path, feature_columns: tuple[str, ...], label_column: str, image_column: str | None
 ) -> list[str]:
@@ -304,7 +307,7 @@ def _feature_list(
         return []
     if feature_columns:
         return list(feature_columns)
-    features = [c for c in table.column_names if c not in (label_column, "id")]
+    features = [c for c in table.column_names if c not in (label_column, *NOT_FEATURES)]
     if not features:
         raise DataError(f"{p}: no feature columns besides '{label_column}'")
     return features
