@@ -313,7 +313,7 @@ class Job:
         metrics = {**ev.metrics, **self._train_metrics(trained)}
         if cfg.eval.baselines and cfg.train.method != LABELS_ONLY.value:
             with self.phase("baseline"):
-                metrics.update(self._labels_only_baseline(prepared, spec, val, ev))
+                metrics.update(self._labels_only_baseline(prepared, spec, val, ev, handle))
         if cfg.eval.ood_heldout:
             with self.phase("ood_models"):
                 metrics.update(self._heldout_class(prepared, trained.chosen, ev))
@@ -440,22 +440,34 @@ class Job:
         out = {f"ood_heldout_{r['score']}_{m}": float(v) for r in rows for m, v in r.items() if m != "score"}
         return {**out, "ood_heldout_class": float(k)}
 
-    def _labels_only_baseline(self, prepared, spec, val, ev) -> dict[str, float]:
+    def _labels_only_baseline(self, prepared, spec, val, ev, handle) -> dict[str, float]:
         """The same flow and budget trained on the labeled rows only; evaluated like the main model. Its unlabeled
-        points' distances to the decision boundary join the main model's in ``ev``'s histogram."""
+        points' distances to the decision boundary join the main model's in ``ev``'s histogram. Reused from the
+        home's cache when the same split, recipe, seed and training code ran before (``baseline_cache``); the run's
+        tags and console say which."""
+        from pipeline.results import baseline_cache
         from pipeline.results.figures import boundary_distances
 
         cfg = replace(self.cfg, train=replace(self.cfg.train, method=LABELS_ONLY.value, inject_failure_at_step=-1))
-        name = f"{self.run_name}-labels-only"
-        trained = self._train(cfg, prepared, spec, val, run_name=name, mlflow=None, label=LABELS_ONLY.display)
-        base = self._evaluate(trained.chosen, prepared, cfg, accuracy_only=True)
+        key = baseline_cache.cache_key(cfg.to_dict(), prepared.manifest, self.data_hash)
+        hit = baseline_cache.load(self.home, key)
+        if hit is not None:
+            metrics, distances = hit["metrics"], hit["distances"]
+            print(f"[flowgmm] {LABELS_ONLY.display}: reused from run {hit['run_name']} (same split, recipe, seed "
+                  "and training code)", flush=True)  # fmt: skip
+            handle.set_tags({"labels_only_path": "reused", "labels_only_from_run": hit["run_id"]})
+        else:
+            name = f"{self.run_name}-labels-only"
+            trained = self._train(cfg, prepared, spec, val, run_name=name, mlflow=None, label=LABELS_ONLY.display)
+            base = self._evaluate(trained.chosen, prepared, cfg, accuracy_only=True)
+            metrics, distances = base.metrics, base.boundary_distances
+            baseline_cache.store(self.home, key, metrics, distances, self.run_name, handle.run_id)
+            handle.set_tags({"labels_only_path": "trained"})
         hist = "plots/boundary_distance_hist.png"
-        if hist in ev.figures and base.boundary_distances is not None:
+        if hist in ev.figures and distances is not None:
             label = method_name(self.cfg.train.method)
-            ev.figures[hist] = boundary_distances(
-                {label: ev.boundary_distances, LABELS_ONLY.display: base.boundary_distances}
-            )
-        return {f"{LABELS_ONLY.key}_{k}": v for k, v in base.metrics.items()}
+            ev.figures[hist] = boundary_distances({label: ev.boundary_distances, LABELS_ONLY.display: distances})
+        return {f"{LABELS_ONLY.key}_{k}": v for k, v in metrics.items()}
 
     def _save_served_model(self, best, spec, ev) -> tuple[Path, dict[str, Any]]:
         """The served model: best weights + calibration scale + OOD threshold, under <home>/models/<run>."""
