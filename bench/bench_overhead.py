@@ -110,6 +110,7 @@ def through_run_py(config: str, home: Path, overrides: list[str]) -> dict[str, f
         if k in m:
             out[k] = m[k]
     out.update({k: v for k, v in m.items() if k.startswith("time_") and k.endswith("_s")})
+    out["labels_only_path"] = run.data.tags.get("labels_only_path", "not run")  # type: ignore[assignment]
     out["console"] = proc.stdout  # type: ignore[assignment]
     return out
 
@@ -140,6 +141,10 @@ def report(p: dict[str, float], j: dict[str, Any]) -> list[str]:
         f"training through run.py / plain PyTorch: {ratio:.2f}x "
         f"(per step {j.get('step_s', float('nan')) * 1000:.1f} ms vs {p['plain_step_s'] * 1000:.1f} ms)"
     )
+    lines.append(
+        f"job wall / main-model training: {j['job_wall_s'] / j['time_train_s']:.2f}x "
+        f"(labels-only baseline {j.get('labels_only_path', 'not run')})"
+    )
     names = {"test_accuracy": "the job's model", f"{LABELS_ONLY.key}_test_accuracy": LABELS_ONLY.display}
     names.update({f"baseline_{k}_test_accuracy": v for k, v in ANCHORS.items()})
     lines.append("test accuracy: " + ", ".join(f"{v} {j[k]:.3f}" for k, v in names.items() if k in j))
@@ -150,7 +155,13 @@ def report(p: dict[str, float], j: dict[str, Any]) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="digits")
-    ap.add_argument("--repeats", type=int, default=1, help="alternate plain / run.py this many times")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="alternate plain / run.py this many times (one home: the second job "
+        "reuses the labels-only baseline from the cache)",
+    )
     ap.add_argument("--home", default=None)
     ap.add_argument("--json", default=None)
     ap.add_argument("overrides", nargs="*", metavar="key=value")

@@ -182,6 +182,7 @@ class Job:
         self.storage = args.storage_path or (resume_info or {}).get("storage_path") or str(home / "ray_results")
         self.t0 = time.time()
         self.timing: dict[str, float] = {}
+        self.baseline_reused: str | None = None  # the run whose labels-only baseline this one reused
 
     @contextlib.contextmanager
     def phase(self, name: str):
@@ -332,6 +333,7 @@ class Job:
             "model_dir": str(model_dir),
             "model_uri": registration.uri,
             "registration": registration,
+            "baseline_reused": self.baseline_reused,
         }
 
     def _train(self, cfg: Config, prepared, spec, val, *, run_name: str, mlflow: dict | None, label: str):
@@ -456,6 +458,7 @@ class Job:
             print(f"[flowgmm] {LABELS_ONLY.display}: reused from run {hit['run_name']} (same split, recipe, seed "
                   "and training code)", flush=True)  # fmt: skip
             handle.set_tags({"labels_only_path": "reused", "labels_only_from_run": hit["run_id"]})
+            self.baseline_reused = hit["run_name"]
         else:
             name = f"{self.run_name}-labels-only"
             trained = self._train(cfg, prepared, spec, val, run_name=name, mlflow=None, label=LABELS_ONLY.display)

@@ -34,6 +34,7 @@ def test_a_rerun_reuses_the_baseline(ray_local, tmp_path, capsys):
     assert main([*args, "--run-name", "second"]) == 0
     out = capsys.readouterr().out
     assert "labels-only flow: reused from run first" in out and "labels-only flow  step" not in out
+    assert "labels-only flow, calibrated (reused from first)" in out  # the results table says it too
     client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
     runs = {
         r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("flowgmm-moons").experiment_id])

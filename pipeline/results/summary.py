@@ -28,7 +28,8 @@ def summary_lines(cfg, result: dict[str, Any], handle, timing: dict[str, float])
     method = method_name(cfg.train.method)
     row(f"{method}, uncalibrated", "test_")
     row(f"{method}, calibrated (variance x{m.get('variance_scale', 1.0):.2f})", "test_", "_calibrated")
-    row(f"{LABELS_ONLY.display}, calibrated", f"{LABELS_ONLY.key}_test_", "_calibrated")
+    reused = f" (reused from {result['baseline_reused']})" if result.get("baseline_reused") else ""
+    row(f"{LABELS_ONLY.display}, calibrated{reused}", f"{LABELS_ONLY.key}_test_", "_calibrated")
     for key, name in ANCHORS.items():
         row(name, f"baseline_{key}_test_")
     width = max([40, *(len(name) + 2 for name, _ in table)])
