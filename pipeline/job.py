@@ -312,16 +312,19 @@ class Job:
             ev = self._evaluate(trained.chosen, prepared, cfg, background=background)
         handle.log_params({**ev.params, "calibration": ev.calibration_note})  # the anchors' chosen settings
         metrics = {**ev.metrics, **self._train_metrics(trained)}
-        if cfg.eval.baselines and cfg.train.method != LABELS_ONLY.value:
-            with self.phase("baseline"):
-                metrics.update(self._labels_only_baseline(prepared, spec, val, ev, handle))
-        if cfg.eval.ood_heldout:
-            with self.phase("ood_models"):
-                metrics.update(self._heldout_class(prepared, trained.chosen, ev))
+        publishing = self._publish_beside(trained.chosen, spec, ev, handle, dict(metrics))
+        try:
+            if cfg.eval.baselines and cfg.train.method != LABELS_ONLY.value:
+                with self.phase("baseline"):
+                    metrics.update(self._labels_only_baseline(prepared, spec, val, ev, handle))
+            if cfg.eval.ood_heldout:
+                with self.phase("ood_models"):
+                    metrics.update(self._heldout_class(prepared, trained.chosen, ev))
+        finally:
+            with self.phase("mlflow"):
+                model_dir, registration = publishing.result()  # waits for it (and raises what it raised)
         with self.phase("mlflow"):
-            model_dir, served_spec = self._save_served_model(trained.chosen, spec, ev)
             self._log_evaluation(handle, ev)
-            registration = self._register(handle, model_dir, served_spec, metrics, trained.chosen)
         metrics["wall_seconds"] = time.time() - self.t0
         metrics.update({f"time_{k}_s": v for k, v in self.timing.items()})
         handle.log_metrics(metrics)
@@ -335,6 +338,21 @@ class Job:
             "registration": registration,
             "baseline_reused": self.baseline_reused,
         }
+
+    def _publish_beside(self, best, spec, ev, handle, metrics: dict[str, float]):
+        """The served model saved, logged and registered in a thread, beside the baselines' training (it needs only
+        the main model's figures); a future of ``(model_dir, registration)``. Its time: ``time_publish_s``."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def publish():
+            with self.phase("publish"):
+                model_dir, served_spec = self._save_served_model(best, spec, ev)
+                return model_dir, self._register(handle, model_dir, served_spec, metrics, best)
+
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish")
+        future = pool.submit(publish)
+        pool.shutdown(wait=False)  # the task runs on; the pool takes no more
+        return future
 
     def _train(self, cfg: Config, prepared, spec, val, *, run_name: str, mlflow: dict | None, label: str):
         """Fit one model; its best checkpoint, last report and wall time."""
