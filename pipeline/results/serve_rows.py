@@ -105,15 +105,7 @@ def encoded_table_rows(rows: list[Any], spec: dict[str, Any], names: list[str]) 
     kinds = {e["column"]: e["kind"] for e in spec["encoding"]}
     cols: dict[str, list[Any]] = {c: [] for c in names}
     for i, row in enumerate(rows):
-        if isinstance(row, dict):
-            values = _row_values(i, row, names, False)
-        elif isinstance(row, list):
-            values = row
-        else:
-            raise BadRequest(f"row {i}: a {_json_type(row)}, expected a list of values or an object of fields")
-        if len(values) != len(names):
-            raise BadRequest(f"row {i}: {len(values)} values, the model needs {len(names)} ({', '.join(names[:3])}...)")
-        for c, v in zip(names, values):
+        for c, v in zip(names, row_values(i, row, names, False)):
             if v is not None and (isinstance(v, (bool, dict, list)) or (kinds[c] == "number" and isinstance(v, str))):
                 raise BadRequest(
                     f"row {i}, field '{c}': a {_json_type(v)} ({_short(v)}), expected a {_wanted(kinds[c])}"
@@ -133,6 +125,15 @@ def _wanted(kind: str) -> str:
 
 def parse_row(i: int, row: Any, names: list[str], image: bool) -> np.ndarray:
     """One row checked: its shape (list of the right length, or an object of the right fields), then each value."""
+    values = row_values(i, row, names, image)
+    out = np.empty(len(names), np.float32)
+    for j, v in enumerate(values):
+        out[j] = check_value(i, names[j], v, image)
+    return out
+
+
+def row_values(i: int, row: Any, names: list[str], image: bool) -> list[Any]:
+    """A row's values in the model's field order: a list of the right length, or an object of the right fields."""
     if isinstance(row, dict):
         values = _row_values(i, row, names, image)
     elif isinstance(row, list):
@@ -142,10 +143,7 @@ def parse_row(i: int, row: Any, names: list[str], image: bool) -> np.ndarray:
     if len(values) != len(names):
         what = "pixels" if image else f"feature values ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
         raise BadRequest(f"row {i}: {len(values)} values, the model needs {len(names)} {what}")
-    out = np.empty(len(names), np.float32)
-    for j, v in enumerate(values):
-        out[j] = check_value(i, names[j], v, image)
-    return out
+    return values
 
 
 def _row_values(i: int, row: dict[str, Any], names: list[str], image: bool) -> list[Any]:

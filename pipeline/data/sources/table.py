@@ -16,7 +16,6 @@ from pipeline.data.sources.common import (
     HOLDOUT_SEED,
     RawSource,
     check_class_minimum,
-    check_finite,
     stratified_holdout,
 )
 
@@ -200,27 +199,6 @@ def _infer_image_shape(flat: np.ndarray, path: Path, col: str) -> np.ndarray:
     raise DataError(f"{path}: column '{col}' has {d} values per image, not a square 1- or 3-channel image")
 
 
-def _table_features(table, path: Path, features: list[str]) -> np.ndarray:
-    import pyarrow as pa
-
-    cols = []
-    for c in features:
-        if c not in table.column_names:
-            raise DataError(f"{path}: missing column '{c}' (feature column)")
-        a = table.column(c)
-        t = a.type
-        if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
-            raise DataError(f"{path}: column '{c}' has dtype {t}, expected a number")
-        if a.null_count:
-            i = int(np.flatnonzero(a.is_null().to_numpy(zero_copy_only=False))[0])
-            raise DataError(f"{path}: column '{c}' has a null (NaN) value at row {i}")
-        cols.append(np.asarray(a.to_numpy(zero_copy_only=False), np.float64))
-    x64 = np.stack(cols, 1) if cols else np.zeros((table.num_rows, 0))
-    x = x64.astype(np.float32)
-    check_finite(x, str(path), features)
-    return x
-
-
 # A test split held out of the table takes ~20% of each class's labeled rows (at least 1), and the pool keeps at least
 # one validation and one training row per class: 3 labeled rows per class at the least (2 with a test table).
 MIN_PER_CLASS_HELD_OUT, MIN_PER_CLASS = 3, 2
@@ -319,16 +297,16 @@ class _TableReader:
     def __init__(self, path: Path, table, features: list[str], label_column: str, image_column: str | None):
         self.path, self.names, self.features = path, table.column_names, features
         self.label_column, self.image_column = label_column, image_column
-        self.encoding: list[dict] | None = None  # set by fit_encoding when the table needs one
+        self.encoding: list[dict] | None = None  # recorded (manifest, model) when it does more than read numbers
         self.check_columns(table, path, train=True)
-        if not image_column:  # text columns one-hot, gaps imputed (pipeline.data.encoding), when it does anything
+        if not image_column:  # text columns one-hot, gaps imputed (pipeline.data.encoding)
             self.fit_encoding(table)
 
     def fit_encoding(self, table) -> None:
         from pipeline.data import encoding
 
-        enc = encoding.fit(table, self.features, str(self.path))
-        self.encoding = enc if encoding.needed(enc) else None
+        self._encoding = encoding.fit(table, self.features, str(self.path))
+        self.encoding = self._encoding if encoding.needed(self._encoding) else None
 
     @property
     def feature_names(self) -> list[str]:
@@ -348,9 +326,7 @@ class _TableReader:
     def rows(self, tab, where: Path) -> np.ndarray:
         if self.image_column:
             return _image_from_column(tab, where, self.image_column)
-        if self.encoding:
-            from pipeline.data import encoding
+        from pipeline.data import encoding
 
-            cols = {c: tab.column(c).to_numpy(zero_copy_only=False) for c in self.features if c in tab.column_names}
-            return encoding.transform(cols, self.encoding, str(where))
-        return _table_features(tab, where, self.features)
+        cols = {c: tab.column(c).to_numpy(zero_copy_only=False) for c in self.features if c in tab.column_names}
+        return encoding.transform(cols, self._encoding, str(where))
