@@ -115,7 +115,7 @@ def _derive(prepared: Prepared, suffix: str, key: dict, transform: Transform, ch
             "extra_files": {"unlabeled_labels.npy": {"sha256": S.file_sha256(tmp / "unlabeled_labels.npy")}},
         }
         (tmp / "manifest.json").write_text(json.dumps(new, indent=1))
-    return Prepared(final, new)
+    return Prepared(final, json.loads(json.dumps(new)))  # as a reuse reads it back
 
 
 def _hash(mask: np.ndarray) -> str:

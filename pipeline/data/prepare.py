@@ -161,7 +161,12 @@ class _Build:
             "format_version": FORMAT_VERSION,
             "name": self.name,
             "source": spec.source,
-            "spec": dataclasses.asdict(spec) | {"ood": list(spec.ood), "feature_columns": list(spec.feature_columns)},
+            "spec": dataclasses.asdict(spec)
+            | {
+                "ood": list(spec.ood),
+                "feature_columns": list(spec.feature_columns),
+                "image_size": list(spec.image_size),
+            },
             "key": key,
             "inputs": inputs,
             "source_files": {"train": raw.train_file, "test": raw.test_file},
