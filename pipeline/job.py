@@ -455,8 +455,15 @@ class Job:
         except DataError as e:  # the check, not the run: the main model stands
             print(f"[flowgmm] held-out-class out-of-domain check skipped: {e}", flush=True)
             return {}
-        rows = self._on_checkpoint(heldout_class_ood, trained.chosen, held, self.cfg, x_test[y_test == k])
+        rows, s_in, s_out = self._on_checkpoint(heldout_class_ood, trained.chosen, held, self.cfg, x_test[y_test == k])
         ev.ood_table.extend({"ood_set": f"held-out class {name}", **r} for r in rows)
+        if self.cfg.eval.figures:  # one picture per score, as for the other OOD sets
+            from pipeline.results.figures import OOD_AXES, ood_histogram
+
+            for score in s_in:
+                axis = OOD_AXES[score].format(dim=prepared.dim)
+                png = ood_histogram(s_in[score], {f"held-out class {name}": s_out[score]}, None, axis)
+                ev.figures[f"plots/ood_heldout_{score}_hist.png"] = png
         out = {f"ood_heldout_{r['score']}_{m}": float(v) for r in rows for m, v in r.items() if m != "score"}
         return {**out, "ood_heldout_class": float(k)}
 

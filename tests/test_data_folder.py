@@ -137,6 +137,9 @@ def test_the_job_on_a_folder_and_its_bad_input(ray_local, tmp_path, capsys):
     folders = [Path(f).parent.name for f in files]
     assert scored["input_label"].fillna("-").tolist() == ["-" if d == "unlabeled" else d for d in folders]
     assert set(scored["class"]) <= set(CLASSES) and scored["ood_score_name"].iloc[0] == "complexity"
+    one = ["--model", str(home / "models" / "f"), "--input", files[0], "--home", str(home)]
+    assert score_main([*one, "--output", str(tmp_path / "one.parquet")]) == 0  # one image file
+    assert pd.read_parquet(tmp_path / "one.parquet")["path"].tolist() == [files[0]]
     bad = root / "cross" / "3.png"
     bad.write_bytes(bad.read_bytes()[:50])
     capsys.readouterr()

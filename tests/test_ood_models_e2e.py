@@ -45,6 +45,8 @@ def test_a_table_job_with_both_ood_models(ray_local, tmp_path, capsys):
     for shifted in ("scaled", "permuted"):
         assert 0.0 <= m[f"ood_{shifted}_llr_auroc"] <= 1.0
     assert "ood_heldout_llr_auroc" not in m  # the held-out model has no background of its own
+    plots = {f.path for f in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/ood_heldout_log_px_hist.png", "plots/ood_llr_hist.png"} <= plots  # a picture per score and set
     spec = json.loads((home / "models" / "ood" / "spec.json").read_text())
     assert spec["ood_score"] == "log_px" and spec["num_classes"] == 3
     made = {p.name.rsplit("-", 1)[-1] for p in (home / "data").iterdir() if "-without-" in p.name}

@@ -95,8 +95,9 @@ def test_a_model_without_one_class_scores_that_class_by_every_score(tmp_path):
     assert spec["num_classes"] == 9 and "2" not in spec["class_names"]
     save(build_model(spec), spec, tmp_path / "held")
     x, y = load_split(prepared, "test")
-    rows = heldout_class_ood(str(tmp_path / "held"), held, cfg, x[y == 2])
-    assert [r["score"] for r in rows] == list(ood.available("image"))
+    rows, s_in, s_out = heldout_class_ood(str(tmp_path / "held"), held, cfg, x[y == 2])
+    assert [r["score"] for r in rows] == list(ood.available("image")) == list(s_in) == list(s_out)
+    assert len(s_out["log_px"]) == int((y == 2).sum()) and len(s_in["log_px"]) == held.counts["test"]
     assert all(0 <= r["auroc"] <= 1 and 0 <= r["fpr95"] <= 1 for r in rows)
     pred = predict_classes(str(tmp_path / "held"), x[:7])
     assert pred.shape == (7,) and set(pred.tolist()) <= set(range(9))

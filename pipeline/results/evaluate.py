@@ -272,12 +272,14 @@ def evaluate_accuracy_only(model_dir: str, prepared: Prepared, cfg: Config, devi
 def heldout_class_ood(model_dir: str, held: Prepared, cfg: Config, x_out: np.ndarray, device: str = "cpu"):
     """OOD rows of a model trained without one class (``pipeline.data.derive.without_class``): every score, the
     in-domain rows being the held-out data's test split, the out-of-domain rows ``x_out`` (the class's test rows),
-    calibrated on its own validation split as a served model is."""
+    calibrated on its own validation split as a served model is. The rows (one per score), and each score's values
+    on the in-domain and the out-of-domain rows."""
     ev = _Evaluation(model_dir, held, cfg, torch.device(device))
     ev.calibrate()
     test = ev.scores(ev.x["test"], ev.enc["test"])
     out = ev.scores(x_out, ev.encode(x_out, np.full(len(x_out), -1)))
-    return [{"score": name, **M.ood_report(test[name], out[name])} for name in test]
+    rows = [{"score": name, **M.ood_report(test[name], out[name])} for name in test]
+    return rows, test, out
 
 
 @torch.no_grad()

@@ -178,7 +178,7 @@ def check_input(uri: str, spec: dict[str, Any], image_column: str, keep: list[st
     ``keep``: columns every file must have, passed through."""
     loc = locate(uri)
     fmt = "csv" if loc.path.endswith(".csv") else "parquet"
-    if spec["kind"] == "image" and not loc.path.endswith((".csv", ".parquet")) and not data_files(loc, "parquet"):
+    if spec["kind"] == "image" and not loc.path.endswith((".csv", ".parquet")) and _images_input(loc):
         return image_plan(loc, image_column, keep)
     files = input_files(loc, fmt)
     read: Callable[[Location, str], tuple[Any, list[int] | None]] = _csv_header if fmt == "csv" else _parquet_footer
@@ -209,23 +209,39 @@ IMAGES_PER_PIECE = 256
 UNLABELED_DIR = "unlabeled"  # an image in this folder has no label, as in training (data.unlabeled_dir)
 
 
+def _images_input(loc: Location) -> bool:
+    """An image file, or a folder without Parquet files (images to decode), as opposed to a table input."""
+    import pyarrow.fs as pafs
+
+    from pipeline.data.sources.folder import image_extensions
+
+    try:
+        info = loc.fs.get_file_info(loc.path)
+    except OSError:
+        return False
+    if info.type == pafs.FileType.File:
+        return "." + loc.path.rsplit(".", 1)[-1].lower() in image_extensions()
+    return info.type == pafs.FileType.Directory and not data_files(loc, "parquet")
+
+
 def image_plan(loc: Location, image_column: str, keep: list[str] | None) -> Plan:
-    """An image folder (or a folder of images): every image file in path order, read and decoded by the read tasks;
-    its path and class folder (``label``, empty at the top level and in ``unlabeled/``) pass through."""
+    """An image folder (a folder of images, or one image): every image file in path order, read and decoded by the
+    read tasks; its path and class folder (``label``, empty at the top level and in ``unlabeled/``) pass through."""
     import pyarrow.fs as pafs
 
     from pipeline.data.sources.folder import image_extensions
 
     if keep:
         raise DataError(f"{loc.uri}: --keep names columns, an image folder has none (its rows carry path and label)")
-    try:
-        infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True))
-    except (OSError, FileNotFoundError):
-        raise DataError(f"{loc.uri}: input does not exist") from None
+    info = loc.fs.get_file_info(loc.path)
+    if info.type == pafs.FileType.File:  # one image
+        infos, root = [info], loc.path.rsplit("/", 1)[0]
+    else:
+        infos, root = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True)), loc.path
     exts = image_extensions()
     files, labels = [], []
     for i in sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path):
-        rel = i.path[len(loc.path) :].strip("/").split("/")
+        rel = i.path[len(root) :].strip("/").split("/")
         if any(p.startswith((".", "_")) for p in rel) or "." + rel[-1].rsplit(".", 1)[-1].lower() not in exts:
             continue
         files.append(i.path)
