@@ -125,13 +125,15 @@ def report(p: dict[str, float], j: dict[str, Any]) -> list[str]:
     ]
     for key, label in (
         ("time_ray_start_s", "Ray start"),
+        ("time_ray_start_beside_s", "Ray start (beside the training)"),
         ("time_prepare_s", "data preparation"),
         ("time_train_s", "training (the main model)"),
         ("time_trainer_start_s", "    trainer start"),
         ("time_data_pull_s", "    data pull onto the device"),
         ("train_seconds", "    fit()"),
         ("time_evaluate_s", "evaluation + calibration"),
-        ("time_baseline_s", "labels-only baseline"),
+        ("time_baseline_s", "baselines (waiting for them)"),
+        ("time_baselines_beside_s", "baselines (beside the training)"),
         ("time_mlflow_s", "MLflow (run, model, registry)"),
     ):
         if key in j:

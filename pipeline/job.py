@@ -17,7 +17,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as e:  # deterministic: a rerun would repeat it, so no retry and no traceback
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+
+def cli() -> None:
+    """The ``flowgmm-run`` command: :func:`main`, then a quick exit (:func:`pipeline.core.cli.exit_now`)."""
+    from pipeline.core.cli import exit_now
+
+    exit_now(main())
 
 
 def _resolve_run(args: argparse.Namespace, home: Path) -> tuple[Config, str, dict[str, Any] | None]:
@@ -218,10 +225,12 @@ class Job:
             ood.served(self.cfg.eval.ood_score, prepared.kind)  # before any training
         except ValueError as e:
             raise DataError(f"{e} ({prepared.manifest['name']} is {prepared.kind} data)") from None
-        with self.phase("ray_start"):
-            connect(self.args.address, verbose=self.args.verbose)
+        with self.phase("ray_start"):  # the MLflow run opens meanwhile, in a thread (Ray's start is mostly waiting)
+            tracking = _in_thread(self._start_tracking, prepared)
+            if not self._ray_beside_training(prepared):
+                self._connect(tracking)
         with self.phase("mlflow"):
-            handle = self._start_tracking(prepared)
+            handle = tracking.result()  # what it raised, raised here
         status = "FAILED"
         try:
             result = self._train_and_evaluate(prepared, handle)
@@ -232,6 +241,25 @@ class Job:
             handle.end(status)
 
     # --- steps -------------------------------------------------------------------------------------------------
+    def _ray_beside_training(self, prepared) -> bool:
+        """Whether Ray starts while the main model trains instead of before: training in this process on rows read
+        straight from the files (``pipeline.train.trainer.reads_files``) uses no Ray, so Ray's start (~4 s on 2
+        cores) and the baselines' launch overlap it."""
+        from pipeline.train.trainer import reads_files
+
+        return reads_files(prepared, self.cfg)
+
+    def _connect(self, tracking=None) -> None:
+        """Ray (``--address``, ``RAY_ADDRESS`` or a new local one); ``tracking``: the MLflow run opening meanwhile,
+        ended as failed when Ray cannot start (not left running)."""
+        try:
+            connect(self.args.address, verbose=self.args.verbose)
+        except BaseException:
+            if tracking is not None:
+                with contextlib.suppress(Exception):
+                    tracking.result().end("FAILED")
+            raise
+
     def _size_to_data(self, prepared) -> None:
         """The budget fields the configuration leaves unset, sized from the prepared data (the recorded configuration
         is the sized one: a resumed run continues with it)."""
@@ -299,30 +327,34 @@ class Job:
         cfg = self.cfg
         spec = model_spec(cfg, prepared)
         val = load_split(prepared, "val")
-        with self.phase("train"):
-            label = method_name(self.cfg.train.method)
-            trained = self._train(
-                cfg, prepared, spec, val, run_name=self.run_name, mlflow=handle.worker_info(), label=label
-            )
+        if self._ray_beside_training(prepared):  # the main model trains in a thread of this process meanwhile
+            training = _in_thread(self._train_main, prepared, spec, val, handle)
+            with self.phase("ray_start_beside"):
+                self._connect()
+            baselines = self._start_baselines(prepared, spec, val, handle)  # beside it where there is room
+            trained = training.result()
+        else:
+            baselines = self._start_baselines(prepared, spec, val, handle)
+            trained = self._train_main(prepared, spec, val, handle)
         background = None
         if cfg.eval.ood_background:
             with self.phase("ood_models"):
                 background = self._background_model(prepared)
         with self.phase("evaluate"):
             ev = self._evaluate(trained.chosen, prepared, cfg, background=background)
-        handle.log_params({**ev.params, "calibration": ev.calibration_note})  # the anchors' chosen settings
         metrics = {**ev.metrics, **self._train_metrics(trained)}
         publishing = self._publish_beside(trained.chosen, spec, ev, handle, dict(metrics))
         try:
-            if cfg.eval.baselines and cfg.train.method != LABELS_ONLY.value:
+            if baselines is not None:
                 with self.phase("baseline"):
-                    metrics.update(self._labels_only_baseline(prepared, spec, val, ev, handle))
+                    metrics.update(self._finish_baselines(baselines, ev, handle))
             if cfg.eval.ood_heldout:
                 with self.phase("ood_models"):
                     metrics.update(self._heldout_class(prepared, trained.chosen, ev))
         finally:
             with self.phase("mlflow"):
                 model_dir, registration = publishing.result()  # waits for it (and raises what it raised)
+        handle.log_params({**ev.params, "calibration": ev.calibration_note})  # the anchors' chosen settings
         with self.phase("mlflow"):
             self._log_evaluation(handle, ev)
         metrics["wall_seconds"] = time.time() - self.t0
@@ -339,20 +371,23 @@ class Job:
             "baseline_reused": self.baseline_reused,
         }
 
+    def _train_main(self, prepared, spec, val, handle):
+        with self.phase("train"):
+            label = method_name(self.cfg.train.method)
+            return self._train(
+                self.cfg, prepared, spec, val, run_name=self.run_name, mlflow=handle.worker_info(), label=label
+            )
+
     def _publish_beside(self, best, spec, ev, handle, metrics: dict[str, float]):
         """The served model saved, logged and registered in a thread, beside the baselines' training (it needs only
         the main model's figures); a future of ``(model_dir, registration)``. Its time: ``time_publish_s``."""
-        from concurrent.futures import ThreadPoolExecutor
 
         def publish():
             with self.phase("publish"):
                 model_dir, served_spec = self._save_served_model(best, spec, ev)
                 return model_dir, self._register(handle, model_dir, served_spec, metrics, best)
 
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish")
-        future = pool.submit(publish)
-        pool.shutdown(wait=False)  # the task runs on; the pool takes no more
-        return future
+        return _in_thread(publish)
 
     def _train(self, cfg: Config, prepared, spec, val, *, run_name: str, mlflow: dict | None, label: str):
         """Fit one model; its best checkpoint, last report and wall time."""
@@ -384,15 +419,12 @@ class Job:
         out.update({k: float(last[k]) for k in keys if k in last})
         return out
 
-    def _evaluate(self, best, prepared, cfg: Config, accuracy_only: bool = False, background=None):
-        """In the driver when training ran there (local mode), else as a Ray task on the workers' resources."""
-        from pipeline.results.evaluate import evaluate_checkpoint, evaluation_task
+    def _evaluate(self, best, prepared, cfg: Config, background=None):
+        """In the driver when training ran there (local mode), else as a Ray task on the workers' resources; the
+        classical anchors are the baselines' work (:meth:`_start_baselines`)."""
+        from pipeline.results.evaluate import evaluate_where_trained
 
-        if cfg.train.num_workers == 0:
-            return evaluate_checkpoint(best, prepared, cfg, accuracy_only, background)
-        import ray
-
-        return ray.get(evaluation_task(cfg).remote(best, prepared, cfg, accuracy_only, background))
+        return evaluate_where_trained(best, prepared, cfg, background=background, anchors=False)
 
     def _on_checkpoint(self, fn, checkpoint, *args):
         """``fn(checkpoint directory, *args, device=...)`` where :meth:`_evaluate` runs."""
@@ -467,35 +499,79 @@ class Job:
         out = {f"ood_heldout_{r['score']}_{m}": float(v) for r in rows for m, v in r.items() if m != "score"}
         return {**out, "ood_heldout_class": float(k)}
 
-    def _labels_only_baseline(self, prepared, spec, val, ev, handle) -> dict[str, float]:
-        """The same flow and budget trained on the labeled rows only; evaluated like the main model. Its unlabeled
-        points' distances to the decision boundary join the main model's in ``ev``'s histogram. Reused from the
-        home's cache when the same split, recipe, seed and training code ran before (``baseline_cache``); the run's
-        tags and console say which."""
+    def _start_baselines(self, prepared, spec, val, handle) -> _Baselines | None:
+        """The baselines (``eval.baselines``): the classical anchors and the labels-only flow, the flow reused from
+        the home's cache when the same split, recipe, seed and training code ran before (``baseline_cache``).
+        Started now in a Ray task of their own where the cluster has room beside the main model, else left for
+        after it (``pipeline.results.baselines``); the console and the run's tags say which."""
         from pipeline.results import baseline_cache
+        from pipeline.results.baselines import BaselineWork, baselines_task, labels_only_config, placement
+
+        if not self.cfg.eval.baselines:
+            return None
+        b = _Baselines(key=None, hit=None, where="after")
+        if self.cfg.train.method != LABELS_ONLY.value:
+            b.key = baseline_cache.cache_key(labels_only_config(self.cfg).to_dict(), prepared.manifest, self.data_hash)
+            b.hit = baseline_cache.load(self.home, b.key)
+        work = BaselineWork(
+            self.cfg,
+            prepared,
+            spec,
+            val,
+            run_name=f"{self.run_name}-labels-only",
+            storage=self.storage,
+            train_flow=b.key is not None and b.hit is None,
+            resume=self.resume_info is not None,
+            verbose=self.args.verbose,
+            compile_cache=str(self.home / "compile_cache"),
+        )
+        b.work = work
+        if b.hit is not None:
+            print(f"[flowgmm] {LABELS_ONLY.display}: reused from run {b.hit['run_name']} (same split, recipe, "
+                  "seed and training code)", flush=True)  # fmt: skip
+            handle.set_tags({"labels_only_path": "reused", "labels_only_from_run": b.hit["run_id"]})
+            self.baseline_reused = b.hit["run_name"]
+        b.where, how = placement(self.cfg)
+        what = f"{LABELS_ONLY.display} and classical baselines" if work.train_flow else "classical baselines"
+        if b.where == "beside":
+            work.progress = False
+            b.ref = baselines_task(how).remote(work)
+            own = f"{how['num_cpus']:g} CPU" + (f", {how['num_gpus']:g} GPU" if how["num_gpus"] else "")
+            held = "" if self.cfg.train.num_workers == 0 else "; its workers hold what the main model's do"
+            print(f"[flowgmm] {what}: training beside the main model (a Ray task, {own}{held})", flush=True)
+        elif work.train_flow:
+            print(f"[flowgmm] {what}: after the main model ({how})", flush=True)
+        return b
+
+    def _finish_baselines(self, b: _Baselines, ev, handle) -> dict[str, float]:
+        """The baselines' figures (waiting for the task beside the main model, or running them now): the anchors'
+        metrics and chosen settings (into ``ev.params``), the labels-only flow's metrics (cached when trained), and
+        its unlabeled points' distances to the decision boundary beside the main model's in ``ev``'s histogram."""
+        import ray
+
+        from pipeline.results import baseline_cache
+        from pipeline.results.baselines import run_baselines
         from pipeline.results.figures import boundary_distances
 
-        cfg = replace(self.cfg, train=replace(self.cfg.train, method=LABELS_ONLY.value, inject_failure_at_step=-1))
-        key = baseline_cache.cache_key(cfg.to_dict(), prepared.manifest, self.data_hash)
-        hit = baseline_cache.load(self.home, key)
-        if hit is not None:
-            metrics, distances = hit["metrics"], hit["distances"]
-            print(f"[flowgmm] {LABELS_ONLY.display}: reused from run {hit['run_name']} (same split, recipe, seed "
-                  "and training code)", flush=True)  # fmt: skip
-            handle.set_tags({"labels_only_path": "reused", "labels_only_from_run": hit["run_id"]})
-            self.baseline_reused = hit["run_name"]
-        else:
-            name = f"{self.run_name}-labels-only"
-            trained = self._train(cfg, prepared, spec, val, run_name=name, mlflow=None, label=LABELS_ONLY.display)
-            base = self._evaluate(trained.chosen, prepared, cfg, accuracy_only=True)
-            metrics, distances = base.metrics, base.boundary_distances
-            baseline_cache.store(self.home, key, metrics, distances, self.run_name, handle.run_id)
-            handle.set_tags({"labels_only_path": "trained"})
+        res = ray.get(b.ref) if b.ref is not None else run_baselines(b.work)
+        if res.error is not None:
+            raise res.error
+        ev.params.update(res.anchor_params)
+        out = dict(res.anchor_metrics)
+        if b.where == "beside":
+            out["time_baselines_beside_s"] = res.seconds
+        flow = b.hit
+        if res.flow is not None:
+            flow = res.flow
+            baseline_cache.store(self.home, b.key, flow["metrics"], flow["distances"], self.run_name, handle.run_id)
+            handle.set_tags({"labels_only_path": f"trained {b.where} the main model"})
+        if flow is None:
+            return out
         hist = "plots/boundary_distance_hist.png"
-        if hist in ev.figures and distances is not None:
-            label = method_name(self.cfg.train.method)
-            ev.figures[hist] = boundary_distances({label: ev.boundary_distances, LABELS_ONLY.display: distances})
-        return {f"{LABELS_ONLY.key}_{k}": v for k, v in metrics.items()}
+        if hist in ev.figures and flow["distances"] is not None:
+            both = {method_name(self.cfg.train.method): ev.boundary_distances, LABELS_ONLY.display: flow["distances"]}
+            ev.figures[hist] = boundary_distances(both)
+        return {**out, **{f"{LABELS_ONLY.key}_{k}": v for k, v in flow["metrics"].items()}}
 
     def _save_served_model(self, best, spec, ev) -> tuple[Path, dict[str, Any]]:
         """The served model: best weights + calibration scale + OOD threshold, under <home>/models/<run>."""
@@ -572,6 +648,37 @@ class Job:
             f"{served_spec['ood_score']} = {served_spec['ood_threshold']:.4g}"
             + (f"; test accuracy {acc:.4f}" if acc is not None else "")
         )
+
+
+def _in_thread(fn, *args):
+    """``fn(*args)`` in a daemon thread (an interrupted job does not wait for it); a future of its result
+    (``.result()`` waits, and raises what it raised)."""
+    import threading
+    from concurrent.futures import Future
+
+    future: Future = Future()
+
+    def target() -> None:
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as e:  # noqa: BLE001 - handed to whoever waits
+            future.set_exception(e)
+
+    threading.Thread(target=target, name=getattr(fn, "__name__", "job").strip("_"), daemon=True).start()
+    return future
+
+
+@dataclass
+class _Baselines:
+    """The job's baselines in flight: the cache key and hit of the labels-only flow, where they train ("beside" the
+    main model in a Ray task, or "after" it in the driver), the work and the task's reference."""
+
+    key: str | None
+    hit: dict[str, Any] | None
+    where: str
+    work: Any = None
+    ref: Any = None
 
 
 def _table_text(rows: list[dict[str, Any]]) -> str:

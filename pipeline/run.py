@@ -15,7 +15,7 @@ from pipeline.core.stack import require_stack  # noqa: E402
 
 require_stack()  # one line, not a traceback, from a Python without the stack (outside .venv)
 
-from pipeline.job import main  # noqa: E402
+from pipeline.job import cli  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()  # main(), then Ray shut down, the streams flushed and the interpreter's teardown skipped

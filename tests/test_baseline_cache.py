@@ -30,7 +30,7 @@ def test_a_rerun_reuses_the_baseline(ray_local, tmp_path, capsys):
     home = tmp_path / "home"
     args = ["--config", "moons", "--smoke", "--home", str(home)]
     assert main([*args, "--run-name", "first"]) == 0
-    assert "labels-only flow  step" in capsys.readouterr().out
+    assert "labels-only flow and classical baselines: training beside the main model" in capsys.readouterr().out
     assert main([*args, "--run-name", "second"]) == 0
     out = capsys.readouterr().out
     assert "labels-only flow: reused from run first" in out and "labels-only flow  step" not in out
@@ -40,7 +40,8 @@ def test_a_rerun_reuses_the_baseline(ray_local, tmp_path, capsys):
         r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("flowgmm-moons").experiment_id])
     }
     first, second = runs["first"], runs["second"]
-    assert first.data.tags["labels_only_path"] == "trained" and second.data.tags["labels_only_path"] == "reused"
+    assert first.data.tags["labels_only_path"] == "trained beside the main model"
+    assert second.data.tags["labels_only_path"] == "reused"
     assert second.data.tags["labels_only_from_run"] == first.info.run_id
     key = "labels_only_flow_test_accuracy_calibrated"
     assert second.data.metrics[key] == pytest.approx(first.data.metrics[key], abs=1e-12)

@@ -20,7 +20,14 @@ import numpy as np
 from pipeline.core.atomic import atomic_write_text
 
 # what the baseline's figures depend on beyond the data and the configuration
-CODE = ("flowgmm", "pipeline/train", "pipeline/data", "pipeline/results/evaluate.py", "pipeline/config")
+CODE = (
+    "flowgmm",
+    "pipeline/train",
+    "pipeline/data",
+    "pipeline/results/evaluate.py",
+    "pipeline/results/baselines.py",
+    "pipeline/config",
+)
 IGNORED = ("name", "experiment")  # configuration fields that change no figure of the baseline
 IGNORED_EVAL = ("ood_score", "ood_fpr", "ood_heldout", "ood_background", "ood_background_rate", "figures")
 

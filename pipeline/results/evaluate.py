@@ -71,9 +71,12 @@ def evaluate_model(
     device: str = "cpu",
     figures_on: bool | None = None,
     background_dir: str | None = None,
+    anchors: bool = True,
 ) -> EvalResult:
-    """Test metrics before and after calibration, bits/dim, OOD detection, the baseline and the pictures.
-    ``background_dir``: a background model (``eval.ood_background``), which adds the likelihood-ratio score."""
+    """Test metrics before and after calibration, bits/dim, OOD detection, the classical anchors (when
+    ``eval.baselines`` and ``anchors``: a job computes them beside its model instead, ``pipeline.results.baselines``)
+    and the pictures. ``background_dir``: a background model (``eval.ood_background``), which adds the
+    likelihood-ratio score."""
     ev = _Evaluation(model_dir, prepared, cfg, torch.device(device))
     if background_dir is not None:
         ev.background, _ = load_model(background_dir, map_location="cpu")
@@ -84,7 +87,7 @@ def evaluate_model(
     if ev.image:
         ev.sample_share()
     params: dict[str, Any] = {}
-    if cfg.eval.baselines:  # the classical anchors on the same split (the labels-only flow is trained by the job)
+    if cfg.eval.baselines and anchors:  # the classical anchors on the same split
         metrics, params = classical_baselines(prepared, cfg.eval.anchor_unlabeled)
         ev.out.update(metrics)
     figs = ev.figures() if (cfg.eval.figures if figures_on is None else figures_on) else {}
@@ -292,7 +295,9 @@ def predict_classes(model_dir: str, x: np.ndarray, batch_size: int = 512, device
     return model.mixture.posterior(e.z).argmax(1).numpy()
 
 
-def evaluate_checkpoint(checkpoint, prepared: Prepared, cfg: Config, accuracy_only: bool = False, background=None):
+def evaluate_checkpoint(
+    checkpoint, prepared: Prepared, cfg: Config, accuracy_only: bool = False, background=None, anchors: bool = True
+):
     """Fetch a Ray Train checkpoint, wherever it is stored, and evaluate it (run it through
     :func:`evaluation_task` to place it on a GPU when training used GPUs); ``background``: the checkpoint of the
     ``eval.ood_background`` model."""
@@ -301,9 +306,19 @@ def evaluate_checkpoint(checkpoint, prepared: Prepared, cfg: Config, accuracy_on
         if accuracy_only:
             return evaluate_accuracy_only(d, prepared, cfg, device=device)
         if background is None:
-            return evaluate_model(d, prepared, cfg, device=device)
+            return evaluate_model(d, prepared, cfg, device=device, anchors=anchors)
         with background.as_directory() as b:
-            return evaluate_model(d, prepared, cfg, device=device, background_dir=b)
+            return evaluate_model(d, prepared, cfg, device=device, background_dir=b, anchors=anchors)
+
+
+def evaluate_where_trained(checkpoint, prepared: Prepared, cfg: Config, accuracy_only: bool = False, **kw):
+    """:func:`evaluate_checkpoint` where the model trained: in this process after training in it (``train.num_workers
+    = 0``), else as a Ray task on the workers' resources (:func:`evaluation_task`)."""
+    if cfg.train.num_workers == 0:
+        return evaluate_checkpoint(checkpoint, prepared, cfg, accuracy_only, **kw)
+    import ray
+
+    return ray.get(evaluation_task(cfg).remote(checkpoint, prepared, cfg, accuracy_only, **kw))
 
 
 def on_checkpoint(fn, checkpoint, cfg: Config, *args):

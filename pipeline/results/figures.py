@@ -97,14 +97,19 @@ def ood_histogram(
 
 
 def _grid(images: np.ndarray, rows: int, cols: int, titles: Sequence[str] | None = None) -> bytes:
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 0.9 + (0.3 if titles else 0)), squeeze=False)
-    for idx, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if idx < len(images):
-            img = images[idx]
-            ax.imshow(img.squeeze(0) if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=1)
-            if titles and idx < cols:
-                ax.set_title(str(titles[idx])[:10], fontsize=7)
+    """``images`` (N, C, H, W in [0, 1]) tiled row by row into one picture, a white line between them, with column
+    titles; one image drawn, not an axes per image (a 10 x 8 grid: ~0.1 s instead of ~1 s)."""
+    n, c, h, w = images.shape
+    gap = max(1, h // 14)
+    canvas = np.ones((rows * (h + gap) - gap, cols * (w + gap) - gap, c), dtype=np.float32)
+    for idx in range(min(n, rows * cols)):
+        r, q = divmod(idx, cols)
+        canvas[r * (h + gap) : r * (h + gap) + h, q * (w + gap) : q * (w + gap) + w] = images[idx].transpose(1, 2, 0)
+    fig, ax = plt.subplots(figsize=(cols * 0.9, rows * 0.9 + (0.3 if titles else 0)))
+    ax.imshow(canvas[..., 0] if c == 1 else canvas, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
+    for q, title in enumerate(list(titles or [])[:cols]):
+        ax.text(q * (w + gap) + w / 2, -gap, str(title)[:10], ha="center", va="bottom", fontsize=7)
     return _png(fig)
 
 

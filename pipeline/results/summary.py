@@ -107,5 +107,9 @@ def _time_line(m: dict[str, Any], timing: dict[str, float]) -> str:
         ("mlflow", "MLflow"),
     )
     parts = " + ".join(f"{label} {timing[k]:.0f}" for k, label in names if k in timing)
+    if "ray_start_beside" in timing:  # Ray started while the main model trained in this process
+        parts += f" (Ray's start beside the training: {timing['ray_start_beside']:.0f})"
+    if "time_baselines_beside_s" in m:  # their own time, overlapped with the main model's
+        parts = parts.replace("baseline ", "baselines ", 1) + f" (baselines beside: {m['time_baselines_beside_s']:.0f})"
     wall, steps = m.get("wall_seconds", 0), m.get("train_steps", 0)
     return f"  time: {wall:.0f} s wall = {parts} (+ the rest) · {steps:.0f} training steps"

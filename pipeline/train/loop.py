@@ -52,10 +52,12 @@ class LoopInputs:
     val: tuple[np.ndarray, np.ndarray]  # the validation split (rows, labels)
     checkpoints: str  # the run's checkpoint root (used in the driver; Ray Train keeps its own on workers)
     label: str = "train"  # the model's name on the console
+    progress: bool = True  # its progress lines (off for a model trained beside another, in a Ray task)
     mlflow: dict[str, str] | None = None  # tracking URI + run id of the driver's MLflow run
     resume: bool = False
     verbose: bool = False
     compile_cache: str | None = None
+    from_files: bool = False  # rows straight from the prepared files, not Ray Data (pipeline.train.trainer.reads_files)
     failure_marker: str | None = None  # fault-injection tests
     fit_started: float = field(default_factory=time.time)
 
@@ -87,6 +89,7 @@ def train_loop_per_worker(inp: LoopInputs) -> dict[str, int] | None:
         device=device,
         unlabeled=t.method != "labels_only",
         second_view=t.method == "flowgmm_cons",
+        arrays=_file_arrays(inp.prepared, t.method != "labels_only") if inp.from_files else None,
     )
     run.startup["trainer_start_s"] = t_enter - inp.fit_started
     t_pull = time.time()
@@ -101,7 +104,7 @@ def train_loop_per_worker(inp: LoopInputs) -> dict[str, int] | None:
             if bad >= 0:
                 return {"nonfinite_step": bad, "checked_at": step}
         stop = run.evaluate_and_report(stream.steps_per_epoch) if at_eval else False
-        if is_main and (stop or step >= t.steps or (at_log and run.progress_due())):
+        if is_main and inp.progress and (stop or step >= t.steps or (at_log and run.progress_due())):
             run.progress(stopped=stop)
         if stop or step >= t.steps:
             break
@@ -128,7 +131,7 @@ class _Run:
                 st = self.engine.load(d)
             self.evals = int(st.get("evals", 0))
             self.stopper.load(st.get("stopper"))
-            if self.is_main:
+            if self.is_main and self.inp.progress:
                 print(f"[flowgmm] {self.inp.label}: resumed from step {self.engine.step}", flush=True)
         self.t_start, self.step_start = time.time(), self.engine.step
 
@@ -217,6 +220,15 @@ def _torch_setup(t: TrainConfig, *, local: bool) -> None:
     if local:
         torch.set_num_threads(max(1, int(t.cpus_per_worker)))
     torch.manual_seed(t.seed)
+
+
+def _file_arrays(prepared: Prepared, unlabeled: bool) -> dict[str, np.ndarray]:
+    """The labeled and (when trained on) unlabeled rows, read from the prepared Parquet files."""
+    from pipeline.data.shards import load_split
+
+    xl, yl = load_split(prepared, "labeled")
+    xu = load_split(prepared, "unlabeled")[0] if unlabeled else xl[:0]
+    return {"x_lab": xl, "y_lab": yl, "x_unl": xu}
 
 
 def _agree(flag: bool, world: int) -> bool:

@@ -31,7 +31,8 @@ def encode(
     """``levels``: the images' grey levels (uint8 rows, dequantized at u = 0.5), None for vectors."""
     zs, lps = [], []
     for i in range(0, len(x), batch_size):
-        xb = torch.as_tensor(x[i : i + batch_size], device=device)
+        part = x[i : i + batch_size]  # a copy where the rows are read-only (a Ray task's arguments)
+        xb = torch.as_tensor(part if part.flags.writeable else part.copy(), device=device)
         xb = dequantize(xb.float() / 255.0, noise="mid", levels=levels) if levels else xb.float()
         z, logdet = model(xb)
         z, logdet = z.float(), logdet.float()

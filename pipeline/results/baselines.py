@@ -1,0 +1,149 @@
+"""The baselines a job compares its model with: the same flow trained on the labels alone (the labels-only flow) and
+the classical anchors (logistic regression, k-nearest neighbours, label spreading, self-training). They depend on
+the data and the recipe, never on the main model, so where the cluster has room they train **beside** it, in a Ray
+task with resources of their own, and cost no wall-clock time; else they train after it, in the driver.
+
+    work = BaselineWork(cfg, prepared, spec, val, run_name="run-labels-only", storage="/home/ray_results")
+    where, how = placement(cfg)            # ("beside", task options) when the cluster has room, else ("after", why)
+    done = run_baselines(work)             # "after", in the driver; "beside": ray.get(baselines_task(how).remote(work))
+    done.flow                              # {"metrics": ..., "distances": ...} of the labels-only flow, or None
+    done.anchor_metrics, done.anchor_params
+
+"Room": the resources free in the cluster (``ray.available_resources()``) cover the main model's and as much again
+for the baselines (the same shape of training: its CPUs and GPUs; with Ray Train workers, one CPU more for Ray
+Data's reads). On a 2-core machine the default job (the main model on one core in the driver) has room; a job whose
+model takes both cores does not, and its baselines train after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import Config
+from pipeline.config.methods import LABELS_ONLY
+from pipeline.data.manifest import Prepared
+
+
+@dataclass
+class BaselineWork:
+    """What the baselines need: the job's configuration and data, and where the labels-only flow's run lives."""
+
+    cfg: Config  # the job's configuration (the labels-only flow's is derived from it)
+    prepared: Prepared
+    spec: dict[str, Any]  # the main model's spec: the labels-only flow is the same flow
+    val: tuple[np.ndarray, np.ndarray]
+    run_name: str  # the labels-only flow's run name
+    storage: str
+    train_flow: bool = True  # False: not asked for, or reused from the cache
+    anchors: bool = True
+    resume: bool = False
+    verbose: bool = False
+    progress: bool = True  # the labels-only flow's progress lines (off in a task beside the main model)
+    compile_cache: str | None = None
+
+
+@dataclass
+class BaselineResults:
+    flow: dict[str, Any] | None = None  # {"metrics", "distances"} of the labels-only flow, when trained
+    anchor_metrics: dict[str, float] = field(default_factory=dict)
+    anchor_params: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    error: BaseException | None = None  # a deterministic failure (a non-finite loss), raised again by the driver
+
+
+def labels_only_config(cfg: Config) -> Config:
+    """The labels-only flow's configuration: the job's recipe, method labels_only, no fault injection."""
+    return replace(cfg, train=replace(cfg.train, method=LABELS_ONLY.value, inject_failure_at_step=-1))
+
+
+def run_baselines(work: BaselineWork) -> BaselineResults:
+    """The anchors (when asked) and the labels-only flow (trained, then evaluated like the main model)."""
+    from pipeline.results.anchors import classical_baselines
+    from pipeline.results.evaluate import evaluate_where_trained
+    from pipeline.train.state import NonFiniteLossError
+    from pipeline.train.trainer import TrainRun
+
+    t0 = time.time()
+    out = BaselineResults()
+    if work.anchors:
+        out.anchor_metrics, out.anchor_params = classical_baselines(work.prepared, work.cfg.eval.anchor_unlabeled)
+    if work.train_flow:
+        cfg = labels_only_config(work.cfg)
+        run = TrainRun(
+            cfg,
+            work.prepared,
+            work.spec,
+            run_name=work.run_name,
+            storage_path=work.storage,
+            mlflow_info=None,
+            val=work.val,
+            label=LABELS_ONLY.display,
+            progress=work.progress,
+            resume=work.resume,
+            verbose=work.verbose,
+            compile_cache=work.compile_cache,
+        )
+        try:
+            trained = run.fit()
+        except NonFiniteLossError as e:
+            out.error = e
+            return out
+        ev = evaluate_where_trained(trained.chosen, work.prepared, cfg, accuracy_only=True)
+        out.flow = {"metrics": ev.metrics, "distances": ev.boundary_distances}
+    out.seconds = time.time() - t0
+    return out
+
+
+def _in_task(work: BaselineWork) -> BaselineResults:
+    if not work.verbose:  # no Ray Data progress bars, Ray Train notices or per-report lines from this worker
+        from pipeline.core.raycluster import quiet
+
+        quiet()
+        logging.getLogger("ray").setLevel(logging.WARNING)
+    return run_baselines(work)
+
+
+def placement(cfg: Config) -> tuple[str, Any]:
+    """``("beside", task options)`` when the cluster has room for the baselines beside the main model (see the
+    module's doc), else ``("after", the reason in words)``."""
+    import ray
+
+    t = cfg.train
+    free = ray.available_resources()
+    cpus, gpus = _main_needs(cfg)
+    spare = 1.0 if t.num_workers > 0 else 0.0  # Ray Data's read tasks beside two worker groups
+    need_cpu, need_gpu = 2 * cpus + spare, 2 * gpus
+    have_cpu, have_gpu = free.get("CPU", 0.0), free.get("GPU", 0.0)
+    if t.num_workers == 0 and t.use_gpu:
+        return "after", "the main model trains on this process's GPU, which Ray does not account for"
+    if have_cpu + 1e-9 < need_cpu or have_gpu + 1e-9 < need_gpu:
+        have, need = f"{have_cpu:g} CPU", f"{need_cpu:g} CPU"
+        if gpus:
+            have, need = f"{have} and {have_gpu:g} GPU", f"{need} and {need_gpu:g} GPU"
+        return "after", f"no room beside the main model: {have} free, {need} needed for both"
+    if t.num_workers > 0:  # the task only drives its own Ray Train run, whose workers hold the resources
+        return "beside", {"num_cpus": 0, "num_gpus": 0}
+    return "beside", {"num_cpus": cpus, "num_gpus": gpus}
+
+
+def _main_needs(cfg: Config) -> tuple[float, float]:
+    """CPUs and GPUs the main model's training holds: its workers', or in the driver its threads (whole cores, at
+    least one) and one GPU."""
+    t = cfg.train
+    if t.num_workers > 0:
+        gpus = t.gpus_per_worker * t.num_workers if t.use_gpu else 0.0
+        return t.cpus_per_worker * t.num_workers, gpus
+    return float(max(1, math.floor(t.cpus_per_worker))), 1.0 if t.use_gpu else 0.0
+
+
+def baselines_task(options: dict[str, Any]):
+    """:func:`run_baselines` as a Ray task with ``options`` (from :func:`placement`), outside any placement group."""
+    import ray
+
+    return ray.remote(max_retries=0, scheduling_strategy="DEFAULT", **options)(_in_task)

@@ -1,0 +1,80 @@
+"""The baselines (the labels-only flow and the classical anchors) train beside the main model where the cluster has
+room, in a Ray task of their own, and after it otherwise; either way they give the same figures, and the console and
+the run's tags say which path the run took."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.config import resolve
+from pipeline.results import baselines
+
+
+def _placement(monkeypatch, free: dict[str, float], *overrides: str):
+    import ray
+
+    monkeypatch.setattr(ray, "available_resources", lambda: dict(free))
+    return baselines.placement(resolve("moons", smoke=True, overrides=list(overrides)))
+
+
+def test_room_is_what_the_main_model_leaves(monkeypatch):
+    # the main model in the driver on one core of two: the baselines take the other
+    assert _placement(monkeypatch, {"CPU": 2.0}, "train.num_workers=0", "train.cpus_per_worker=0.5") == (
+        "beside",
+        {"num_cpus": 1.0, "num_gpus": 0.0},
+    )
+    # the main model's threads on both cores: no room, and the reason names what was free and needed
+    where, why = _placement(monkeypatch, {"CPU": 2.0}, "train.num_workers=0", "train.cpus_per_worker=2")
+    assert where == "after" and "2 CPU free, 4 CPU needed" in why
+    # two workers of one CPU each on four CPUs: both runs' workers fit, but no CPU is left for Ray Data's reads
+    where, _ = _placement(monkeypatch, {"CPU": 4.0}, "train.num_workers=2", "train.cpus_per_worker=1")
+    assert where == "after"
+    assert _placement(monkeypatch, {"CPU": 5.0}, "train.num_workers=2", "train.cpus_per_worker=1") == (
+        "beside",
+        {"num_cpus": 0, "num_gpus": 0},  # the task drives its own Ray Train run, whose workers hold the resources
+    )
+
+
+def test_on_gpus_the_baselines_take_another_gpu(monkeypatch):
+    gpu = ["train.use_gpu=true", "train.num_workers=1", "train.cpus_per_worker=1", "train.gpus_per_worker=1"]
+    assert _placement(monkeypatch, {"CPU": 8.0, "GPU": 2.0}, *gpu)[0] == "beside"
+    where, why = _placement(monkeypatch, {"CPU": 8.0, "GPU": 1.0}, *gpu)
+    assert where == "after" and "8 CPU and 1 GPU free, 3 CPU and 2 GPU needed" in why
+    # the driver's own GPU is not Ray's to give: a task could be handed the same one
+    where, why = _placement(monkeypatch, {"CPU": 8.0, "GPU": 4.0}, "train.use_gpu=true", "train.num_workers=0")
+    assert where == "after" and "Ray does not account for" in why
+
+
+@pytest.mark.slow
+def test_beside_and_after_give_the_same_baselines(ray_local, tmp_path, monkeypatch, capsys):
+    from mlflow import MlflowClient
+
+    from pipeline.job import main
+
+    args = ["--config", "moons", "--smoke", "train.num_workers=0", "train.cpus_per_worker=0.5"]
+    assert main([*args, "--home", str(tmp_path / "a"), "--run-name", "beside"]) == 0
+    out = capsys.readouterr().out
+    assert "training beside the main model (a Ray task, 1 CPU)" in out
+    assert "labels-only flow  step" not in out  # its progress stays in its task: one line says where it is
+    assert "baselines beside:" in out  # the time line gives their own time, overlapped with the main model's
+
+    monkeypatch.setattr(baselines, "placement", lambda cfg: ("after", "no room beside the main model: test"))
+    assert main([*args, "--home", str(tmp_path / "b"), "--run-name", "after"]) == 0
+    out = capsys.readouterr().out
+    assert "labels-only flow and classical baselines: after the main model (no room beside the main model: test)" in out
+    assert "labels-only flow  step" in out  # trained in this process: its progress lines as the main model's
+
+    runs = {}
+    for name in ("a", "b"):
+        client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / name / 'mlflow.db'}")
+        exp = client.get_experiment_by_name("flowgmm-moons").experiment_id
+        runs.update({r.info.run_name: r for r in client.search_runs([exp])})
+    beside, after = runs["beside"].data, runs["after"].data
+    assert beside.tags["labels_only_path"] == "trained beside the main model"
+    assert after.tags["labels_only_path"] == "trained after the main model"
+    assert "time_baselines_beside_s" in beside.metrics and "time_baselines_beside_s" not in after.metrics
+    keys = [k for k in beside.metrics if k.startswith(("labels_only_flow_test_", "baseline_")) and "seconds" not in k]
+    assert "labels_only_flow_test_accuracy_calibrated" in keys and "baseline_logreg_test_accuracy" in keys
+    for k in keys:
+        assert after.metrics[k] == pytest.approx(beside.metrics[k], rel=1e-5, abs=1e-6), k
+    assert beside.params["baseline_label_spreading_kernel"] == after.params["baseline_label_spreading_kernel"]
