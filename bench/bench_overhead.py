@@ -3,10 +3,11 @@ data, steps, batches, augmentation and loss) against the same job through ``pipe
 run, with the job's breakdown (process start, Ray start, data preparation, trainer start, data pull, training,
 evaluation, baseline, MLflow).
 
-    python bench/bench_overhead.py                      # the default job (digits), its current recipe
-    python bench/bench_overhead.py --config moons --repeats 2
+    python bench/bench_overhead.py --repeats 2          # the default job (digits): cold, then the baseline cached
+    python bench/bench_overhead.py --config mnist_cpu --repeats 2 train.steps=500 train.consistency_start_step=250
 
-Both sides use the machine's default torch threads. The plain loop draws its batches with the same seeded index
+Both sides train the main model with the same torch threads (a model trained in the driver: ``train.cpus_per_worker``
+whole cores, ``pipeline.train.loop.driver_threads``). The plain loop draws its batches with the same seeded index
 permutations and augmentation as the training stream, on tensors already in memory, and calls the same loss
 (``pipeline.train.step``); it validates nothing and writes nothing. Results go to stdout (the block of
 bench/RESULTS.md), ``bench/results/bench_overhead_<config>.json`` and ``--json``.
@@ -44,6 +45,7 @@ def plain_pytorch(config: str, home: Path, overrides: list[str]) -> dict[str, fl
     from pipeline.data import prepare
     from pipeline.data.stream import SSLStream
     from pipeline.train.engine import build_optimizer
+    from pipeline.train.loop import driver_threads
     from pipeline.train.model import model_spec
     from pipeline.train.state import lr_lambda
     from pipeline.train.step import apply_gradients, compute_loss
@@ -51,6 +53,7 @@ def plain_pytorch(config: str, home: Path, overrides: list[str]) -> dict[str, fl
     cfg = resolve(config, overrides=overrides)
     t = cfg.train
     prepared = prepare(cfg.data, home)
+    torch.set_num_threads(driver_threads(t) if t.num_workers == 0 else torch.get_num_threads())
     t0 = time.perf_counter()
     torch.manual_seed(t.seed)
     model = build_model(model_spec(cfg, prepared))
@@ -73,6 +76,7 @@ def plain_pytorch(config: str, home: Path, overrides: list[str]) -> dict[str, fl
         "plain_total_s": end - t0,
         "steps": float(t.steps),
         "plain_step_s": (end - t_build) / t.steps,
+        "threads": float(torch.get_num_threads()),
     }
 
 
@@ -140,8 +144,9 @@ def report(p: dict[str, float], j: dict[str, Any]) -> list[str]:
             lines.append(f"{'  ' + label:34}{j[key]:>10.1f}")
     ratio = j["time_train_s"] / p["plain_train_s"]
     lines.append(
-        f"training through run.py / plain PyTorch: {ratio:.2f}x "
-        f"(per step {j.get('step_s', float('nan')) * 1000:.1f} ms vs {p['plain_step_s'] * 1000:.1f} ms)"
+        f"training through run.py / plain PyTorch: {ratio:.2f}x (per step {j.get('step_s', float('nan')) * 1000:.1f}"
+        f" ms vs {p['plain_step_s'] * 1000:.1f} ms; {p['threads']:.0f} thread{'s' if p['threads'] > 1 else ''} each"
+        + ("; the machine shared with Ray's start and the baselines)" if "time_baselines_beside_s" in j else ")")
     )
     lines.append(
         f"job wall / main-model training: {j['job_wall_s'] / j['time_train_s']:.2f}x "

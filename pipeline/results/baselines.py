@@ -18,7 +18,6 @@ model takes both cores does not, and its baselines train after it.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -139,7 +138,9 @@ def _main_needs(cfg: Config) -> tuple[float, float]:
     if t.num_workers > 0:
         gpus = t.gpus_per_worker * t.num_workers if t.use_gpu else 0.0
         return t.cpus_per_worker * t.num_workers, gpus
-    return float(max(1, math.floor(t.cpus_per_worker))), 1.0 if t.use_gpu else 0.0
+    from pipeline.train.loop import driver_threads
+
+    return float(driver_threads(t)), 1.0 if t.use_gpu else 0.0
 
 
 def baselines_task(options: dict[str, Any]):

@@ -218,8 +218,19 @@ def _torch_setup(t: TrainConfig, *, local: bool) -> None:
     import torch
 
     if local:
-        torch.set_num_threads(max(1, int(t.cpus_per_worker)))
+        torch.set_num_threads(driver_threads(t))
     torch.manual_seed(t.seed)
+
+
+def driver_threads(t: TrainConfig) -> int:
+    """Intra-op threads of a model trained in the driver (``train.num_workers = 0``): ``train.cpus_per_worker``
+    whole cores, at least one.
+
+    >>> from pipeline.config import TrainConfig
+    >>> driver_threads(TrainConfig(cpus_per_worker=0.5)), driver_threads(TrainConfig(cpus_per_worker=2))
+    (1, 2)
+    """
+    return max(1, int(t.cpus_per_worker))
 
 
 def _file_arrays(prepared: Prepared, unlabeled: bool) -> dict[str, np.ndarray]:
