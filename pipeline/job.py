@@ -308,8 +308,12 @@ class Job:
         handle.use_dataset(PreparedDataset(prepared.manifest, prepared.root), log=not resume_id)
         if not resume_id:
             handle.log_params(self.cfg.flat())
-            handle.log_text(dump_yaml(self.cfg), "config/resolved.yaml")
-            handle.log_json(prepared.manifest, "data/manifest.json")
+            manifest = json.dumps(prepared.manifest, indent=2, default=str)
+            _say(
+                handle.log_files(
+                    {"config/resolved.yaml": dump_yaml(self.cfg).encode(), "data/manifest.json": manifest.encode()}
+                )
+            )
         return handle
 
     def _data_tags(self) -> dict[str, str]:
@@ -593,12 +597,13 @@ class Job:
         return model_dir, served_spec
 
     def _log_evaluation(self, handle, ev) -> None:
-        handle.log_json(ev.calibration_table, "evaluation/calibration_table.json")
-        handle.log_text(_table_text(ev.calibration_table), "evaluation/calibration_table.txt")
+        files = {
+            "evaluation/calibration_table.json": json.dumps(ev.calibration_table, indent=2, default=str).encode(),
+            "evaluation/calibration_table.txt": _table_text(ev.calibration_table).encode(),
+        }
         if ev.ood_table:  # no OOD sets: no empty file
-            handle.log_json(ev.ood_table, "evaluation/ood_table.json")
-        for path, png in ev.figures.items():
-            handle.log_bytes(png, path)
+            files["evaluation/ood_table.json"] = json.dumps(ev.ood_table, indent=2, default=str).encode()
+        _say(handle.log_files({**files, **ev.figures}))  # one upload; a failure is one line, not a failed job
 
     def _register(self, handle, model_dir: Path, served_spec, metrics, best):
         """Log the pyfunc model (a validation row as its input example), register it under the data set's name,
@@ -679,6 +684,11 @@ class _Baselines:
     where: str
     work: Any = None
     ref: Any = None
+
+
+def _say(line: str | None) -> None:
+    if line:
+        print(f"[flowgmm] {line}", flush=True)
 
 
 def _table_text(rows: list[dict[str, Any]]) -> str:

@@ -56,7 +56,7 @@ def test_beside_and_after_give_the_same_baselines(ray_local, tmp_path, monkeypat
     out = capsys.readouterr().out
     assert "training beside the main model (a Ray task, 1 CPU)" in out
     assert "labels-only flow  step" not in out  # its progress stays in its task: one line says where it is
-    assert "baselines beside:" in out  # the time line gives their own time, overlapped with the main model's
+    assert "; beside the training: Ray's start" in out and ", baselines " in out  # their own time, overlapped
 
     monkeypatch.setattr(baselines, "placement", lambda cfg: ("after", "no room beside the main model: test"))
     assert main([*args, "--home", str(tmp_path / "b"), "--run-name", "after"]) == 0

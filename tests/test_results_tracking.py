@@ -110,3 +110,21 @@ def test_run_description_is_the_results_text(handle):
     h.describe("[flowgmm] results on the test split\n  model  accuracy\n")
     note = MlflowClient(tracking_uri=h.tracking_uri).get_run(h.run_id).data.tags["mlflow.note.content"]
     assert note == "```\n[flowgmm] results on the test split\n  model  accuracy\n```"
+
+
+def test_artifacts_go_up_in_one_call_and_a_failed_upload_is_one_line(handle, monkeypatch):
+    _, _, h = handle
+    files = {"evaluation/table.json": b"{}", "plots/a.png": b"\x89PNG", "plots/b.png": b"\x89PNG"}
+    assert h.log_files(files) is None
+    client = MlflowClient(tracking_uri=h.tracking_uri)
+    assert {a.path for a in client.list_artifacts(h.run_id, "plots")} == {"plots/a.png", "plots/b.png"}
+
+    def unreachable(self, run_id, local_dir, artifact_path=None):
+        raise ConnectionError("artifact store at s3://bucket unreachable\n(retries exhausted)")
+
+    monkeypatch.setattr(MlflowClient, "log_artifacts", unreachable)
+    line = h.log_files({"evaluation/ood_table.json": b"[]"})
+    assert line is not None and "\n" not in line
+    assert "1 artifact not uploaded (evaluation/ood_table.json): ConnectionError: artifact store" in line
+    assert line.endswith("the run is recorded without them")
+    assert client.get_run(h.run_id).info.status == "RUNNING"  # still recorded, ended by the job as usual

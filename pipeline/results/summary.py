@@ -97,19 +97,21 @@ def _ood_lines(rows: list[dict[str, Any]], m: dict[str, Any]) -> list[str]:
 
 
 def _time_line(m: dict[str, Any], timing: dict[str, float]) -> str:
+    """Where the wall time went, in order; then what ran beside the main model's training (overlapped: not part of
+    the sum): Ray's start, when the model trained in this process, and the baselines, when they had room."""
     names = (
         ("ray_start", "Ray"),
         ("prepare", "data"),
         ("train", "training"),
         ("evaluate", "evaluation"),
-        ("baseline", "baseline"),
+        ("baseline", "baselines"),
         ("ood_models", "OOD models"),
         ("mlflow", "MLflow"),
     )
     parts = " + ".join(f"{label} {timing[k]:.0f}" for k, label in names if k in timing)
-    if "ray_start_beside" in timing:  # Ray started while the main model trained in this process
-        parts += f" (Ray's start beside the training: {timing['ray_start_beside']:.0f})"
-    if "time_baselines_beside_s" in m:  # their own time, overlapped with the main model's
-        parts = parts.replace("baseline ", "baselines ", 1) + f" (baselines beside: {m['time_baselines_beside_s']:.0f})"
+    beside = [f"Ray's start {timing['ray_start_beside']:.0f}"] if "ray_start_beside" in timing else []
+    if "time_baselines_beside_s" in m:
+        beside.append(f"baselines {m['time_baselines_beside_s']:.0f}")
+    overlapped = f"; beside the training: {', '.join(beside)}" if beside else ""
     wall, steps = m.get("wall_seconds", 0), m.get("train_steps", 0)
-    return f"  time: {wall:.0f} s wall = {parts} (+ the rest) · {steps:.0f} training steps"
+    return f"  time: {wall:.0f} s wall = {parts} (+ the rest){overlapped} · {steps:.0f} training steps"

@@ -190,6 +190,25 @@ class RunHandle:
             parent = str(Path(artifact_path).parent)
             self.client.log_artifact(self.run_id, str(p), None if parent == "." else parent)
 
+    def log_files(self, files: dict[str, bytes]) -> str | None:
+        """Upload ``files`` (artifact path -> bytes) in one call. None, or one line saying what was not uploaded and
+        why: a failed upload (an artifact store out of reach) never fails a job, whose run stays recorded."""
+        if not files:
+            return None
+        try:
+            with tempfile.TemporaryDirectory() as d:
+                for path, data in files.items():
+                    p = Path(d) / path
+                    p.parent.mkdir(parents=True, exist_ok=True)
+                    p.write_bytes(data)
+                self.client.log_artifacts(self.run_id, d)
+        except Exception as e:  # noqa: BLE001 - any store's failure: reported, the run goes on
+            names = ", ".join(list(files)[:3]) + (", ..." if len(files) > 3 else "")
+            why = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+            n = f"{len(files)} artifact{'s' if len(files) > 1 else ''}"
+            return f"MLflow: {n} not uploaded ({names}): {why}; the run is recorded without them"
+        return None
+
     def log_text(self, text: str, artifact_path: str) -> None:
         self.log_bytes(text.encode(), artifact_path)
 
