@@ -1,6 +1,7 @@
-"""The baselines (the labels-only flow and the classical anchors) train beside the main model where the cluster has
-room, in a Ray task of their own, and after it otherwise; either way they give the same figures, and the console and
-the run's tags say which path the run took."""
+"""What runs beside the main model. The baselines (the labels-only flow and the classical anchors) train beside it
+where the cluster has room, in a Ray task of their own, and after it otherwise; either way they give the same
+figures, and the console and the run's tags say which path the run took. A model trained in the driver on rows that
+fit on its device needs no Ray at all, so Ray starts while it trains."""
 
 from __future__ import annotations
 
@@ -78,3 +79,30 @@ def test_beside_and_after_give_the_same_baselines(ray_local, tmp_path, monkeypat
     for k in keys:
         assert after.metrics[k] == pytest.approx(beside.metrics[k], rel=1e-5, abs=1e-6), k
     assert beside.params["baseline_label_spreading_kernel"] == after.params["baseline_label_spreading_kernel"]
+
+
+@pytest.mark.slow
+def test_a_model_trained_in_the_driver_on_rows_that_fit_needs_no_ray(tmp_path):
+    import subprocess
+    import sys
+
+    code = f"""
+import ray
+from pathlib import Path
+from pipeline.config import resolve
+from pipeline.data.prepare import prepare
+from pipeline.data.shards import load_split
+from pipeline.train.model import model_spec
+from pipeline.train.trainer import TrainRun, reads_files
+cfg = resolve("moons", smoke=True, overrides=["train.num_workers=0"])
+prepared = prepare(cfg.data, Path({str(tmp_path)!r}))
+assert reads_files(prepared, cfg)
+run = TrainRun(cfg, prepared, model_spec(cfg, prepared), run_name="r", storage_path={str(tmp_path / "ray")!r},
+               mlflow_info=None, val=load_split(prepared, "val"))
+trained = run.fit()
+assert trained.metrics["step"] == cfg.train.steps, trained.metrics
+assert not ray.is_initialized()
+print("trained without Ray")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "trained without Ray" in proc.stdout, proc.stderr[-2000:]
