@@ -525,16 +525,20 @@ class Job:
             run_name=f"{self.run_name}-labels-only",
             storage=self.storage,
             train_flow=b.key is not None and b.hit is None,
+            anchors=not (b.hit or {}).get("anchors"),
             resume=self.resume_info is not None,
             verbose=self.args.verbose,
             compile_cache=str(self.home / "compile_cache"),
         )
         b.work = work
         if b.hit is not None:
-            print(f"[flowgmm] {LABELS_ONLY.display}: reused from run {b.hit['run_name']} (same split, recipe, "
-                  "seed and training code)", flush=True)  # fmt: skip
+            what = f"{LABELS_ONLY.display}{'' if work.anchors else ' and classical baselines'}"
+            print(f"[flowgmm] {what}: reused from run {b.hit['run_name']} (same split, recipe, seed and training "
+                  "code)", flush=True)  # fmt: skip
             handle.set_tags({"labels_only_path": "reused", "labels_only_from_run": b.hit["run_id"]})
             self.baseline_reused = b.hit["run_name"]
+        if not (work.train_flow or work.anchors):  # everything from the cache: nothing to run
+            return b
         b.where, how = placement(self.cfg)
         what = f"{LABELS_ONLY.display} and classical baselines" if work.train_flow else "classical baselines"
         if b.where == "beside":
@@ -560,17 +564,23 @@ class Job:
         res = ray.get(b.ref) if b.ref is not None else run_baselines(b.work)
         if res.error is not None:
             raise res.error
-        ev.params.update(res.anchor_params)
-        out = dict(res.anchor_metrics)
-        if b.where == "beside":
+        anchors = {"metrics": res.anchor_metrics, "params": res.anchor_params}
+        if not b.work.anchors:  # from the cache
+            anchors = b.hit["anchors"]
+        ev.params.update(anchors["params"])
+        out = dict(anchors["metrics"])
+        if b.ref is not None:
             out["time_baselines_beside_s"] = res.seconds
-        flow = b.hit
+        flow = res.flow or b.hit
         if res.flow is not None:
-            flow = res.flow
-            baseline_cache.store(self.home, b.key, flow["metrics"], flow["distances"], self.run_name, handle.run_id)
             handle.set_tags({"labels_only_path": f"trained {b.where} the main model"})
         if flow is None:
             return out
+        if res.flow is not None or b.work.anchors:  # something new to keep (a hit without anchors gains them)
+            run_name, run_id = (self.run_name, handle.run_id) if res.flow else (b.hit["run_name"], b.hit["run_id"])
+            baseline_cache.store(
+                self.home, b.key, flow["metrics"], flow["distances"], run_name, run_id, anchors=anchors
+            )
         hist = "plots/boundary_distance_hist.png"
         if hist in ev.figures and flow["distances"] is not None:
             both = {method_name(self.cfg.train.method): ev.boundary_distances, LABELS_ONLY.display: flow["distances"]}

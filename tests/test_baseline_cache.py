@@ -1,5 +1,6 @@
-"""The labels-only baseline is reused from the home's cache when the same split, recipe, seed and training code ran
-before: the second job trains one model, says so, and records the same baseline figures and where they came from."""
+"""The baselines are reused from the home's cache when the same split, recipe, seed and training code ran before: the
+second job trains one model and fits no anchor, says so, and records the same baseline figures and where they came
+from."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def test_a_rerun_reuses_the_baseline(ray_local, tmp_path, capsys):
     assert "labels-only flow and classical baselines: training beside the main model" in capsys.readouterr().out
     assert main([*args, "--run-name", "second"]) == 0
     out = capsys.readouterr().out
-    assert "labels-only flow: reused from run first" in out and "labels-only flow  step" not in out
+    assert "labels-only flow and classical baselines: reused from run first" in out  # the anchors ride along
+    assert "labels-only flow  step" not in out and "training beside the main model" not in out  # nothing to run
     assert "labels-only flow, calibrated (reused from first)" in out  # the results table says it too
     client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
     runs = {
@@ -43,5 +45,6 @@ def test_a_rerun_reuses_the_baseline(ray_local, tmp_path, capsys):
     assert first.data.tags["labels_only_path"] == "trained beside the main model"
     assert second.data.tags["labels_only_path"] == "reused"
     assert second.data.tags["labels_only_from_run"] == first.info.run_id
-    key = "labels_only_flow_test_accuracy_calibrated"
-    assert second.data.metrics[key] == pytest.approx(first.data.metrics[key], abs=1e-12)
+    for key in ("labels_only_flow_test_accuracy_calibrated", "baseline_label_spreading_test_accuracy"):
+        assert second.data.metrics[key] == pytest.approx(first.data.metrics[key], abs=1e-12)
+    assert second.data.params["baseline_label_spreading_kernel"] == first.data.params["baseline_label_spreading_kernel"]

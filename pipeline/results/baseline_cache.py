@@ -1,10 +1,11 @@
-"""The labels-only baseline, reused: its figures depend only on the prepared data, the recipe, the seed and the code
-that trains and evaluates it, so a rerun of the same split and recipe takes them from a cache in the home instead of
-training the same flow again (``<home>/cache/labels_only/<key>.json``, written atomically).
+"""The baselines, reused: the labels-only flow's figures depend only on the prepared data, the recipe, the seed and
+the code that trains and evaluates it, and the classical anchors' on the data and their settings, so a rerun of the
+same split and recipe takes them from a cache in the home instead of fitting them again
+(``<home>/cache/labels_only/<key>.json``, written atomically; the anchors ride in the same entry).
 
-    key = cache_key(cfg, manifest)            # data split + content hash + recipe + training code digest
-    hit = load(home, key)                     # None, or {"metrics", "distances", "run_name", "run_id"}
-    store(home, key, metrics, distances, run_name, run_id)
+    key = cache_key(cfg, manifest)            # data split + content hash + recipe + training and anchors code digest
+    hit = load(home, key)                     # None, or {"metrics", "distances", "run_name", "run_id"[, "anchors"]}
+    store(home, key, metrics, distances, run_name, run_id, anchors={"metrics": ..., "params": ...})
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ CODE = (
     "pipeline/data",
     "pipeline/results/evaluate.py",
     "pipeline/results/baselines.py",
+    "pipeline/results/anchors.py",
     "pipeline/config",
 )
 IGNORED = ("name", "experiment")  # configuration fields that change no figure of the baseline
@@ -68,12 +70,21 @@ def load(home: Path, key: str) -> dict[str, Any] | None:
 
 
 def store(
-    home: Path, key: str, metrics: dict[str, float], distances: np.ndarray | None, run_name: str, run_id: str
+    home: Path,
+    key: str,
+    metrics: dict[str, float],
+    distances: np.ndarray | None,
+    run_name: str,
+    run_id: str,
+    anchors: dict[str, Any] | None = None,
 ) -> None:
-    doc = {
+    """``anchors``: the classical anchors' ``{"metrics", "params"}`` on the same split, when fitted."""
+    doc: dict[str, Any] = {
         "metrics": {k: float(v) for k, v in metrics.items()},
         "distances": None if distances is None else np.asarray(distances, np.float64).round(6).tolist(),
         "run_name": run_name,
         "run_id": run_id,
     }
-    atomic_write_text(_path(home, key), json.dumps(doc))
+    if anchors is not None:
+        doc["anchors"] = {"metrics": {k: float(v) for k, v in anchors["metrics"].items()}, "params": anchors["params"]}
+    atomic_write_text(_path(home, key), json.dumps(doc, default=str))
