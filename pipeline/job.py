@@ -432,13 +432,9 @@ class Job:
 
     def _on_checkpoint(self, fn, checkpoint, *args):
         """``fn(checkpoint directory, *args, device=...)`` where :meth:`_evaluate` runs."""
-        from pipeline.results.evaluate import evaluation_task, on_checkpoint
+        from pipeline.results.evaluate import on_checkpoint, run_where_trained
 
-        if self.cfg.train.num_workers == 0:
-            return on_checkpoint(fn, checkpoint, self.cfg, *args)
-        import ray
-
-        return ray.get(evaluation_task(self.cfg, on_checkpoint).remote(fn, checkpoint, self.cfg, *args))
+        return run_where_trained(self.cfg, on_checkpoint, fn, checkpoint, self.cfg, *args)
 
     def _second_model(self, prepared, suffix: str, label: str):
         """The run's recipe trained on a derived data set (``pipeline.data.derive``); its chosen checkpoint."""

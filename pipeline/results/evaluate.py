@@ -311,14 +311,19 @@ def evaluate_checkpoint(
             return evaluate_model(d, prepared, cfg, device=device, background_dir=b, anchors=anchors)
 
 
-def evaluate_where_trained(checkpoint, prepared: Prepared, cfg: Config, accuracy_only: bool = False, **kw):
-    """:func:`evaluate_checkpoint` where the model trained: in this process after training in it (``train.num_workers
-    = 0``), else as a Ray task on the workers' resources (:func:`evaluation_task`)."""
+def run_where_trained(cfg: Config, fn, *args, **kw):
+    """``fn(*args, **kw)`` where the model trained: in this process after training in it (``train.num_workers =
+    0``), else as a Ray task on the workers' resources (:func:`evaluation_task`)."""
     if cfg.train.num_workers == 0:
-        return evaluate_checkpoint(checkpoint, prepared, cfg, accuracy_only, **kw)
+        return fn(*args, **kw)
     import ray
 
-    return ray.get(evaluation_task(cfg).remote(checkpoint, prepared, cfg, accuracy_only, **kw))
+    return ray.get(evaluation_task(cfg, fn).remote(*args, **kw))
+
+
+def evaluate_where_trained(checkpoint, prepared: Prepared, cfg: Config, accuracy_only: bool = False, **kw):
+    """:func:`evaluate_checkpoint` where the model trained (:func:`run_where_trained`)."""
+    return run_where_trained(cfg, evaluate_checkpoint, checkpoint, prepared, cfg, accuracy_only, **kw)
 
 
 def on_checkpoint(fn, checkpoint, cfg: Config, *args):
