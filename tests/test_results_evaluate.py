@@ -101,3 +101,33 @@ def test_a_model_without_one_class_scores_that_class_by_every_score(tmp_path):
     assert all(0 <= r["auroc"] <= 1 and 0 <= r["fpr95"] <= 1 for r in rows)
     pred = predict_classes(str(tmp_path / "held"), x[:7])
     assert pred.shape == (7,) and set(pred.tolist()) <= set(range(9))
+
+
+@pytest.mark.parametrize("config", ["digits", "moons"])  # ten classes, and two (one row of coefficients)
+def test_the_sample_judge_is_fitted_once_per_data_set_and_labels_as_a_logistic_regression(
+    config, tmp_path, monkeypatch
+):
+    from sklearn.linear_model import LogisticRegression
+
+    from pipeline.data.shards import load_split
+    from pipeline.results.anchors import flow_view
+    from pipeline.results.evaluate import JUDGE_FILE, sample_judge
+
+    prepared = prepare(resolve(config).data, tmp_path / "home")
+    judge = sample_judge(prepared)
+    assert (prepared.root / JUDGE_FILE).is_file()
+    x, y = load_split(prepared, "test")
+    x = flow_view(prepared, x)
+    fitted = LogisticRegression(max_iter=1000).fit(
+        flow_view(prepared, load_split(prepared, "labeled")[0]), load_split(prepared, "labeled")[1]
+    )
+    fitted.coef_, fitted.intercept_, fitted.classes_ = judge.coef, judge.intercept, judge.classes
+    assert (judge.predict(x) == fitted.predict(x)).all()  # the same decision rule as sklearn's
+    assert (judge.predict(x) == y).mean() > 0.8
+
+    def no_refit(self, *a, **k):
+        raise AssertionError("the judge was fitted again")
+
+    monkeypatch.setattr(LogisticRegression, "fit", no_refit)
+    again = sample_judge(prepared)  # read back from beside the shards
+    assert np.array_equal(again.predict(x), judge.predict(x))
