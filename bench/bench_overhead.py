@@ -142,6 +142,8 @@ def report(p: dict[str, float], j: dict[str, Any]) -> list[str]:
     ):
         if key in j:
             lines.append(f"{'  ' + label:34}{j[key]:>10.1f}")
+        if key == "time_ray_start_beside_s" and not {"time_ray_start_s", key} & set(j):
+            lines.append(f"{'  Ray start':34}{'not started':>14}")
     ratio = j["time_train_s"] / p["plain_train_s"]
     lines.append(
         f"training through run.py / plain PyTorch: {ratio:.2f}x (per step {j.get('step_s', float('nan')) * 1000:.1f}"

@@ -225,9 +225,9 @@ class Job:
             ood.served(self.cfg.eval.ood_score, prepared.kind)  # before any training
         except ValueError as e:
             raise DataError(f"{e} ({prepared.manifest['name']} is {prepared.kind} data)") from None
-        with self.phase("ray_start"):  # the MLflow run opens meanwhile, in a thread (Ray's start is mostly waiting)
-            tracking = _in_thread(self._start_tracking, prepared)
-            if not self._ray_beside_training(prepared):
+        tracking = _in_thread(self._start_tracking, prepared)  # meanwhile Ray starts (mostly waiting), if needed now
+        if not self._ray_beside_training(prepared):
+            with self.phase("ray_start"):
                 self._connect(tracking)
         with self.phase("mlflow"):
             handle = tracking.result()  # what it raised, raised here
@@ -242,12 +242,34 @@ class Job:
 
     # --- steps -------------------------------------------------------------------------------------------------
     def _ray_beside_training(self, prepared) -> bool:
-        """Whether Ray starts while the main model trains instead of before: training in this process on rows read
-        straight from the files (``pipeline.train.trainer.reads_files``) uses no Ray, so Ray's start (~4 s on 2
-        cores) and the baselines' launch overlap it."""
+        """Whether Ray starts while the main model trains instead of before, and only if something needs it:
+        training in this process on rows read straight from the files (``pipeline.train.trainer.reads_files``)
+        uses no Ray, so Ray's start (~4 s on 2 cores) and the baselines' launch overlap it; with no room for the
+        baselines beside the model (:meth:`_placement`) a local Ray is never started."""
         from pipeline.train.trainer import reads_files
 
         return reads_files(prepared, self.cfg)
+
+    def _ensure_ray(self, phase: str) -> None:
+        """Ray connected (started beside the training, or late: ``phase`` names the time it takes)."""
+        import ray
+
+        if not ray.is_initialized():
+            with self.phase(phase):
+                self._connect()
+
+    def _placement(self) -> tuple[str, Any]:
+        """Where the baselines train (``pipeline.results.baselines.placement``). Before Ray runs, a local Ray's
+        resources are known up front: when they leave no room beside the model, Ray is not started for nothing (its
+        idle processes cost ~6% of each training step on 2 cores); else Ray starts and its free resources decide."""
+        from pipeline.core.raycluster import expected_resources
+        from pipeline.results.baselines import placement
+
+        free = expected_resources(self.args.address)
+        if free is not None and placement(self.cfg, free)[0] == "after":
+            return placement(self.cfg, free)
+        self._ensure_ray("ray_start_beside")
+        return placement(self.cfg)
 
     def _connect(self, tracking=None) -> None:
         """Ray (``--address``, ``RAY_ADDRESS`` or a new local one); ``tracking``: the MLflow run opening meanwhile,
@@ -333,8 +355,6 @@ class Job:
         val = load_split(prepared, "val")
         if self._ray_beside_training(prepared):  # the main model trains in a thread of this process meanwhile
             training = _in_thread(self._train_main, prepared, spec, val, handle)
-            with self.phase("ray_start_beside"):
-                self._connect()
             baselines = self._start_baselines(prepared, spec, val, handle)  # beside it where there is room
             trained = training.result()
         else:
@@ -395,7 +415,10 @@ class Job:
 
     def _train(self, cfg: Config, prepared, spec, val, *, run_name: str, mlflow: dict | None, label: str):
         """Fit one model; its best checkpoint, last report and wall time."""
-        from pipeline.train.trainer import TrainRun
+        from pipeline.train.trainer import TrainRun, reads_files
+
+        if not reads_files(prepared, cfg):  # Ray Data and Ray Train workers (a job that trained in the driver so far)
+            self._ensure_ray("ray_start")
 
         run = TrainRun(
             cfg,
@@ -505,7 +528,7 @@ class Job:
         Started now in a Ray task of their own where the cluster has room beside the main model, else left for
         after it (``pipeline.results.baselines``); the console and the run's tags say which."""
         from pipeline.results import baseline_cache
-        from pipeline.results.baselines import BaselineWork, baselines_task, labels_only_config, placement
+        from pipeline.results.baselines import BaselineWork, baselines_task, labels_only_config
 
         if not self.cfg.eval.baselines:
             return None
@@ -535,7 +558,7 @@ class Job:
             self.baseline_reused = b.hit["run_name"]
         if not (work.train_flow or work.anchors):  # everything from the cache: nothing to run
             return b
-        b.where, how = placement(self.cfg)
+        b.where, how = self._placement()
         what = f"{LABELS_ONLY.display} and classical baselines" if work.train_flow else "classical baselines"
         if b.where == "beside":
             work.progress = False

@@ -104,3 +104,30 @@ def test_with_many_labeled_rows_the_dense_anchors_are_skipped_and_say_so(monkeyp
     assert anchors.params["baseline_label_spreading_unlabeled_rows"] == 600  # the kNN graph takes every row
     assert "baseline_self_training_test_accuracy" not in anchors.metrics
     assert anchors.params["baseline_self_training_skipped"] == "20 labeled rows (at most 19 for this anchor)"
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_the_shared_knn_graph_spreads_labels_as_scikit_learns_knn_kernel_does(tmp_path):
+    """The kNN label-spreading settings share one neighbour search (KnnGraph): every setting of the grid predicts
+    what scikit-learn's own ``kernel="knn"`` predicts on digits' quantized pixels, and the kernel refuses other rows."""
+    from sklearn.semi_supervised import LabelSpreading
+
+    from pipeline.results.anchors import SPREAD_ITERATIONS, KnnGraph, load_anchor_split
+
+    split = load_anchor_split(prepare(resolve("digits").data, tmp_path), max_unlabeled=20000)
+    x, y = split.with_unlabeled(dense=False)
+    graph = KnnGraph(x, k_max=20)
+    for p in (p for p in GRIDS["label_spreading"] if p["kernel"] == "knn"):
+        ours = LabelSpreading(kernel=graph.kernel(p["n_neighbors"]), alpha=p["alpha"], max_iter=SPREAD_ITERATIONS)
+        theirs = LabelSpreading(
+            kernel="knn", n_neighbors=p["n_neighbors"], alpha=p["alpha"], max_iter=SPREAD_ITERATIONS
+        )
+        ours.fit(x, y), theirs.fit(x, y)
+        agree = (ours.predict(split.xt) == theirs.predict(split.xt)).mean()
+        assert agree >= 0.995, (p, agree)  # equal up to ties at the k-th distance among 17 grey levels
+        assert np.allclose(
+            ours.label_distributions_[: len(split.yl)], theirs.label_distributions_[: len(split.yl)], atol=0.05
+        )
+    assert len(graph._found) == 2  # one search of the graph's rows, one of the test rows: not one per setting
+    with pytest.raises(ValueError, match="rows it was built on"):
+        LabelSpreading(kernel=graph.kernel(5)).fit(x[:-1], y[:-1])

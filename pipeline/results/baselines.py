@@ -108,13 +108,15 @@ def _in_task(work: BaselineWork) -> BaselineResults:
     return run_baselines(work)
 
 
-def placement(cfg: Config) -> tuple[str, Any]:
+def placement(cfg: Config, free: dict[str, float] | None = None) -> tuple[str, Any]:
     """``("beside", task options)`` when the cluster has room for the baselines beside the main model (see the
-    module's doc), else ``("after", the reason in words)``."""
-    import ray
-
+    module's doc), else ``("after", the reason in words)``. ``free``: the resources free to the job's tasks
+    (default the running cluster's, ``ray.available_resources()``)."""
     t = cfg.train
-    free = ray.available_resources()
+    if free is None:
+        import ray
+
+        free = ray.available_resources()
     cpus, gpus = _main_needs(cfg)
     spare = 1.0 if t.num_workers > 0 else 0.0  # Ray Data's read tasks beside two worker groups
     need_cpu, need_gpu = 2 * cpus + spare, 2 * gpus
