@@ -68,7 +68,7 @@ def plain_pytorch(config: str, home: Path, overrides: list[str]) -> dict[str, fl
     for k in range(t.steps):
         loss, _ = compute_loss(model, model, next(it), t, k, levels)
         apply_gradients(loss, model, opt, sched, t.grad_clip)
-    float(loss)
+    float(loss.detach())
     end = time.perf_counter()
     return {
         "plain_build_s": t_build - t0,
