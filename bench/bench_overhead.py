@@ -173,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--home", default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--result", default=None, help="the result's name in bench/results (default bench_overhead_CONFIG)")
     ap.add_argument("overrides", nargs="*", metavar="key=value")
     add_dry_run(ap)
     return ap
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if a.json:
         atomic_write_text(a.json, json.dumps(out, indent=1))
     figures = {k: v for k, v in out.items() if k != "console_of_last_job"}
-    write_result(f"bench_overhead_{a.config}", figures, "```\n" + "\n".join(blocks) + "\n```")
+    write_result(a.result or f"bench_overhead_{a.config}", figures, "```\n" + "\n".join(blocks) + "\n```")
     return out
 
 
