@@ -5,12 +5,15 @@ evaluation, baseline, MLflow).
 
     python bench/bench_overhead.py --repeats 2          # the default job (digits): cold, then the baseline cached
     python bench/bench_overhead.py --config mnist_cpu --repeats 2 train.steps=500 train.consistency_start_step=250
+    python bench/bench_overhead.py --config mnist_cpu --result bench_overhead_mnist_cpu_full    # the recipe's steps
+    python bench/bench_overhead.py --config mnist_cpu --idle-ray 5 train.steps=150 train.consistency_start_step=20
 
 Both sides train the main model with the same torch threads (a model trained in the driver: ``train.cpus_per_worker``
 whole cores, ``pipeline.train.loop.driver_threads``). The plain loop draws its batches with the same seeded index
 permutations and augmentation as the training stream, on tensors already in memory, and calls the same loss
 (``pipeline.train.step``); it validates nothing and writes nothing. Results go to stdout (the block of
-bench/RESULTS.md), ``bench/results/bench_overhead_<config>.json`` and ``--json``.
+bench/RESULTS.md), ``bench/results/bench_overhead_<config>.json`` (or ``--result``) and ``--json``. ``--idle-ray``
+measures instead what an idle local Ray costs the plain loop (why a job with nothing for Ray to run never starts it).
 """
 
 from __future__ import annotations
@@ -119,6 +122,28 @@ def through_run_py(config: str, home: Path, overrides: list[str]) -> dict[str, f
     return out
 
 
+def idle_ray(config: str, home: Path, overrides: list[str], pairs: int) -> tuple[dict[str, Any], list[str]]:
+    """The plain loop alone, then beside an idle local Ray started as the job starts it (``connect()``: GCS, raylet,
+    dashboard), ``pairs`` times alternately: what an unused Ray costs a model trained in the driver."""
+    import ray
+
+    from pipeline.core.raycluster import connect
+
+    rows, lines = [], []
+    for i in range(pairs):
+        alone = plain_pytorch(config, home, overrides)["plain_step_s"]
+        connect()
+        time.sleep(3.0)  # past Ray's start: its processes idle
+        beside = plain_pytorch(config, home, overrides)["plain_step_s"]
+        ray.shutdown()
+        rows.append({"alone_step_s": alone, "beside_idle_ray_step_s": beside, "ratio": beside / alone})
+        lines.append(f"pair {i + 1}: {alone * 1000:.1f} ms per step alone, {beside * 1000:.1f} ms beside an idle Ray: "
+                     f"{beside / alone:.3f}x")  # fmt: skip
+    ratios = sorted(r["ratio"] for r in rows)
+    lines.append(f"median {ratios[len(ratios) // 2]:.3f}x, range {ratios[0]:.3f}-{ratios[-1]:.3f}x over {pairs} pairs")
+    return {"config": config, "overrides": overrides, "pairs": rows}, lines
+
+
 def report(p: dict[str, float], j: dict[str, Any]) -> list[str]:
     lines = [
         f"{'':34}{'seconds':>10}",
@@ -174,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--home", default=None)
     ap.add_argument("--json", default=None)
     ap.add_argument("--result", default=None, help="the result's name in bench/results (default bench_overhead_CONFIG)")
+    ap.add_argument(
+        "--idle-ray", type=int, default=0, metavar="PAIRS", help="instead: the plain loop alone vs beside an idle Ray"
+    )
     ap.add_argument("overrides", nargs="*", metavar="key=value")
     add_dry_run(ap)
     return ap
@@ -184,6 +212,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     exit_if_dry_run(a, [a.config], a.overrides)
     home = Path(a.home or tempfile.mkdtemp(prefix="bench-overhead-"))
     os.environ.setdefault("FLOWGMM_DATA", str(REPO.parent / "shared" / "data"))
+    if a.idle_ray:
+        figures, lines = idle_ray(a.config, home, a.overrides, a.idle_ray)
+        print("\n".join(lines), flush=True)
+        write_result(a.result or "bench_overhead_idle_ray", figures, "```\n" + "\n".join(lines) + "\n```")
+        return figures
     out: dict[str, Any] = {"config": a.config, "overrides": a.overrides, "runs": []}
     blocks = []
     for i in range(a.repeats):

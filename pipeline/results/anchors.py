@@ -12,9 +12,9 @@ unlabeled rows (a subsample seeded by the data seed); the RBF kernel (a dense ``
 (up to 10 refits per setting) at most ``DENSE_ROWS`` rows, labeled ones first: with that many labeled rows they are
 skipped (``baseline_<key>_skipped`` says so). The kNN label-spreading settings share one neighbour search over the
 graph's rows (:class:`KnnGraph`, scikit-learn's ``NearestNeighbors`` through a callable kernel: the same graph as
-its ``kernel="knn"``, searched once instead of once per setting; label spreading 168 -> 25 s on MNIST's 21,000 rows,
-the same choice and accuracies). Every fit runs on one BLAS thread: these matrices are small, and a BLAS thread per
-core beside training, Ray or other jobs slowed them tens of times on a busy 2-core machine.
+its ``kernel="knn"``, searched once instead of once per setting: on MNIST's 21,000 rows, the same choice and
+accuracies). Every fit runs on one BLAS thread: these matrices are small, and a BLAS thread per core beside training,
+Ray or other jobs slowed them tens of times on a busy 2-core machine.
 
 ``classical_baselines`` returns two dicts: metrics (``baseline_<key>_val_accuracy``, ``baseline_<key>_test_accuracy``,
 ``baseline_<key>_seconds``) and the chosen settings (``baseline_<key>_<setting>``, e.g.
