@@ -393,6 +393,7 @@ class Job:
             "model_uri": registration.uri,
             "registration": registration,
             "baseline_reused": self.baseline_reused,
+            "ray_started": _ray_running(),
         }
 
     def _train_main(self, prepared, spec, val, handle):
@@ -713,6 +714,12 @@ class _Baselines:
     where: str
     work: Any = None
     ref: Any = None
+
+
+def _ray_running() -> bool:
+    import ray
+
+    return ray.is_initialized()
 
 
 def _say(line: str | None) -> None:

@@ -62,6 +62,7 @@ def test_beside_and_after_give_the_same_baselines(ray_local, tmp_path, monkeypat
     assert "labels-only flow  step" not in out  # its progress stays in its task: one line says where it is
     # their own time, overlapped (Ray's start too, when this job started it: here the session's Ray was running)
     assert re.search(r"; beside the training: (Ray's start \d+, )?baselines \d+", out), out[-800:]
+    assert "Ray not started" not in out  # the session's Ray ran the baselines
 
     monkeypatch.setattr(baselines, "placement", lambda cfg, free=None: ("after", "no room beside the main model: test"))
     assert main([*args, "--home", str(tmp_path / "b"), "--run-name", "after"]) == 0
@@ -128,4 +129,4 @@ def test_a_job_with_no_room_beside_its_model_never_starts_ray(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     need = f"{cores:g} CPU free, {2 * cores:g} CPU needed for both"
     assert f"after the main model (no room beside the main model: {need})" in proc.stdout
-    assert "Ray not started (everything ran in this process)" in proc.stdout
+    assert "Ray not started (everything ran in this process)" in proc.stdout  # ray.is_initialized() at the end

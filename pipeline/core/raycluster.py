@@ -54,9 +54,10 @@ def connect(
 
 def expected_resources(address: str | None = None) -> dict[str, float] | None:
     """The resources free to this job's tasks before it starts Ray: the live cluster's when Ray runs in this process,
-    a new local Ray's (this process's cores, the visible GPUs) when the job would start one, and None when it joins
-    a cluster (``address`` or ``RAY_ADDRESS``: known once connected). A job that finds no room for work beside its
-    model can then skip Ray altogether: an idle local Ray's processes cost ~6% of a 2-core machine's training step.
+    a new local Ray's (the CPUs Ray would count, the visible GPUs) when the job would start one, and None when it
+    joins a cluster (``address``, ``RAY_ADDRESS`` or a ``ray start`` cluster of this machine: known once
+    connected). A job that finds no room for work beside its model can then skip Ray altogether: an idle local Ray
+    costs a 2-core machine ~10% of each training step (``bench/bench_overhead.py --idle-ray``).
 
     >>> free = expected_resources()
     >>> free is None or free["CPU"] >= 1
@@ -68,10 +69,18 @@ def expected_resources(address: str | None = None) -> dict[str, float] | None:
         return dict(ray.available_resources())
     if address or os.environ.get("RAY_ADDRESS"):
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:  # what ray.init() decides: join a `ray start` cluster of this machine, or start one with this many CPUs
+        from ray._private.services import canonicalize_bootstrap_address
+        from ray._private.utils import get_num_cpus
+
+        if canonicalize_bootstrap_address(None) is not None:
+            return None
+        cores = float(get_num_cpus())
+    except Exception:  # Ray's internals moved: connect and ask
+        return None
     import torch
 
-    return {"CPU": float(cores), "GPU": float(torch.cuda.device_count() if torch.cuda.is_available() else 0)}
+    return {"CPU": cores, "GPU": float(torch.cuda.device_count() if torch.cuda.is_available() else 0)}
 
 
 def quiet() -> None:

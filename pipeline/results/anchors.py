@@ -33,6 +33,7 @@ import hashlib
 import itertools
 import time
 import warnings
+import weakref
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -153,21 +154,33 @@ class KnnGraph:
         self.rows, self.digest = len(x), _digest(x)
         self.search = NearestNeighbors(n_neighbors=self.k_max).fit(x)
         self._found: dict[str, np.ndarray] = {}
+        self._fitted: list[weakref.ref] = []  # arrays already checked to hold the rows ``x`` (scikit-learn's copies)
 
     def neighbours(self, q: np.ndarray) -> np.ndarray:
         """``[len(q), k_max]`` row numbers of each query row's nearest rows of ``x``, nearest first (cached)."""
-        key = _digest(q)
+        key = self.digest if self._is_fitted(q) else _digest(q)
         if key not in self._found:
             self._found[key] = self.search.kneighbors(q, return_distance=False)
         return self._found[key]
 
+    def _is_fitted(self, a: np.ndarray) -> bool:
+        """Whether ``a`` holds the rows ``x`` (hashed once per array object)."""
+        if any(r() is a for r in self._fitted):
+            return True
+        if len(a) != self.rows or _digest(a) != self.digest:
+            return False
+        self._fitted = [r for r in self._fitted if r() is not None] + [weakref.ref(a)]
+        return True
+
     def kernel(self, k: int):
         """``f(a, b)``: ``a`` the fitted rows; ``f(a, a)`` the ``n x n`` graph (row ``i``: the ``k`` rows nearest
-        ``i``), else the ``n x m`` weights of the query rows ``b`` (column ``j``: the ``k`` rows nearest ``b[j]``)."""
+        ``i``), else the ``n x m`` weights of the query rows ``b`` (column ``j``: the ``k`` rows nearest ``b[j]``).
+        scikit-learn passes the same array object twice only when it builds the graph, so predicting on the model's
+        own ``X_`` object (not a copy or a slice of it) would be read as the graph: the anchors predict slices."""
         from scipy import sparse
 
         def f(a: np.ndarray, b: np.ndarray):
-            if len(a) != self.rows or _digest(a) != self.digest:
+            if not self._is_fitted(a):
                 raise ValueError("this KnnGraph's kernel is for the rows it was built on")
             ind = self.neighbours(b)[:, :k]
             m = len(ind)

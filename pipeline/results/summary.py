@@ -39,7 +39,7 @@ def summary_lines(cfg, result: dict[str, Any], handle, timing: dict[str, float])
         out.append(f"  calibration: {result['calibration_note']}")
     out += _size_lines(m, method)
     out += _ood_lines(result["ood"], m)
-    out.append(_time_line(m, timing))
+    out.append(_time_line(m, timing, result.get("ray_started", True)))
     out.append(f"  model: {_model_text(result)} · weights in {result['model_dir']}")
     out.append(f"  MLflow: run {handle.run_id} · view with: {ui_command(handle.tracking_uri)}")
     return out
@@ -96,7 +96,7 @@ def _ood_lines(rows: list[dict[str, Any]], m: dict[str, Any]) -> list[str]:
     return out
 
 
-def _time_line(m: dict[str, Any], timing: dict[str, float]) -> str:
+def _time_line(m: dict[str, Any], timing: dict[str, float], ray_started: bool = True) -> str:
     """Where the wall time went, in order; then what ran beside the main model's training (overlapped: not part of
     the sum): Ray's start, when the model trained in this process, and the baselines, when they had room; or that Ray
     was never started (a model trained in this process with no room for anything beside it)."""
@@ -114,7 +114,7 @@ def _time_line(m: dict[str, Any], timing: dict[str, float]) -> str:
     if "time_baselines_beside_s" in m:
         beside.append(f"baselines {m['time_baselines_beside_s']:.0f}")
     overlapped = f"; beside the training: {', '.join(beside)}" if beside else ""
-    if not {"ray_start", "ray_start_beside"} & set(timing):
+    if not ray_started:
         overlapped += "; Ray not started (everything ran in this process)"
     wall, steps = m.get("wall_seconds", 0), m.get("train_steps", 0)
     return f"  time: {wall:.0f} s wall = {parts} (+ the rest){overlapped} · {steps:.0f} training steps"
