@@ -260,14 +260,16 @@ class Job:
 
     def _placement(self) -> tuple[str, Any]:
         """Where the baselines train (``pipeline.results.baselines.placement``). Before Ray runs, a local Ray's
-        resources are known up front: when they leave no room beside the model, Ray is not started for nothing (its
-        idle processes cost ~6% of each training step on 2 cores); else Ray starts and its free resources decide."""
+        resources are known up front: when they leave no room beside the model, Ray is not started for nothing (an
+        idle one costs ~10% of each training step on 2 cores); else Ray starts and its free resources decide."""
         from pipeline.core.raycluster import expected_resources
         from pipeline.results.baselines import placement
 
         free = expected_resources(self.args.address)
-        if free is not None and placement(self.cfg, free)[0] == "after":
-            return placement(self.cfg, free)
+        if free is not None:
+            where, why = placement(self.cfg, free)
+            if where == "after":
+                return where, why
         self._ensure_ray("ray_start_beside")
         return placement(self.cfg)
 
