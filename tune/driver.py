@@ -349,7 +349,8 @@ class Sweep:
     # --- after the Tuner -----------------------------------------------------------------------------------------
     def _close_child_runs(self, results, parent) -> list[dict[str, Any]]:
         """Rows of the trials table; child runs left RUNNING (trials ASHA stopped, or that died) are ended:
-        KILLED for a trial the scheduler stopped, FAILED for one that failed."""
+        KILLED for a trial the scheduler stopped (also one whose stop came after it had finished), FAILED for one
+        that failed."""
         from tune.report import STOPPED, trial_rows
 
         runs = {r.data.tags.get("trial_id"): r for r in child_runs(parent)}
@@ -362,6 +363,11 @@ class Sweep:
             status = run.info.status
             if status == "RUNNING":
                 status = "KILLED" if row["status"] == STOPPED else "FAILED"
+                client.set_terminated(run.info.run_id, status=status)
+            elif status == "FINISHED" and row["status"] == STOPPED:
+                # ASHA's stop arrived after the trial's last evaluation (a busy machine): the console and the table
+                # count it as stopped, so its run says so too
+                status = "KILLED"
                 client.set_terminated(run.info.run_id, status=status)
             row["mlflow_status"] = status
             client.set_tag(run.info.run_id, "trial_status", row["status"])
