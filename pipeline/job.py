@@ -531,13 +531,14 @@ class Job:
         Started now in a Ray task of their own where the cluster has room beside the main model, else left for
         after it (``pipeline.results.baselines``); the console and the run's tags say which."""
         from pipeline.results import baseline_cache
-        from pipeline.results.baselines import BaselineWork, baselines_task, labels_only_config
+        from pipeline.results.baselines import BaselineWork, baselines_task, cores, labels_only_config
 
         if not self.cfg.eval.baselines:
             return None
         b = _Baselines(key=None, hit=None, where="after")
         if self.cfg.train.method != LABELS_ONLY.value:
-            b.key = baseline_cache.cache_key(labels_only_config(self.cfg).to_dict(), prepared.manifest, self.data_hash)
+            lo = labels_only_config(self.cfg, len(val[1]))
+            b.key = baseline_cache.cache_key(lo.to_dict(), prepared.manifest, self.data_hash)
             b.hit = baseline_cache.load(self.home, b.key)
         work = BaselineWork(
             self.cfg,
@@ -562,6 +563,7 @@ class Job:
         if not (work.train_flow or work.anchors):  # everything from the cache: nothing to run
             return b
         b.where, how = self._placement()
+        work.threads = cores(self.cfg, b.where, how)
         what = f"{LABELS_ONLY.display} and classical baselines" if work.train_flow else "classical baselines"
         if b.where == "beside":
             work.progress = False

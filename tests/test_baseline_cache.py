@@ -36,7 +36,7 @@ def test_a_rerun_reuses_the_baseline(ray_local, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "labels-only flow and classical baselines: reused from run first" in out  # the anchors ride along
     assert "labels-only flow  step" not in out and "training beside the main model" not in out  # nothing to run
-    assert "labels-only flow, calibrated (reused from first)" in out  # the results table says it too
+    assert "labels-only flow, calibrated (reused from first" in out  # the results table says it too
     client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
     runs = {
         r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("flowgmm-moons").experiment_id])

@@ -39,6 +39,15 @@ def test_room_is_what_the_main_model_leaves(monkeypatch):
     )
 
 
+def test_the_baselines_own_their_tasks_cores_or_after_the_model_its_cores():
+    import os
+
+    cfg = resolve("moons", smoke=True, overrides=["train.num_workers=0", "train.cpus_per_worker=2"])
+    assert baselines.cores(cfg, "beside", {"num_cpus": 1.0, "num_gpus": 0.0}) == 1
+    assert baselines.cores(cfg, "beside", {"num_cpus": 0, "num_gpus": 0}) == 1  # a task that drives Ray Train workers
+    assert baselines.cores(cfg, "after", "no room") == min(2, os.cpu_count() or 1)  # the main model's, now free
+
+
 def test_on_gpus_the_baselines_take_another_gpu(monkeypatch):
     gpu = ["train.use_gpu=true", "train.num_workers=1", "train.cpus_per_worker=1", "train.gpus_per_worker=1"]
     assert _placement(monkeypatch, {"CPU": 8.0, "GPU": 2.0}, *gpu)[0] == "beside"

@@ -131,3 +131,6 @@ def test_the_shared_knn_graph_spreads_labels_as_scikit_learns_knn_kernel_does(tm
     assert len(graph._found) == 2  # one search of the graph's rows, one of the test rows: not one per setting
     with pytest.raises(ValueError, match="rows it was built on"):
         LabelSpreading(kernel=graph.kernel(5)).fit(x[:-1], y[:-1])
+    # on the cores the baselines own (after the main model: its cores), the same neighbours, found in parallel
+    on_two = KnnGraph(x, k_max=20, threads=2)
+    assert (on_two.neighbours(split.xt)[:, :5] == graph.neighbours(split.xt)[:, :5]).mean() >= 0.995

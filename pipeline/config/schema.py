@@ -70,6 +70,8 @@ class TrainConfig:
     # stop once the smoothed validation score has not improved for this many evaluation points (0: never)
     patience: Annotated[int | None, Range(ge=0)] = None
     min_steps: Annotated[int | None, Range(ge=0)] = None  # never stop on validation before this step
+    # the weight on the past in the smoothed validation score the stop reads (0: each evaluation's own score)
+    stop_smoothing: Annotated[float, Range(ge=0, lt=1)] = 0.5
     # steps between validation + report (+ checkpoint); the last step always
     eval_every: Annotated[int | None, Range(ge=1)] = None
     checkpoint_every: Annotated[int, Range(ge=1)] = 1  # evaluation points between checkpoints; the last one always
@@ -107,6 +109,10 @@ class EvalConfig:
     baselines: bool = True  # labels-only flow, logistic regression, kNN and label spreading on the same split
     # label spreading: at most this many unlabeled rows (a seeded subsample)
     anchor_unlabeled: Annotated[int, Range(ge=1)] = 20000
+    # the labels-only flow of a recipe that trains a fixed length (train.patience = 0) stops on validation: evaluated
+    # twice as often as the main model, stopped after this many evaluation points without a better score, its best
+    # score's checkpoint evaluated (pipeline.results.baselines.labels_only_config); 0: the recipe's length and pick
+    labels_only_patience: Annotated[int, Range(ge=0)] = 2
     # the served out-of-domain score (flowgmm.ood): auto = the measured default of the data kind (flowgmm.ood.DEFAULT);
     # complexity needs images
     ood_score: Literal["auto", "log_px", "latent", "complexity", "max_prob"] = "auto"

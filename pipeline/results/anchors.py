@@ -14,7 +14,10 @@ skipped (``baseline_<key>_skipped`` says so). The kNN label-spreading settings s
 graph's rows (:class:`KnnGraph`, scikit-learn's ``NearestNeighbors`` through a callable kernel: the same graph as
 its ``kernel="knn"``, searched once instead of once per setting: on MNIST's 21,000 rows, the same choice and
 accuracies). Every fit runs on one BLAS thread: these matrices are small, and a BLAS thread per core beside training,
-Ray or other jobs slowed them tens of times on a busy 2-core machine.
+Ray or other jobs slowed them tens of times on a busy 2-core machine (and even on an idle one, two threads made
+logistic regression 4x and self-training 6x slower on MNIST). The one large computation, the neighbour search, uses
+the cores the baselines own (``threads``: after the main model, its cores; MNIST's 21,000-row graph in 6.5 s on two,
+12.7 s on one).
 
 ``classical_baselines`` returns two dicts: metrics (``baseline_<key>_val_accuracy``, ``baseline_<key>_test_accuracy``,
 ``baseline_<key>_seconds``) and the chosen settings (``baseline_<key>_<setting>``, e.g.
@@ -147,10 +150,10 @@ class KnnGraph:
     True
     """
 
-    def __init__(self, x: np.ndarray, k_max: int):
+    def __init__(self, x: np.ndarray, k_max: int, threads: int = 1):
         from sklearn.neighbors import NearestNeighbors
 
-        self.k_max = min(k_max, len(x))
+        self.k_max, self.threads = min(k_max, len(x)), max(1, int(threads))
         self.rows, self.digest = len(x), _digest(x)
         self.search = NearestNeighbors(n_neighbors=self.k_max).fit(x)
         self._found: dict[str, np.ndarray] = {}
@@ -160,7 +163,10 @@ class KnnGraph:
         """``[len(q), k_max]`` row numbers of each query row's nearest rows of ``x``, nearest first (cached)."""
         key = self.digest if self._is_fitted(q) else _digest(q)
         if key not in self._found:
-            self._found[key] = self.search.kneighbors(q, return_distance=False)
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(limits=self.threads):  # scikit-learn's OpenMP search, and its BLAS
+                self._found[key] = self.search.kneighbors(q, return_distance=False)
         return self._found[key]
 
     def _is_fitted(self, a: np.ndarray) -> bool:
@@ -199,8 +205,8 @@ class Anchors:
     """Fits each anchor over its grid, keeps the best on validation, scores it on test; ``models`` holds the kept
     fits."""
 
-    def __init__(self, split: AnchorSplit):
-        self.s = split
+    def __init__(self, split: AnchorSplit, threads: int = 1):
+        self.s, self.threads = split, threads
         self.scale = median_sq_distance(np.concatenate([split.xl, split.unlabeled(dense=True)]))
         self.metrics: dict[str, float] = {}
         self.params: Params = {}
@@ -212,7 +218,7 @@ class Anchors:
         """The kNN search over the labeled plus unlabeled rows, shared by every kNN label-spreading setting."""
         if self._graph is None:
             k_max = max(p.get("n_neighbors", 0) for p in GRIDS["label_spreading"])
-            self._graph = KnnGraph(self.s.with_unlabeled(dense=False)[0], k_max)
+            self._graph = KnnGraph(self.s.with_unlabeled(dense=False)[0], k_max, self.threads)
         return self._graph
 
     def model(self, method: str, p: Params):
@@ -289,11 +295,12 @@ def _dense(method: str, p: Params) -> bool:
     return method == "self_training" or p.get("kernel") == "rbf"
 
 
-def classical_baselines(prepared: Prepared, max_unlabeled: int) -> tuple[dict[str, float], Params]:
-    """``(metrics, settings)`` of the anchors (see the module docstring for the keys)."""
+def classical_baselines(prepared: Prepared, max_unlabeled: int, threads: int = 1) -> tuple[dict[str, float], Params]:
+    """``(metrics, settings)`` of the anchors (see the module docstring for the keys); ``threads``: the cores the
+    neighbour search may use (every other fit uses one)."""
     from threadpoolctl import threadpool_limits
 
-    anchors = Anchors(load_anchor_split(prepared, max_unlabeled))
+    anchors = Anchors(load_anchor_split(prepared, max_unlabeled), threads)
     with threadpool_limits(limits=1):
         for method in GRIDS:  # self-training last: it wraps the supervised anchors' chosen settings
             anchors.run(method)

@@ -28,8 +28,7 @@ def summary_lines(cfg, result: dict[str, Any], handle, timing: dict[str, float])
     method = method_name(cfg.train.method)
     row(f"{method}, uncalibrated", "test_")
     row(f"{method}, calibrated (variance x{m.get('variance_scale', 1.0):.2f})", "test_", "_calibrated")
-    reused = f" (reused from {result['baseline_reused']})" if result.get("baseline_reused") else ""
-    row(f"{LABELS_ONLY.display}, calibrated{reused}", f"{LABELS_ONLY.key}_test_", "_calibrated")
+    row(f"{LABELS_ONLY.display}, calibrated{_labels_only_note(cfg, result)}", f"{LABELS_ONLY.key}_test_", "_calibrated")
     for key, name in ANCHORS.items():
         row(name, f"baseline_{key}_test_")
     width = max([40, *(len(name) + 2 for name, _ in table)])
@@ -43,6 +42,15 @@ def summary_lines(cfg, result: dict[str, Any], handle, timing: dict[str, float])
     out.append(f"  model: {_model_text(result)} · weights in {result['model_dir']}")
     out.append(f"  MLflow: run {handle.run_id} · view with: {ui_command(handle.tracking_uri)}")
     return out
+
+
+def _labels_only_note(cfg, result: dict[str, Any]) -> str:
+    """Where the labels-only flow's figures came from, and when it stopped short of the recipe's steps."""
+    notes = [f"reused from {result['baseline_reused']}"] if result.get("baseline_reused") else []
+    steps = result["metrics"].get(f"{LABELS_ONLY.key}_steps_trained")
+    if steps is not None and cfg.train.steps and steps < cfg.train.steps:
+        notes.append(f"stopped on validation at step {steps:,.0f}")
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def print_summary(cfg, result: dict[str, Any], handle, timing: dict[str, float]) -> None:

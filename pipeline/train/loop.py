@@ -117,7 +117,7 @@ class _Run:
     def __init__(self, inp: LoopInputs, cfg: Config, engine: Engine, ckpts: Checkpoints, is_main: bool):
         self.inp, self.cfg, self.t, self.engine, self.ckpts, self.is_main = inp, cfg, cfg.train, engine, ckpts, is_main
         self.world = engine.world
-        self.stopper = ValidationStop(self.t.patience, self.t.min_steps)
+        self.stopper = ValidationStop(self.t.patience, self.t.min_steps, self.t.stop_smoothing)
         self.tracker = _RankZeroTracker(inp.mlflow) if is_main else None
         self.evals = 0
         self.printed_tenth = 0  # the last tenth of the steps with a progress line (the first line at 10%)
