@@ -7,13 +7,16 @@ evaluation, baseline, MLflow).
     python bench/bench_overhead.py --config mnist_cpu --repeats 2 train.steps=500 train.consistency_start_step=250
     python bench/bench_overhead.py --config mnist_cpu --result bench_overhead_mnist_cpu_full    # the recipe's steps
     python bench/bench_overhead.py --config mnist_cpu --idle-ray 5 train.steps=150 train.consistency_start_step=20
+    python bench/bench_overhead.py --busy-neighbour 5     # digits' loop alone vs beside a second one on the other core
 
 Both sides train the main model with the same torch threads (a model trained in the driver: ``train.cpus_per_worker``
 whole cores, ``pipeline.train.loop.driver_threads``). The plain loop draws its batches with the same seeded index
 permutations and augmentation as the training stream, on tensors already in memory, and calls the same loss
 (``pipeline.train.step``); it validates nothing and writes nothing. Results go to stdout (the block of
 bench/RESULTS.md), ``bench/results/bench_overhead_<config>.json`` (or ``--result``) and ``--json``. ``--idle-ray``
-measures instead what an idle local Ray costs the plain loop (why a job with nothing for Ray to run never starts it).
+measures instead what an idle local Ray costs the plain loop (why a job with nothing for Ray to run never starts it);
+``--busy-neighbour`` what a second copy of the loop on the other core costs it (the machine's share, whatever the
+pipeline does: the price of training the baselines beside the model).
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ from pipeline.core.atomic import atomic_write_text  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-def plain_pytorch(config: str, home: Path, overrides: list[str]) -> dict[str, float]:
-    """The job's main model, trained in a plain loop: build, then ``train.steps`` steps on in-memory tensors."""
+def plain_pytorch(config: str, home: Path, overrides: list[str], threads: int | None = None) -> dict[str, float]:
+    """The job's main model, trained in a plain loop: build, then ``train.steps`` steps on in-memory tensors, on the
+    job's threads (or ``threads``)."""
     import torch
 
     from flowgmm.spec import build_model
@@ -56,7 +60,7 @@ def plain_pytorch(config: str, home: Path, overrides: list[str]) -> dict[str, fl
     cfg = resolve(config, overrides=overrides)
     t = cfg.train
     prepared = prepare(cfg.data, home)
-    torch.set_num_threads(driver_threads(t) if t.num_workers == 0 else torch.get_num_threads())
+    torch.set_num_threads(threads or (driver_threads(t) if t.num_workers == 0 else torch.get_num_threads()))
     t0 = time.perf_counter()
     torch.manual_seed(t.seed)
     model = build_model(model_spec(cfg, prepared))
@@ -129,19 +133,43 @@ def idle_ray(config: str, home: Path, overrides: list[str], pairs: int) -> tuple
 
     from pipeline.core.raycluster import connect
 
+    def beside():
+        connect()
+        time.sleep(3.0)  # past Ray's start: its processes idle
+        return ray.shutdown
+
+    return _alone_vs_beside(config, home, overrides, pairs, beside, "an idle Ray")
+
+
+def busy_neighbour(config: str, home: Path, overrides: list[str], pairs: int) -> tuple[dict[str, Any], list[str]]:
+    """The plain loop alone, then beside a second copy of it training in another process on the other core (one
+    thread), ``pairs`` times alternately: what any computation beside a model costs its steps on this machine (the
+    shared caches and memory), whatever the pipeline does. The job's baselines beside its model are such work."""
+
+    def beside():
+        cmd = [sys.executable, __file__, "--config", config, "--home", str(home), "--busy", *overrides]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+        time.sleep(8.0)  # past its imports and model build: training
+        return lambda: (proc.kill(), proc.wait(timeout=30))
+
+    return _alone_vs_beside(config, home, overrides, pairs, beside, "a busy neighbour")
+
+
+def _alone_vs_beside(config, home, overrides, pairs, beside, what) -> tuple[dict[str, Any], list[str]]:
     rows, lines = [], []
     for i in range(pairs):
         alone = plain_pytorch(config, home, overrides)["plain_step_s"]
-        connect()
-        time.sleep(3.0)  # past Ray's start: its processes idle
-        beside = plain_pytorch(config, home, overrides)["plain_step_s"]
-        ray.shutdown()
-        rows.append({"alone_step_s": alone, "beside_idle_ray_step_s": beside, "ratio": beside / alone})
-        lines.append(f"pair {i + 1}: {alone * 1000:.1f} ms per step alone, {beside * 1000:.1f} ms beside an idle Ray: "
-                     f"{beside / alone:.3f}x")  # fmt: skip
+        stop = beside()
+        try:
+            near = plain_pytorch(config, home, overrides)["plain_step_s"]
+        finally:
+            stop()
+        rows.append({"alone_step_s": alone, "beside_step_s": near, "ratio": near / alone})
+        lines.append(f"pair {i + 1}: {alone * 1000:.1f} ms per step alone, {near * 1000:.1f} ms beside {what}: "
+                     f"{near / alone:.3f}x")  # fmt: skip
     ratios = sorted(r["ratio"] for r in rows)
     lines.append(f"median {ratios[len(ratios) // 2]:.3f}x, range {ratios[0]:.3f}-{ratios[-1]:.3f}x over {pairs} pairs")
-    return {"config": config, "overrides": overrides, "pairs": rows}, lines
+    return {"config": config, "overrides": overrides, "beside": what, "pairs": rows}, lines
 
 
 def report(p: dict[str, float], j: dict[str, Any]) -> list[str]:
@@ -173,7 +201,7 @@ def report(p: dict[str, float], j: dict[str, Any]) -> list[str]:
     lines.append(
         f"training through run.py / plain PyTorch: {ratio:.2f}x (per step {j.get('step_s', float('nan')) * 1000:.1f}"
         f" ms vs {p['plain_step_s'] * 1000:.1f} ms; {p['threads']:.0f} thread{'s' if p['threads'] > 1 else ''} each"
-        + ("; the machine shared with Ray's start and the baselines)" if "time_baselines_beside_s" in j else ")")
+        + (f"; the machine shared with {_shared(j)})" if "time_baselines_beside_s" in j else ")")
     )
     lines.append(
         f"job wall / main-model training: {j['job_wall_s'] / j['time_train_s']:.2f}x "
@@ -184,6 +212,10 @@ def report(p: dict[str, float], j: dict[str, Any]) -> list[str]:
     lines.append("test accuracy: " + ", ".join(f"{v} {j[k]:.3f}" for k, v in names.items() if k in j))
     lines.append(f"console lines: {j['console_lines']:.0f}")
     return lines
+
+
+def _shared(j: dict[str, Any]) -> str:
+    return "Ray's start and the baselines" if "time_ray_start_beside_s" in j else "the baselines (no Ray started)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--idle-ray", type=int, default=0, metavar="PAIRS", help="instead: the plain loop alone vs beside an idle Ray"
     )
+    ap.add_argument(
+        "--busy-neighbour", type=int, default=0, metavar="PAIRS", help="instead: alone vs beside a second plain loop"
+    )
+    ap.add_argument("--busy", action="store_true", help=argparse.SUPPRESS)  # that second loop: trains until killed
     ap.add_argument("overrides", nargs="*", metavar="key=value")
     add_dry_run(ap)
     return ap
@@ -212,11 +248,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     exit_if_dry_run(a, [a.config], a.overrides)
     home = Path(a.home or tempfile.mkdtemp(prefix="bench-overhead-"))
     os.environ.setdefault("FLOWGMM_DATA", str(REPO.parent / "shared" / "data"))
-    if a.idle_ray:
-        figures, lines = idle_ray(a.config, home, a.overrides, a.idle_ray)
-        print("\n".join(lines), flush=True)
-        write_result(a.result or "bench_overhead_idle_ray", figures, "```\n" + "\n".join(lines) + "\n```")
-        return figures
+    if a.busy:
+        import torch
+
+        torch.set_num_threads(1)
+        while True:
+            plain_pytorch(a.config, home, a.overrides, threads=1)
+    for pairs, measure, name in ((a.idle_ray, idle_ray, "idle_ray"), (a.busy_neighbour, busy_neighbour, "neighbour")):
+        if pairs:
+            figures, lines = measure(a.config, home, a.overrides, pairs)
+            print("\n".join(lines), flush=True)
+            write_result(a.result or f"bench_overhead_{name}", figures, "```\n" + "\n".join(lines) + "\n```")
+            return figures
     out: dict[str, Any] = {"config": a.config, "overrides": a.overrides, "runs": []}
     blocks = []
     for i in range(a.repeats):

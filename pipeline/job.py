@@ -259,17 +259,18 @@ class Job:
                 self._connect()
 
     def _placement(self) -> tuple[str, Any]:
-        """Where the baselines train (``pipeline.results.baselines.placement``). Before Ray runs, a local Ray's
-        resources are known up front: when they leave no room beside the model, Ray is not started for nothing (an
-        idle one costs ~10% of each training step on 2 cores); else Ray starts and its free resources decide."""
+        """Where the baselines train (``pipeline.results.baselines.placement``). A job on this machine alone with no
+        Ray running (its model trains in the driver) starts none for them: with room beside the model they train in
+        a process of their own (``BesideProcess``), else after it (Ray's start and its idle processes cost ~10% of
+        each training step on 2 cores). A job on a cluster, or whose Ray runs already: a Ray task where there is
+        room."""
         from pipeline.core.raycluster import expected_resources
         from pipeline.results.baselines import placement
 
         free = expected_resources(self.args.address)
-        if free is not None:
-            where, why = placement(self.cfg, free)
-            if where == "after":
-                return where, why
+        if free is not None and not _ray_running():  # this machine alone: a process beside the model, if room
+            where, how = placement(self.cfg, free)
+            return where, {**how, "process": True} if where == "beside" else how
         self._ensure_ray("ray_start_beside")
         return placement(self.cfg)
 
@@ -531,7 +532,7 @@ class Job:
         Started now in a Ray task of their own where the cluster has room beside the main model, else left for
         after it (``pipeline.results.baselines``); the console and the run's tags say which."""
         from pipeline.results import baseline_cache
-        from pipeline.results.baselines import BaselineWork, baselines_task, cores, labels_only_config
+        from pipeline.results.baselines import BaselineWork, BesideProcess, baselines_task, cores, labels_only_config
 
         if not self.cfg.eval.baselines:
             return None
@@ -567,10 +568,11 @@ class Job:
         what = f"{LABELS_ONLY.display} and classical baselines" if work.train_flow else "classical baselines"
         if b.where == "beside":
             work.progress = False
-            b.ref = baselines_task(how).remote(work)
+            b.ref = BesideProcess(work) if how.get("process") else baselines_task(how).remote(work)
             own = f"{how['num_cpus']:g} CPU" + (f", {how['num_gpus']:g} GPU" if how["num_gpus"] else "")
             held = "" if self.cfg.train.num_workers == 0 else "; its workers hold what the main model's do"
-            print(f"[flowgmm] {what}: training beside the main model (a Ray task, {own}{held})", flush=True)
+            kind = "a process of its own" if how.get("process") else "a Ray task"
+            print(f"[flowgmm] {what}: training beside the main model ({kind}, {own}{held})", flush=True)
         elif work.train_flow:
             print(f"[flowgmm] {what}: after the main model ({how})", flush=True)
         return b
@@ -579,13 +581,18 @@ class Job:
         """The baselines' figures (waiting for the task beside the main model, or running them now): the anchors'
         metrics and chosen settings (into ``ev.params``), the labels-only flow's metrics (cached when trained), and
         its unlabeled points' distances to the decision boundary beside the main model's in ``ev``'s histogram."""
-        import ray
-
         from pipeline.results import baseline_cache
-        from pipeline.results.baselines import run_baselines
+        from pipeline.results.baselines import BesideProcess, run_baselines
         from pipeline.results.figures import boundary_distances
 
-        res = ray.get(b.ref) if b.ref is not None else run_baselines(b.work)
+        if isinstance(b.ref, BesideProcess):
+            res = b.ref.result()
+        elif b.ref is not None:  # a Ray task
+            import ray
+
+            res = ray.get(b.ref)
+        else:
+            res = run_baselines(b.work)
         if res.error is not None:
             raise res.error
         anchors = {"metrics": res.anchor_metrics, "params": res.anchor_params}
@@ -711,7 +718,8 @@ def _in_thread(fn, *args):
 @dataclass
 class _Baselines:
     """The job's baselines in flight: the cache key and hit of the labels-only flow, where they train ("beside" the
-    main model in a Ray task, or "after" it in the driver), the work and the task's reference."""
+    main model in a Ray task or a process of their own, or "after" it in the driver), the work and the task's
+    reference or the process."""
 
     key: str | None
     hit: dict[str, Any] | None

@@ -138,4 +138,41 @@ def test_a_job_with_no_room_beside_its_model_never_starts_ray(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     need = f"{cores:g} CPU free, {2 * cores:g} CPU needed for both"
     assert f"after the main model (no room beside the main model: {need})" in proc.stdout
-    assert "Ray not started (everything ran in this process)" in proc.stdout  # ray.is_initialized() at the end
+    assert "; Ray not started" in proc.stdout  # ray.is_initialized() at the end
+
+
+@pytest.mark.slow
+def test_a_local_job_with_room_trains_its_baselines_in_a_process_and_never_starts_ray(tmp_path):
+    """The model trains in the driver on one core of this machine and no Ray runs: the baselines take the other core
+    in a process of their own instead of a Ray task (a local Ray's start and idle processes would slow the model's
+    steps), and the run records them as trained beside the model."""
+    import os
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs a spare core beside the model")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [sys.executable, "pipeline/run.py", "--config", "moons", "--smoke", "--home", str(tmp_path)]
+    cmd += ["--run-name", "local", "train.num_workers=0", "train.cpus_per_worker=0.5"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "training beside the main model (a process of its own, 1 CPU)" in proc.stdout
+    assert re.search(r"; beside the training: baselines \d+; Ray not started", proc.stdout), proc.stdout[-1500:]
+    assert "labels-only flow, calibrated" in proc.stdout and "label spreading" in proc.stdout
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("flowgmm-moons").experiment_id])[0]
+    assert run.data.tags["labels_only_path"] == "trained beside the main model"
+    assert "time_baselines_beside_s" in run.data.metrics and "labels_only_flow_test_accuracy" in run.data.metrics
+
+
+def test_a_failure_in_the_baselines_process_reaches_the_driver(tmp_path):
+    import numpy as np
+
+    work = baselines.BaselineWork(
+        resolve("moons", smoke=True), None, {}, (np.zeros((1, 2)), np.zeros(1)), run_name="x", storage=str(tmp_path)
+    )
+    done = baselines.BesideProcess(work).result()  # the anchors on no data: an AttributeError in the child
+    assert isinstance(done.error, RuntimeError) and "AttributeError" in str(done.error), done.error

@@ -1,11 +1,13 @@
 """The baselines a job compares its model with: the same flow trained on the labels alone (the labels-only flow) and
 the classical anchors (logistic regression, k-nearest neighbours, label spreading, self-training). They depend on
 the data and the recipe, never on the main model, so where the cluster has room they train **beside** it, in a Ray
-task with resources of their own, and cost no wall-clock time; else they train after it, in the driver.
+task with resources of their own (or, on a machine with no Ray running, a process of their own: ``BesideProcess``),
+and cost no wall-clock time; else they train after it, in the driver.
 
     work = BaselineWork(cfg, prepared, spec, val, run_name="run-labels-only", storage="/home/ray_results")
     where, how = placement(cfg)            # ("beside", task options) when the cluster has room, else ("after", why)
     done = run_baselines(work)             # "after", in the driver; "beside": ray.get(baselines_task(how).remote(work))
+    done = BesideProcess(work).result()    # "beside" on this machine alone, no Ray started
     done.flow                              # {"metrics": ..., "distances": ...} of the labels-only flow, or None
     done.anchor_metrics, done.anchor_params
 
@@ -123,6 +125,49 @@ def run_baselines(work: BaselineWork) -> BaselineResults:
         out.flow = {"metrics": {**ev.metrics, **steps}, "distances": ev.boundary_distances}
     out.seconds = time.time() - t0
     return out
+
+
+class BesideProcess:
+    """:func:`run_baselines` in a process of its own on this machine (spawned, a daemon: it ends with the job), for
+    a job whose model trains in the driver with no Ray running: the baselines take the spare core without a Ray
+    started for them (its start and its idle processes cost the model's steps: ~10% on 2 cores).
+
+        proc = BesideProcess(work)
+        ...                                # the main model trains meanwhile
+        done = proc.result()               # BaselineResults; a failure in the process raises here
+    """
+
+    def __init__(self, work: BaselineWork):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # never fork a process that runs threads (the training's)
+        self._recv, send = ctx.Pipe(duplex=False)
+        self.proc = ctx.Process(target=_in_process, args=(work, send), name="flowgmm-baselines", daemon=True)
+        self.proc.start()
+        send.close()  # this end is the child's: EOF here once the child has gone
+
+    def result(self) -> BaselineResults:
+        try:
+            out = self._recv.recv()
+        except EOFError:
+            self.proc.join(timeout=30)
+            code = self.proc.exitcode
+            raise RuntimeError(f"the baselines' process ended without a result (exit code {code})") from None
+        finally:
+            self._recv.close()
+        self.proc.join(timeout=30)
+        return out
+
+
+def _in_process(work: BaselineWork, send) -> None:
+    try:
+        out = _in_task(work)
+    except Exception:  # noqa: BLE001 - sent whole to the driver, which raises it
+        import traceback
+
+        out = BaselineResults(error=RuntimeError(f"the baselines failed in their process:\n{traceback.format_exc()}"))
+    send.send(out)
+    send.close()
 
 
 def _in_task(work: BaselineWork) -> BaselineResults:

@@ -106,8 +106,8 @@ def _ood_lines(rows: list[dict[str, Any]], m: dict[str, Any]) -> list[str]:
 
 def _time_line(m: dict[str, Any], timing: dict[str, float], ray_started: bool = True) -> str:
     """Where the wall time went, in order; then what ran beside the main model's training (overlapped: not part of
-    the sum): Ray's start, when the model trained in this process, and the baselines, when they had room; or that Ray
-    was never started (a model trained in this process with no room for anything beside it)."""
+    the sum): Ray's start, when the model trained in this process, and the baselines, when they had room; and that
+    Ray was never started (a model trained in this process, its baselines beside it in a process or after it)."""
     names = (
         ("ray_start", "Ray"),
         ("prepare", "data"),
@@ -123,6 +123,6 @@ def _time_line(m: dict[str, Any], timing: dict[str, float], ray_started: bool = 
         beside.append(f"baselines {m['time_baselines_beside_s']:.0f}")
     overlapped = f"; beside the training: {', '.join(beside)}" if beside else ""
     if not ray_started:
-        overlapped += "; Ray not started (everything ran in this process)"
+        overlapped += "; Ray not started"
     wall, steps = m.get("wall_seconds", 0), m.get("train_steps", 0)
     return f"  time: {wall:.0f} s wall = {parts} (+ the rest){overlapped} · {steps:.0f} training steps"
