@@ -149,7 +149,11 @@ def busy_neighbour(config: str, home: Path, overrides: list[str], pairs: int) ->
     def beside():
         cmd = [sys.executable, __file__, "--config", config, "--home", str(home), "--busy", *overrides]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
-        time.sleep(8.0)  # past its imports and model build: training
+        try:
+            time.sleep(8.0)  # past its imports and model build: training
+        except BaseException:
+            proc.kill()
+            raise
         return lambda: (proc.kill(), proc.wait(timeout=30))
 
     return _alone_vs_beside(config, home, overrides, pairs, beside, "a busy neighbour")
@@ -215,7 +219,9 @@ def report(p: dict[str, float], j: dict[str, Any]) -> list[str]:
 
 
 def _shared(j: dict[str, Any]) -> str:
-    return "Ray's start and the baselines" if "time_ray_start_beside_s" in j else "the baselines (no Ray started)"
+    if "time_ray_start_beside_s" in j:
+        return "Ray's start and the baselines"
+    return "the baselines" if "time_ray_start_s" in j else "the baselines (no Ray started)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,8 +258,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(1)
-        while True:
+        parent = os.getppid()
+        while os.getppid() == parent:  # until killed, or orphaned
             plain_pytorch(a.config, home, a.overrides, threads=1)
+        return {}
     for pairs, measure, name in ((a.idle_ray, idle_ray, "idle_ray"), (a.busy_neighbour, busy_neighbour, "neighbour")):
         if pairs:
             figures, lines = measure(a.config, home, a.overrides, pairs)

@@ -6,8 +6,8 @@ product's model, optimizer, schedule, batches and loss, in a plain loop like ``b
 every ``--every`` steps its validation accuracy, NLL and selection score (what the job's stopping rule reads) and its
 test accuracy (recorded only to report what a rule would have cost; no rule is chosen on it). Then it replays the
 job's stopping rule (``pipeline.train.state.ValidationStop`` at the recipe's evaluation points) for each patience and
-prints, per rule, the steps it trains and the evaluated (last) checkpoint's validation and test accuracy next to the
-full length's.
+prints, per rule, the steps it trains and the evaluated checkpoint's (the last one, or the best score's up to the
+stop) validation and test accuracy next to the full length's.
 
     python bench/labels_only_stop.py --configs mnist_cpu --seeds 0 1 2
     python bench/labels_only_stop.py --configs digits moons breast_cancer --seeds 0 1 2 3 4

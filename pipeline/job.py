@@ -91,7 +91,13 @@ def cli() -> None:
     """The ``flowgmm-run`` command: :func:`main`, then a quick exit (:func:`pipeline.core.cli.exit_now`)."""
     from pipeline.core.cli import exit_now
 
-    exit_now(main())
+    try:
+        code = main()
+    except KeyboardInterrupt:  # one line, not a traceback from the thread the driver was waiting on
+        print("\n[flowgmm] interrupted: the MLflow run is marked failed; --resume RUN_NAME continues it from its last "
+              "checkpoint", file=sys.stderr, flush=True)  # fmt: skip
+        code = 130
+    exit_now(code)
 
 
 def _resolve_run(args: argparse.Namespace, home: Path) -> tuple[Config, str, dict[str, Any] | None]:
@@ -529,8 +535,9 @@ class Job:
     def _start_baselines(self, prepared, spec, val, handle) -> _Baselines | None:
         """The baselines (``eval.baselines``): the classical anchors and the labels-only flow, the flow reused from
         the home's cache when the same split, recipe, seed and training code ran before (``baseline_cache``).
-        Started now in a Ray task of their own where the cluster has room beside the main model, else left for
-        after it (``pipeline.results.baselines``); the console and the run's tags say which."""
+        Started now beside the main model where there is room (a Ray task, or with no Ray running a process of their
+        own: :meth:`_placement`), else left for after it (``pipeline.results.baselines``); the console and the run's
+        tags say which."""
         from pipeline.results import baseline_cache
         from pipeline.results.baselines import BaselineWork, BesideProcess, baselines_task, cores, labels_only_config
 

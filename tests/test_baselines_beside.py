@@ -176,3 +176,36 @@ def test_a_failure_in_the_baselines_process_reaches_the_driver(tmp_path):
     )
     done = baselines.BesideProcess(work).result()  # the anchors on no data: an AttributeError in the child
     assert isinstance(done.error, RuntimeError) and "AttributeError" in str(done.error), done.error
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_training_is_one_line_and_a_failed_run(tmp_path):
+    """Ctrl-C while the model trains (in a thread, its baselines in a process beside it): exit 130 with one line,
+    the MLflow run marked FAILED, no traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mlflow import MlflowClient
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [sys.executable, "pipeline/run.py", "--home", str(tmp_path), "--run-name", "stopped", "train.steps=20000"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    seen, deadline = [], time.time() + 300
+    while time.time() < deadline:  # the first progress line: the model is training
+        line = proc.stdout.readline()
+        seen.append(line)
+        if "step " in line or not line:
+            break
+    proc.send_signal(signal.SIGINT)
+    out = "".join(seen) + proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out[-2000:]
+    assert "[flowgmm] interrupted: the MLflow run is marked failed" in out and "Traceback" not in out, out[-2000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("flowgmm-digits").experiment_id])[0]
+    assert run.info.status == "FAILED"

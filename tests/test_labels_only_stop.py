@@ -14,14 +14,13 @@ from pipeline.train.model import model_spec
 from pipeline.train.state import CheckpointStore
 
 
-def _labels_only(tmp_path, name: str, *overrides: str) -> tuple[dict[str, float], CheckpointStore, object]:
+def _labels_only(tmp_path, name: str, *overrides: str, resume: bool = False):
     cfg = resolve("moons", overrides=["train.num_workers=0", *overrides])
     prepared = prepare(cfg.data, tmp_path / "home")
     val = load_split(prepared, "val")
     storage = str(tmp_path / "ray")
-    work = BaselineWork(
-        cfg, prepared, model_spec(cfg, prepared), val, run_name=name, storage=storage, anchors=False, progress=False
-    )
+    spec = model_spec(cfg, prepared)
+    work = BaselineWork(cfg, prepared, spec, val, run_name=name, storage=storage, anchors=False, resume=resume)
     done = run_baselines(work)
     assert done.error is None and done.flow is not None
     return done.flow["metrics"], CheckpointStore(f"{storage}/{name}"), (prepared, labels_only_config(cfg, len(val[1])))
@@ -56,6 +55,11 @@ def test_the_labels_only_flow_stops_two_points_after_its_best(tmp_path):
     again = evaluate_where_trained(store.checkpoint(best["path"]), prepared, cfg, accuracy_only=True).metrics
     assert stopped["test_accuracy_calibrated"] == again["test_accuracy_calibrated"]  # the best one was evaluated
     assert stopped["test_nll"] == pytest.approx(again["test_nll"], rel=1e-6)
+
+    # a job interrupted after the flow had stopped, then resumed: the stopped run is not trained further
+    again, store_again, _ = _labels_only(tmp_path, "stopped", resume=True)
+    assert again["steps_trained"] == trained and store_again.entries() == store.entries()
+    assert again["test_accuracy_calibrated"] == stopped["test_accuracy_calibrated"]
 
     full, _, _ = _labels_only(tmp_path, "full", "eval.labels_only_patience=0")
     assert full["steps_trained"] == steps

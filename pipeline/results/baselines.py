@@ -82,7 +82,10 @@ def labels_only_config(cfg: Config, val_rows: int) -> Config:
     p = cfg.eval.labels_only_patience
     if t.patience != 0 or p == 0 or val_rows < MIN_VAL_TO_STOP:
         return replace(cfg, train=t)
-    t = replace(t, eval_every=max(1, (t.eval_every or t.steps) // 2), patience=p, min_steps=0, stop_smoothing=0.0)
+    if t.steps is None:  # not sized yet (the job sizes first): the recipe's rule
+        return replace(cfg, train=t)
+    every = max(1, (t.eval_every or t.steps) // 2)
+    t = replace(t, eval_every=every, checkpoint_every=1, patience=p, min_steps=0, stop_smoothing=0.0)
     return replace(cfg, train=t, eval=replace(cfg.eval, checkpoint="best"))
 
 
@@ -151,8 +154,8 @@ class BesideProcess:
             out = self._recv.recv()
         except EOFError:
             self.proc.join(timeout=30)
-            code = self.proc.exitcode
-            raise RuntimeError(f"the baselines' process ended without a result (exit code {code})") from None
+            code = "still running" if self.proc.exitcode is None else f"exit code {self.proc.exitcode}"
+            raise RuntimeError(f"the baselines' process ended without a result ({code})") from None
         finally:
             self._recv.close()
         self.proc.join(timeout=30)
@@ -160,6 +163,24 @@ class BesideProcess:
 
 
 def _in_process(work: BaselineWork, send) -> None:
+    """The child: Ctrl-C is the job's to handle (it ends this daemon); the child also ends when the job is gone
+    however it went (killed: no daemon clean-up), and leaves without the interpreter's teardown once it has sent."""
+    import multiprocessing
+    import os
+    import signal
+    import sys
+    import threading
+    from multiprocessing.connection import wait
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+
+    def orphaned() -> None:
+        if parent is not None:
+            wait([parent.sentinel])
+            os._exit(1)
+
+    threading.Thread(target=orphaned, daemon=True).start()
     try:
         out = _in_task(work)
     except Exception:  # noqa: BLE001 - sent whole to the driver, which raises it
@@ -168,6 +189,8 @@ def _in_process(work: BaselineWork, send) -> None:
         out = BaselineResults(error=RuntimeError(f"the baselines failed in their process:\n{traceback.format_exc()}"))
     send.send(out)
     send.close()
+    sys.stdout.flush(), sys.stderr.flush()
+    os._exit(0)
 
 
 def _in_task(work: BaselineWork) -> BaselineResults:
@@ -211,7 +234,7 @@ def cores(cfg: Config, where: str, how: Any) -> int:
 
     if where == "beside":
         return max(1, int(how["num_cpus"]))
-    return max(1, min(int(_main_needs(cfg)[0]), os.cpu_count() or 1))
+    return max(1, min(int(_main_needs(cfg)[0]), len(os.sched_getaffinity(0))))
 
 
 def _main_needs(cfg: Config) -> tuple[float, float]:

@@ -49,7 +49,7 @@ def _labels_only_note(cfg, result: dict[str, Any]) -> str:
     notes = [f"reused from {result['baseline_reused']}"] if result.get("baseline_reused") else []
     steps = result["metrics"].get(f"{LABELS_ONLY.key}_steps_trained")
     if steps is not None and cfg.train.steps and steps < cfg.train.steps:
-        notes.append(f"stopped on validation at step {steps:,.0f}")
+        notes.append(f"stopped on validation at step {steps:,.0f}, its best checkpoint")
     return f" ({'; '.join(notes)})" if notes else ""
 
 

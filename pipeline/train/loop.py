@@ -78,6 +78,9 @@ def train_loop_per_worker(inp: LoopInputs) -> dict[str, int] | None:
     engine = Engine(inp.spec, cfg, device, compile_cache=inp.compile_cache, rank=rank, world=world)
     run = _Run(inp, cfg, engine, ckpts, is_main)
     run.restore()
+    if ckpts.local and 0 < engine.step < t.steps and run.stopper.stopped(engine.step):  # it had stopped: done
+        ckpts.report({"step": engine.step, "stopped_on_validation": 1.0}, None)
+        return None
     if world > 1:
         engine.distribute(ray.train.torch.prepare_model)
     stream = SSLStream(

@@ -156,6 +156,10 @@ class ValidationStop:
             self.best, self.since_best = s, 0
         else:
             self.since_best += 1
+        return self.stopped(step)
+
+    def stopped(self, step: int) -> bool:
+        """Whether the scores recorded so far stop training at ``step`` (a resumed run that had stopped)."""
         return self.patience > 0 and step >= self.min_steps and self.since_best >= self.patience
 
     def state(self) -> dict[str, float]:
