@@ -8,6 +8,7 @@ evaluation, baseline, MLflow).
     python bench/bench_overhead.py --config mnist_cpu --result bench_overhead_mnist_cpu_full    # the recipe's steps
     python bench/bench_overhead.py --config mnist_cpu --idle-ray 5 train.steps=150 train.consistency_start_step=20
     python bench/bench_overhead.py --busy-neighbour 5     # digits' loop alone vs beside a second one on the other core
+    python bench/bench_overhead.py --config mnist_cpu --optimizer 3 train.steps=150 train.method=labels_only
 
 Both sides train the main model with the same torch threads (a model trained in the driver: ``train.cpus_per_worker``
 whole cores, ``pipeline.train.loop.driver_threads``). The plain loop draws its batches with the same seeded index
@@ -16,7 +17,9 @@ permutations and augmentation as the training stream, on tensors already in memo
 bench/RESULTS.md), ``bench/results/bench_overhead_<config>.json`` (or ``--result``) and ``--json``. ``--idle-ray``
 measures instead what an idle local Ray costs the plain loop (why a job with nothing for Ray to run never starts it);
 ``--busy-neighbour`` what a second copy of the loop on the other core costs it (the machine's share, whatever the
-pipeline does: the price of training the baselines beside the model).
+pipeline does: the price of training the baselines beside the model); ``--optimizer`` the plain loop with the
+product's optimizer (AdamW fused: ``pipeline.train.engine.build_optimizer``) against torch's per-tensor AdamW, the CPU
+default before it.
 """
 
 from __future__ import annotations
@@ -42,9 +45,11 @@ from pipeline.core.atomic import atomic_write_text  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-def plain_pytorch(config: str, home: Path, overrides: list[str], threads: int | None = None) -> dict[str, float]:
+def plain_pytorch(
+    config: str, home: Path, overrides: list[str], threads: int | None = None, per_tensor: bool = False
+) -> dict[str, float]:
     """The job's main model, trained in a plain loop: build, then ``train.steps`` steps on in-memory tensors, on the
-    job's threads (or ``threads``)."""
+    job's threads (or ``threads``); ``per_tensor``: torch's per-tensor AdamW instead of the product's fused one."""
     import torch
 
     from flowgmm.spec import build_model
@@ -65,6 +70,8 @@ def plain_pytorch(config: str, home: Path, overrides: list[str], threads: int | 
     torch.manual_seed(t.seed)
     model = build_model(model_spec(cfg, prepared))
     opt = build_optimizer(model, t, torch.device("cpu"))
+    if per_tensor:  # the same parameter groups and settings, updated one tensor at a time
+        opt = torch.optim.AdamW([{**g, "fused": None, "foreach": False} for g in opt.param_groups])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, t.steps))
     stream = SSLStream.in_memory(
         prepared, cfg.ingest, seed=t.seed, unlabeled=t.method != "labels_only", second_view=t.method == "flowgmm_cons"
@@ -159,6 +166,20 @@ def busy_neighbour(config: str, home: Path, overrides: list[str], pairs: int) ->
     return _alone_vs_beside(config, home, overrides, pairs, beside, "a busy neighbour")
 
 
+def optimizer_pairs(config: str, home: Path, overrides: list[str], pairs: int) -> tuple[dict[str, Any], list[str]]:
+    """The plain loop with torch's per-tensor AdamW, then with the product's fused one, ``pairs`` times alternately."""
+    rows, lines = [], []
+    for i in range(pairs):
+        old = plain_pytorch(config, home, overrides, per_tensor=True)["plain_step_s"]
+        new = plain_pytorch(config, home, overrides)["plain_step_s"]
+        rows.append({"per_tensor_step_s": old, "fused_step_s": new, "ratio": old / new})
+        lines.append(f"pair {i + 1}: {old * 1000:.1f} ms per step with per-tensor AdamW, {new * 1000:.1f} ms fused: "
+                     f"{old / new:.3f}x")  # fmt: skip
+    ratios = sorted(r["ratio"] for r in rows)
+    lines.append(f"median {ratios[len(ratios) // 2]:.3f}x faster fused, range {ratios[0]:.3f}-{ratios[-1]:.3f}x")
+    return {"config": config, "overrides": overrides, "pairs": rows}, lines
+
+
 def _alone_vs_beside(config, home, overrides, pairs, beside, what) -> tuple[dict[str, Any], list[str]]:
     rows, lines = [], []
     for i in range(pairs):
@@ -243,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--busy-neighbour", type=int, default=0, metavar="PAIRS", help="instead: alone vs beside a second plain loop"
     )
+    ap.add_argument(
+        "--optimizer", type=int, default=0, metavar="PAIRS", help="instead: per-tensor vs fused AdamW in the plain loop"
+    )
     ap.add_argument("--busy", action="store_true", help=argparse.SUPPRESS)  # that second loop: trains until killed
     ap.add_argument("overrides", nargs="*", metavar="key=value")
     add_dry_run(ap)
@@ -262,7 +286,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         while os.getppid() == parent:  # until killed, or orphaned
             plain_pytorch(a.config, home, a.overrides, threads=1)
         return {}
-    for pairs, measure, name in ((a.idle_ray, idle_ray, "idle_ray"), (a.busy_neighbour, busy_neighbour, "neighbour")):
+    modes = ((a.idle_ray, idle_ray, "idle_ray"), (a.busy_neighbour, busy_neighbour, "neighbour"))
+    for pairs, measure, name in (*modes, (a.optimizer, optimizer_pairs, f"optimizer_{a.config}")):
         if pairs:
             figures, lines = measure(a.config, home, a.overrides, pairs)
             print("\n".join(lines), flush=True)

@@ -48,6 +48,7 @@ class BaselineWork:
     progress: bool = True  # the labels-only flow's progress lines (off in a task beside the main model)
     compile_cache: str | None = None
     threads: int = 1  # the cores the baselines own (:func:`cores`): the anchors' neighbour search uses them
+    share: CoreShare | None = None  # in a process after the main model: the labels-only flow's cores, growing
 
 
 @dataclass
@@ -117,6 +118,7 @@ def run_baselines(work: BaselineWork) -> BaselineResults:
             resume=work.resume,
             verbose=work.verbose,
             compile_cache=work.compile_cache,
+            cores=work.share,
         )
         try:
             trained = run.fit()
@@ -160,6 +162,28 @@ class BesideProcess:
             self._recv.close()
         self.proc.join(timeout=30)
         return out
+
+
+class CoreShare:
+    """The cores a process of the job's may use now, in memory both processes see; the driver raises it as its own
+    work ends, the process's training loop reads it every step (``pipeline.train.loop.use_cores``). Handed to the
+    process when it is spawned (``BaselineWork.share``), never pickled otherwise.
+
+    >>> share = CoreShare(1)
+    >>> share(), (share.set(2), share())[1]
+    (1, 2)
+    """
+
+    def __init__(self, cores: int):
+        import multiprocessing
+
+        self._cores = multiprocessing.get_context("spawn").RawValue("i", int(cores))
+
+    def __call__(self) -> int:
+        return int(self._cores.value)
+
+    def set(self, cores: int) -> None:
+        self._cores.value = int(cores)
 
 
 def _in_process(work: BaselineWork, send) -> None:

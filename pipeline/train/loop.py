@@ -27,7 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import ray.train
@@ -59,6 +59,7 @@ class LoopInputs:
     compile_cache: str | None = None
     from_files: bool = False  # rows straight from the prepared files, not Ray Data (pipeline.train.trainer.reads_files)
     failure_marker: str | None = None  # fault-injection tests
+    cores: Callable[[], int] | None = None  # in the driver: the cores it may use now, read every step (None: its own)
     fit_started: float = field(default_factory=time.time)
 
 
@@ -99,6 +100,8 @@ def train_loop_per_worker(inp: LoopInputs) -> dict[str, int] | None:
     for batch in stream.batches(start=engine.step):
         run.startup.setdefault("data_pull_s", time.time() - t_pull)  # the first batch: rows onto the device
         _maybe_inject_failure(t, engine.step, rank, inp.failure_marker)
+        if inp.cores is not None and ckpts.local:
+            use_cores(inp.cores(), t)
         engine.train_step(batch)
         step = engine.step
         at_eval, at_log = step % t.eval_every == 0 or step >= t.steps, step % t.log_every == 0
@@ -223,6 +226,17 @@ def _torch_setup(t: TrainConfig, *, local: bool) -> None:
     if local:
         torch.set_num_threads(driver_threads(t))
     torch.manual_seed(t.seed)
+
+
+def use_cores(cores: int, t: TrainConfig) -> None:
+    """Intra-op threads of a run in the driver that shares its machine: the ``cores`` it may use now, at most its
+    own (:func:`driver_threads`), at least one. A process whose share grows as another's work ends (the labels-only
+    flow beside the main model's evaluation, ``pipeline.results.baselines.CoreShare``) calls it every step."""
+    import torch
+
+    want = max(1, min(int(cores), driver_threads(t)))
+    if torch.get_num_threads() != want:
+        torch.set_num_threads(want)
 
 
 def driver_threads(t: TrainConfig) -> int:

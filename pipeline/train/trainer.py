@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import ray.train
@@ -89,6 +89,7 @@ class TrainRun:
         resume: bool = False,
         verbose: bool = False,
         compile_cache: str | None = None,
+        cores: Callable[[], int] | None = None,
     ):
         cfg = size_to_data(cfg, prepared)  # a no-op when the caller sized it already (the job does, to log it)
         self.cfg, self.run_name, self.storage_path = cfg, run_name, storage_path
@@ -108,6 +109,7 @@ class TrainRun:
             compile_cache=compile_cache,
             from_files=reads_files(prepared, cfg),
             failure_marker=os.path.join(storage_path, run_name, ".injected_failure"),
+            cores=cores,
         )
         self.trainer = self._trainer(prepared, callbacks or [])
 
