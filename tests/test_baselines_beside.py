@@ -125,7 +125,8 @@ print("trained without Ray")
 @pytest.mark.slow
 def test_a_job_with_no_room_beside_its_model_never_starts_ray(tmp_path):
     """The model trains in the driver on every core, so a local Ray would have no room for the baselines: they train
-    after it in this process, and Ray (whose idle processes slow each step) is never started."""
+    after it (the labels-only flow in a process of its own beside the evaluation, the anchors in the driver), and Ray
+    (whose idle processes slow each step) is never started."""
     import os
     import subprocess
     import sys
@@ -139,6 +140,38 @@ def test_a_job_with_no_room_beside_its_model_never_starts_ray(tmp_path):
     need = f"{cores:g} CPU free, {2 * cores:g} CPU needed for both"
     assert f"after the main model (no room beside the main model: {need})" in proc.stdout
     assert "; Ray not started" in proc.stdout  # ray.is_initialized() at the end
+    if cores >= 2:  # the flow in a process of its own beside the evaluation and the anchors, then on every core
+        assert f"in a process of its own beside the evaluation (1 core, then {cores})" in proc.stdout
+    assert "labels-only flow, calibrated" in proc.stdout and "label spreading" in proc.stdout
+
+
+def test_a_run_in_the_driver_takes_the_cores_its_share_allows(tmp_path):
+    """A labels-only flow in a process beside the main model's evaluation trains on the cores its ``CoreShare``
+    allows now (the loop reads it every step), never more than its recipe's threads."""
+    import torch
+
+    from pipeline.data.prepare import prepare
+    from pipeline.data.shards import load_split
+    from pipeline.train.loop import use_cores
+    from pipeline.train.model import model_spec
+
+    cfg = resolve("moons", smoke=True, overrides=["train.num_workers=0", "train.cpus_per_worker=2"])
+    before = torch.get_num_threads()
+    try:
+        for cores, threads in ((1, 1), (8, 2), (0, 1), (2, 2)):
+            use_cores(cores, cfg.train)
+            assert torch.get_num_threads() == threads
+        prepared = prepare(cfg.data, tmp_path / "home")
+        share = baselines.CoreShare(1)
+        work = baselines.BaselineWork(
+            cfg, prepared, model_spec(cfg, prepared), load_split(prepared, "val"), run_name="lo",
+            storage=str(tmp_path / "ray"), anchors=False, share=share,
+        )  # fmt: skip
+        done = baselines.run_baselines(work)  # in this process: its loop set 2 threads, then the share's 1
+        assert done.error is None and done.flow is not None
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.slow

@@ -100,6 +100,36 @@ def test_full_compile_matches_eager_and_trains():
     torch._dynamo.reset()
 
 
+def test_the_fused_cpu_optimizer_takes_the_per_tensor_optimizers_steps():
+    """``build_optimizer`` fuses AdamW on CPU too (one kernel over every tensor: ~4 ms instead of ~17 ms per step on
+    mnist_cpu's 11.8M parameters); it takes the steps torch's per-tensor AdamW takes, weight-decay groups included."""
+    from pipeline.train.engine import build_optimizer
+
+    t = resolve("digits", overrides=["train.weight_decay=0.05", "train.lr=0.01"]).train
+    fused_model = _model()
+    plain_model = copy.deepcopy(fused_model)
+    fused = build_optimizer(fused_model, t, torch.device("cpu"))
+    assert all(g["fused"] for g in fused.param_groups) and fused.param_groups[0]["weight_decay"] == 0.05
+    by_name, name_of = dict(plain_model.named_parameters()), {id(p): n for n, p in fused_model.named_parameters()}
+    plain = torch.optim.AdamW(  # the same groups over the copy's parameters, updated one tensor at a time
+        [
+            {**g, "params": [by_name[name_of[id(p)]] for p in g["params"]], "fused": None, "foreach": False}
+            for g in fused.param_groups
+        ]
+    )
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        for (_, p), (_, q) in zip(fused_model.named_parameters(), plain_model.named_parameters()):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        fused.step()
+        plain.step()
+    for (name, p), (_, q) in zip(fused_model.named_parameters(), plain_model.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+    moved = max((p - q).abs().max().item() for p, q in zip(fused_model.parameters(), _model().parameters()))
+    assert moved > 0.05  # 20 steps of lr 0.01 moved the weights: the comparison is not of two untouched models
+
+
 def test_scaled_lr():
     assert scaled_lr(1e-3, 256, 256) == pytest.approx(1e-3)
     assert scaled_lr(1e-3, 2048, 256) == pytest.approx(1e-3 * 8**0.5)

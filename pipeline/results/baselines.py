@@ -2,19 +2,23 @@
 the classical anchors (logistic regression, k-nearest neighbours, label spreading, self-training). They depend on
 the data and the recipe, never on the main model, so where the cluster has room they train **beside** it, in a Ray
 task with resources of their own (or, on a machine with no Ray running, a process of their own: ``BesideProcess``),
-and cost no wall-clock time; else they train after it, in the driver.
+and cost no wall-clock time; else they train after it: in the driver, or on this machine alone with no Ray running
+the labels-only flow in a process of its own beside the main model's evaluation and the anchors, on one core until
+the driver is done and then on every core (``CoreShare``; ``pipeline.job``).
 
     work = BaselineWork(cfg, prepared, spec, val, run_name="run-labels-only", storage="/home/ray_results")
     where, how = placement(cfg)            # ("beside", task options) when the cluster has room, else ("after", why)
     done = run_baselines(work)             # "after", in the driver; "beside": ray.get(baselines_task(how).remote(work))
     done = BesideProcess(work).result()    # "beside" on this machine alone, no Ray started
+    share = CoreShare(1)                   # "after" on this machine alone: the flow's cores, raised by the driver
+    proc = BesideProcess(replace(work, anchors=False, share=share)); ...; share.set(2); proc.result()
     done.flow                              # {"metrics": ..., "distances": ...} of the labels-only flow, or None
     done.anchor_metrics, done.anchor_params
 
 "Room": the resources free in the cluster (``ray.available_resources()``) cover the main model's and as much again
 for the baselines (the same shape of training: its CPUs and GPUs; with Ray Train workers, one CPU more for Ray
 Data's reads). On a 2-core machine the default job (the main model on one core in the driver) has room; a job whose
-model takes both cores does not, and its baselines train after it.
+model takes both cores does not, and its baselines train after it (mostly beside its evaluation).
 """
 
 from __future__ import annotations
