@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +47,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def plain_pytorch(
-    config: str, home: Path, overrides: list[str], threads: int | None = None, per_tensor: bool = False
+    config: str, home: Path, overrides: list[str], threads: int | None = None, per_tensor: bool = False, **how: bool
 ) -> dict[str, float]:
     """The job's main model, trained in a plain loop: build, then ``train.steps`` steps on in-memory tensors, on the
-    job's threads (or ``threads``); ``per_tensor``: torch's per-tensor AdamW instead of the product's fused one."""
+    job's threads (or ``threads``); ``per_tensor``: torch's per-tensor AdamW instead of the product's fused one;
+    ``beside=True``: with the job's baselines training beside the loop as a local job with room trains them."""
     import torch
 
     from flowgmm.spec import build_model
@@ -77,6 +79,7 @@ def plain_pytorch(
         prepared, cfg.ingest, seed=t.seed, unlabeled=t.method != "labels_only", second_view=t.method == "flowgmm_cons"
     )
     it = stream.batches(0)
+    beside = _baselines_beside(cfg, prepared, home) if how.get("beside") else None
     t_build = time.perf_counter()
     levels = prepared.levels
     for k in range(t.steps):
@@ -84,6 +87,8 @@ def plain_pytorch(
         apply_gradients(loss, model, opt, sched, t.grad_clip)
     float(loss.detach())
     end = time.perf_counter()
+    if beside is not None and (error := beside.result().error) is not None:
+        raise SystemExit(f"the baselines beside the plain loop failed: {error}")
     return {
         "plain_build_s": t_build - t0,
         "plain_train_s": end - t_build,
@@ -92,6 +97,19 @@ def plain_pytorch(
         "plain_step_s": (end - t_build) / t.steps,
         "threads": float(torch.get_num_threads()),
     }
+
+
+def _baselines_beside(cfg, prepared, home: Path):
+    """The job's baselines (labels-only flow and anchors) in a process of their own, as a local job with room for
+    them starts them beside its model (``BesideProcess``; a new run name each time: nothing reused)."""
+    from pipeline.data.shards import load_split
+    from pipeline.results.baselines import BaselineWork, BesideProcess
+    from pipeline.train.model import model_spec
+
+    val = load_split(prepared, "val")
+    name = f"plain-labels-only-{time.time_ns()}"
+    work = BaselineWork(cfg, prepared, model_spec(cfg, prepared), val, name, str(home / "plain_baselines"))
+    return BesideProcess(replace(work, progress=False, compile_cache=str(home / "compile_cache")))
 
 
 def through_run_py(config: str, home: Path, overrides: list[str]) -> dict[str, float]:
@@ -197,7 +215,7 @@ def _alone_vs_beside(config, home, overrides, pairs, beside, what) -> tuple[dict
     return {"config": config, "overrides": overrides, "beside": what, "pairs": rows}, lines
 
 
-def report(p: dict[str, float], j: dict[str, Any]) -> list[str]:
+def report(p: dict[str, float], j: dict[str, Any], near: dict[str, float] | None = None) -> list[str]:
     lines = [
         f"{'':34}{'seconds':>10}",
         f"{'plain PyTorch: build model':34}{p['plain_build_s']:>10.1f}",
@@ -228,6 +246,13 @@ def report(p: dict[str, float], j: dict[str, Any]) -> list[str]:
         f" ms vs {p['plain_step_s'] * 1000:.1f} ms; {p['threads']:.0f} thread{'s' if p['threads'] > 1 else ''} each"
         + (f"; the machine shared with {_shared(j)})" if "time_baselines_beside_s" in j else ")")
     )
+    if near is not None:  # the plain loop in the job's conditions: its baselines on the other core
+        both = j["time_train_s"] / near["plain_train_s"]
+        lines.append(
+            f"training through run.py / plain PyTorch, both beside the baselines: {both:.2f}x (per step "
+            f"{j['step_s'] * 1000:.1f} ms vs {near['plain_step_s'] * 1000:.1f} ms); the baselines beside cost the "
+            f"plain loop {near['plain_step_s'] / p['plain_step_s']:.2f}x"
+        )
     lines.append(
         f"job wall / main-model training: {j['job_wall_s'] / j['time_train_s']:.2f}x "
         f"(labels-only baseline {j.get('labels_only_path', 'not run')})"
@@ -299,9 +324,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         p = plain_pytorch(a.config, home, a.overrides)
         j = through_run_py(a.config, home, a.overrides)
         console = j.pop("console")
-        blocks.append(f"--- repeat {i + 1}: {a.config} {' '.join(a.overrides)}\n" + "\n".join(report(p, j)))
+        near = plain_pytorch(a.config, home, a.overrides, beside=True) if "time_baselines_beside_s" in j else None
+        blocks.append(f"--- repeat {i + 1}: {a.config} {' '.join(a.overrides)}\n" + "\n".join(report(p, j, near)))
         print(blocks[-1], flush=True)
-        out["runs"].append({"plain": p, "job": j})
+        out["runs"].append({"plain": p, "job": j, **({"plain_beside_baselines": near} if near else {})})
         out["console_of_last_job"] = console
     if a.json:
         atomic_write_text(a.json, json.dumps(out, indent=1))
