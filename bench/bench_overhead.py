@@ -13,7 +13,11 @@ evaluation, baseline, MLflow).
 Both sides train the main model with the same torch threads (a model trained in the driver: ``train.cpus_per_worker``
 whole cores, ``pipeline.train.loop.driver_threads``). The plain loop draws its batches with the same seeded index
 permutations and augmentation as the training stream, on tensors already in memory, and calls the same loss
-(``pipeline.train.step``); it validates nothing and writes nothing. Results go to stdout (the block of
+(``pipeline.train.step``); it validates nothing and writes nothing. It runs in a new Python process each time, as a
+plain script would, and the job's training time (model, optimizer, data onto the device, steps, validation) is
+compared with its build and steps: the optimizer's first construction imports ``torch._dynamo`` (~1 s), which either
+pays once per process. Where the job's baselines trained beside its model, the plain loop runs a second time with
+the same baselines beside it (the job's conditions). Results go to stdout (the block of
 bench/RESULTS.md), ``bench/results/bench_overhead_<config>.json`` (or ``--result``) and ``--json``. ``--idle-ray``
 measures instead what an idle local Ray costs the plain loop (why a job with nothing for Ray to run never starts it);
 ``--busy-neighbour`` what a second copy of the loop on the other core costs it (the machine's share, whatever the
@@ -97,6 +101,17 @@ def plain_pytorch(
         "plain_step_s": (end - t_build) / t.steps,
         "threads": float(torch.get_num_threads()),
     }
+
+
+def plain_fresh(config: str, home: Path, overrides: list[str], beside: bool = False) -> dict[str, float]:
+    """:func:`plain_pytorch` in a new Python process, as a plain PyTorch script runs: its model and optimizer built
+    cold, like the job's (the optimizer's first construction imports ``torch._dynamo``: ~1 s on this machine)."""
+    cmd = [sys.executable, __file__, "--config", config, "--home", str(home), "--plain", *overrides]
+    cmd += ["--plain-beside"] if beside else []
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=dict(os.environ), timeout=3600)
+    if proc.returncode != 0:
+        raise SystemExit(f"the plain loop failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _baselines_beside(cfg, prepared, home: Path):
@@ -240,14 +255,15 @@ def report(p: dict[str, float], j: dict[str, Any], near: dict[str, float] | None
             lines.append(f"{'  ' + label:34}{j[key]:>10.1f}")
         if key == "time_ray_start_beside_s" and not {"time_ray_start_s", key} & set(j):
             lines.append(f"{'  Ray start':34}{'not started':>14}")
-    ratio = j["time_train_s"] / p["plain_train_s"]
+    ratio = j["time_train_s"] / (p["plain_build_s"] + p["plain_train_s"])
     lines.append(
-        f"training through run.py / plain PyTorch: {ratio:.2f}x (per step {j.get('step_s', float('nan')) * 1000:.1f}"
-        f" ms vs {p['plain_step_s'] * 1000:.1f} ms; {p['threads']:.0f} thread{'s' if p['threads'] > 1 else ''} each"
+        f"training through run.py / plain PyTorch (build + steps): {ratio:.2f}x (per step "
+        f"{j.get('step_s', float('nan')) * 1000:.1f} ms vs {p['plain_step_s'] * 1000:.1f} ms; {p['threads']:.0f} "
+        f"thread{'s' if p['threads'] > 1 else ''} each"
         + (f"; the machine shared with {_shared(j)})" if "time_baselines_beside_s" in j else ")")
     )
     if near is not None:  # the plain loop in the job's conditions: its baselines on the other core
-        both = j["time_train_s"] / near["plain_train_s"]
+        both = j["time_train_s"] / (near["plain_build_s"] + near["plain_train_s"])
         lines.append(
             f"training through run.py / plain PyTorch, both beside the baselines: {both:.2f}x (per step "
             f"{j['step_s'] * 1000:.1f} ms vs {near['plain_step_s'] * 1000:.1f} ms); the baselines beside cost the "
@@ -292,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--optimizer", type=int, default=0, metavar="PAIRS", help="instead: per-tensor vs fused AdamW in the plain loop"
     )
+    ap.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)  # plain_fresh's process
+    ap.add_argument("--plain-beside", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--busy", action="store_true", help=argparse.SUPPRESS)  # that second loop: trains until killed
     ap.add_argument("overrides", nargs="*", metavar="key=value")
     add_dry_run(ap)
@@ -303,6 +321,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     exit_if_dry_run(a, [a.config], a.overrides)
     home = Path(a.home or tempfile.mkdtemp(prefix="bench-overhead-"))
     os.environ.setdefault("FLOWGMM_DATA", str(REPO.parent / "shared" / "data"))
+    if a.plain:  # one plain loop in this new process: its figures as the last line
+        print(json.dumps(plain_pytorch(a.config, home, a.overrides, beside=a.plain_beside)), flush=True)
+        return {}
     if a.busy:
         import torch
 
@@ -321,10 +342,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"config": a.config, "overrides": a.overrides, "runs": []}
     blocks = []
     for i in range(a.repeats):
-        p = plain_pytorch(a.config, home, a.overrides)
+        p = plain_fresh(a.config, home, a.overrides)
         j = through_run_py(a.config, home, a.overrides)
         console = j.pop("console")
-        near = plain_pytorch(a.config, home, a.overrides, beside=True) if "time_baselines_beside_s" in j else None
+        near = plain_fresh(a.config, home, a.overrides, beside=True) if "time_baselines_beside_s" in j else None
         blocks.append(f"--- repeat {i + 1}: {a.config} {' '.join(a.overrides)}\n" + "\n".join(report(p, j, near)))
         print(blocks[-1], flush=True)
         out["runs"].append({"plain": p, "job": j, **({"plain_beside_baselines": near} if near else {})})
