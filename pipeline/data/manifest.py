@@ -166,7 +166,7 @@ def fingerprint(spec: DataSpec) -> dict[str, Any]:
 
         out.update(folder_fingerprint(spec))
     if spec.source in S.SKLEARN or any(o in S.SKLEARN + S.GENERATED for o in spec.ood) or spec.source in S.GENERATED:
-        import sklearn
+        from importlib.metadata import version  # not `import sklearn`: ~0.5 s a job for its version string
 
-        out["sklearn"] = sklearn.__version__
+        out["sklearn"] = version("scikit-learn")
     return out

@@ -262,15 +262,15 @@ def sample_judge(prepared: Prepared) -> LinearJudge:
     the unlabeled rows' withheld labels), on the flow's view of the pixels. It depends on the prepared data only, so
     it is fitted once per data set and kept beside its shards (on MNIST the fit is ~17 s of a ~26 s evaluation);
     where that directory is read-only it is fitted every time."""
-    from sklearn.linear_model import LogisticRegression
-    from threadpoolctl import threadpool_limits
-
     path = prepared.root / JUDGE_FILE
     try:
         with np.load(path) as f:
             return LinearJudge(f["coef"], f["intercept"], f["classes"])
     except (OSError, KeyError, ValueError):
         pass
+    from sklearn.linear_model import LogisticRegression  # here, not above: importing it costs a kept judge ~0.6 s
+    from threadpoolctl import threadpool_limits
+
     xs, ys = zip(*(load_split(prepared, s) for s in ("labeled", "val", "unlabeled")))
     y = np.concatenate([*ys[:2], load_unlabeled_labels(prepared)])
     x = flow_view(prepared, np.concatenate(xs))
