@@ -39,9 +39,9 @@ WARMUP_STEPS = 3  # the first steps, whose extra time is the compile warm-up
 
 def build_optimizer(model: torch.nn.Module, t: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """AdamW with weight decay on the coupling nets' weight matrices only (not on biases, gains or the mixture);
-    fused (one vectorised kernel over every tensor) on CUDA and CPU: on CPU the default per-tensor update took ~17 ms
-    of a 61 ms step of the `mnist_cpu` flow on its 64 labeled rows (11.8M parameters, 2 threads), fused ~4 ms
-    (``bench/bench_train_step.py --optimizer``)."""
+    fused (one vectorised kernel over every tensor) on CUDA and CPU: on CPU, torch's default per-tensor update made
+    the `mnist_cpu` flow's labels-only step (64 rows, 11.8M parameters, 2 threads) ~1.2x slower and its main step
+    ~1.1x (``bench/bench_overhead.py --optimizer``, bench/RESULTS.md)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.ndim <= 1 or "mixture" in name else decay).append(p)
