@@ -667,7 +667,8 @@ class Job:
             out["time_baselines_beside_s"] = res.seconds
         flow = res.flow or b.hit
         if res.flow is not None:
-            handle.set_tags({"labels_only_path": f"trained {b.where} the main model"})
+            beside_eval = ", in a process of its own beside its evaluation" if b.share is not None else ""
+            handle.set_tags({"labels_only_path": f"trained {b.where} the main model{beside_eval}"})
         if flow is None:
             return out
         if res.flow is not None or b.work.anchors:  # something new to keep (a hit without anchors gains them)

@@ -140,9 +140,15 @@ def test_a_job_with_no_room_beside_its_model_never_starts_ray(tmp_path):
     need = f"{cores:g} CPU free, {2 * cores:g} CPU needed for both"
     assert f"after the main model (no room beside the main model: {need})" in proc.stdout
     assert "; Ray not started" in proc.stdout  # ray.is_initialized() at the end
+    assert "labels-only flow, calibrated" in proc.stdout and "label spreading" in proc.stdout
     if cores >= 2:  # the flow in a process of its own beside the evaluation and the anchors, then on every core
         assert f"in a process of its own beside the evaluation (1 core, then {cores})" in proc.stdout
-    assert "labels-only flow, calibrated" in proc.stdout and "label spreading" in proc.stdout
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+        run = client.search_runs([client.get_experiment_by_name("flowgmm-moons").experiment_id])[0]
+        path = "trained after the main model, in a process of its own beside its evaluation"
+        assert run.data.tags["labels_only_path"] == path and "time_baselines_beside_s" not in run.data.metrics
 
 
 @pytest.mark.slow
