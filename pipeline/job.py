@@ -375,6 +375,16 @@ class Job:
                 background = self._background_model(prepared)
         if baselines is not None:
             self._flow_beside_evaluation(baselines)
+        try:
+            return self._evaluate_and_record(prepared, trained, spec, baselines, background, handle)
+        finally:  # the flow's process ended (a failure or Ctrl-C before its result) and this one's threads back
+            if baselines is not None and baselines.share is not None:
+                baselines.ref.close()
+                _restore_threads(cfg.train)
+
+    def _evaluate_and_record(self, prepared, trained, spec, baselines, background, handle) -> dict[str, Any]:
+        """Evaluation, the served model published (in a thread), the baselines' figures, MLflow; the job's result."""
+        cfg = self.cfg
         with self.phase("evaluate"):
             ev = self._evaluate(trained.chosen, prepared, cfg, background=background)
         metrics = {**ev.metrics, **self._train_metrics(trained)}
@@ -594,17 +604,23 @@ class Job:
         mostly on one thread (``mnist_cpu`` on 2 cores: 197 s after its model, 124 s now; bench/RESULTS.md)."""
         from pipeline.core.raycluster import expected_resources
         from pipeline.results.baselines import BesideProcess, CoreShare
+        from pipeline.train.loop import driver_threads
 
-        t, cores = self.cfg.train, len(os.sched_getaffinity(0))
-        if b.where != "after" or not b.work.train_flow or cores < 2 or t.num_workers > 0 or t.use_gpu:
+        t, free = self.cfg.train, expected_resources(self.args.address)
+        if b.where != "after" or not b.work.train_flow or t.num_workers > 0 or t.use_gpu:
             return
-        if expected_resources(self.args.address) is None or _ray_running():
+        if free is None or _ray_running():
+            return
+        # the cores the model held (its threads, at most this machine's CPUs: affinity and, in a container, quota)
+        cores = min(driver_threads(t), len(os.sched_getaffinity(0)), int(free.get("CPU", 1)))
+        if cores < 2:
             return
         import torch
 
         b.share = CoreShare(1)
         b.ref = BesideProcess(replace(b.work, anchors=False, share=b.share))
         b.work = replace(b.work, threads=cores - 1)  # what the driver's anchors get meanwhile
+        b.cores = cores
         torch.set_num_threads(cores - 1)
         print(f"[flowgmm] {LABELS_ONLY.display}: training in a process of its own beside the evaluation (1 core, "
               f"then {cores})", flush=True)  # fmt: skip
@@ -620,10 +636,9 @@ class Job:
             anchors = ({}, {})
             if b.work.anchors:
                 anchors = classical_baselines(b.work.prepared, self.cfg.eval.anchor_unlabeled, b.work.threads)
-            b.share.set(len(os.sched_getaffinity(0)))
+            b.share.set(b.cores)
             res = b.ref.result()
             res.anchor_metrics, res.anchor_params = anchors
-            _restore_threads(self.cfg.train)
             return res
         if isinstance(b.ref, BesideProcess):
             return b.ref.result()
@@ -634,7 +649,7 @@ class Job:
         return run_baselines(b.work)
 
     def _finish_baselines(self, b: _Baselines, ev, handle) -> dict[str, float]:
-        """The baselines' figures (waiting for the task beside the main model, or running them now): the anchors'
+        """The baselines' figures (:meth:`_baseline_results`: waiting for them, or running them now): the anchors'
         metrics and chosen settings (into ``ev.params``), the labels-only flow's metrics (cached when trained), and
         its unlabeled points' distances to the decision boundary beside the main model's in ``ev``'s histogram."""
         from pipeline.results import baseline_cache
@@ -652,7 +667,8 @@ class Job:
             out["time_baselines_beside_s"] = res.seconds
         flow = res.flow or b.hit
         if res.flow is not None:
-            handle.set_tags({"labels_only_path": f"trained {b.where} the main model"})
+            beside_eval = ", in a process of its own beside its evaluation" if b.share is not None else ""
+            handle.set_tags({"labels_only_path": f"trained {b.where} the main model{beside_eval}"})
         if flow is None:
             return out
         if res.flow is not None or b.work.anchors:  # something new to keep (a hit without anchors gains them)
@@ -775,6 +791,7 @@ class _Baselines:
     work: Any = None
     ref: Any = None
     share: Any = None  # CoreShare: the labels-only flow's cores in a process beside the evaluation
+    cores: int = 0  # with a share: the cores the main model held, the flow's once the driver is done
 
 
 def _restore_threads(t) -> None:

@@ -140,14 +140,22 @@ def test_a_job_with_no_room_beside_its_model_never_starts_ray(tmp_path):
     need = f"{cores:g} CPU free, {2 * cores:g} CPU needed for both"
     assert f"after the main model (no room beside the main model: {need})" in proc.stdout
     assert "; Ray not started" in proc.stdout  # ray.is_initialized() at the end
+    assert "labels-only flow, calibrated" in proc.stdout and "label spreading" in proc.stdout
     if cores >= 2:  # the flow in a process of its own beside the evaluation and the anchors, then on every core
         assert f"in a process of its own beside the evaluation (1 core, then {cores})" in proc.stdout
-    assert "labels-only flow, calibrated" in proc.stdout and "label spreading" in proc.stdout
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+        run = client.search_runs([client.get_experiment_by_name("flowgmm-moons").experiment_id])[0]
+        path = "trained after the main model, in a process of its own beside its evaluation"
+        assert run.data.tags["labels_only_path"] == path and "time_baselines_beside_s" not in run.data.metrics
 
 
+@pytest.mark.slow
 def test_a_run_in_the_driver_takes_the_cores_its_share_allows(tmp_path):
-    """A labels-only flow in a process beside the main model's evaluation trains on the cores its ``CoreShare``
-    allows now (the loop reads it every step), never more than its recipe's threads."""
+    """A labels-only flow in a process beside the main model's evaluation trains on the cores its share allows
+    (read before the model is built and at every step: a raise mid-run is taken up), never more than its recipe's
+    threads."""
     import torch
 
     from pipeline.data.prepare import prepare
@@ -157,48 +165,45 @@ def test_a_run_in_the_driver_takes_the_cores_its_share_allows(tmp_path):
 
     cfg = resolve("moons", smoke=True, overrides=["train.num_workers=0", "train.cpus_per_worker=2"])
     before = torch.get_num_threads()
+    seen: list[int] = []
+
+    def share() -> int:  # one core for the first 10 reads, then two (the driver's evaluation done)
+        seen.append(torch.get_num_threads())
+        return 1 if len(seen) <= 10 else 2
+
     try:
         for cores, threads in ((1, 1), (8, 2), (0, 1), (2, 2)):
             use_cores(cores, cfg.train)
             assert torch.get_num_threads() == threads
         prepared = prepare(cfg.data, tmp_path / "home")
-        share = baselines.CoreShare(1)
         work = baselines.BaselineWork(
             cfg, prepared, model_spec(cfg, prepared), load_split(prepared, "val"), run_name="lo",
             storage=str(tmp_path / "ray"), anchors=False, share=share,
         )  # fmt: skip
-        done = baselines.run_baselines(work)  # in this process: its loop set 2 threads, then the share's 1
+        done = baselines.run_baselines(work)  # in this process: its loop reads the share
         assert done.error is None and done.flow is not None
-        assert torch.get_num_threads() == 1
+        steps = int(done.flow["metrics"]["steps_trained"])
+        assert len(seen) == steps + 1  # before the build, then every step
+        assert seen[1:11] == [1] * 10 and torch.get_num_threads() == 2  # one thread, then the raised share
     finally:
         torch.set_num_threads(before)
 
 
-@pytest.mark.slow
-def test_a_local_job_with_room_trains_its_baselines_in_a_process_and_never_starts_ray(tmp_path):
-    """The model trains in the driver on one core of this machine and no Ray runs: the baselines take the other core
-    in a process of their own instead of a Ray task (a local Ray's start and idle processes would slow the model's
-    steps), and the run records them as trained beside the model."""
-    import os
-    import subprocess
-    import sys
+def test_a_baselines_process_is_ended_when_the_job_is_done_without_its_result(tmp_path):
+    """A job that fails (or is interrupted) before its baselines' result ends their process, mid-work."""
+    import signal
 
-    from mlflow import MlflowClient
+    from pipeline.data.prepare import prepare
+    from pipeline.data.shards import load_split
+    from pipeline.train.model import model_spec
 
-    if len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("needs a spare core beside the model")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    cmd = [sys.executable, "pipeline/run.py", "--config", "moons", "--smoke", "--home", str(tmp_path)]
-    cmd += ["--run-name", "local", "train.num_workers=0", "train.cpus_per_worker=0.5"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "training beside the main model (a process of its own, 1 CPU)" in proc.stdout
-    assert re.search(r"; beside the training: baselines \d+; Ray not started", proc.stdout), proc.stdout[-1500:]
-    assert "labels-only flow, calibrated" in proc.stdout and "label spreading" in proc.stdout
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    run = client.search_runs([client.get_experiment_by_name("flowgmm-moons").experiment_id])[0]
-    assert run.data.tags["labels_only_path"] == "trained beside the main model"
-    assert "time_baselines_beside_s" in run.data.metrics and "labels_only_flow_test_accuracy" in run.data.metrics
+    cfg = resolve("moons", overrides=["train.num_workers=0"])  # 600 steps and the anchors: seconds of work
+    prepared = prepare(cfg.data, tmp_path / "home")
+    val = load_split(prepared, "val")
+    work = baselines.BaselineWork(cfg, prepared, model_spec(cfg, prepared), val, "x", str(tmp_path / "ray"))
+    proc = baselines.BesideProcess(work)
+    proc.close()  # still importing: terminated
+    assert not proc.proc.is_alive() and proc.proc.exitcode == -signal.SIGTERM
 
 
 def test_a_failure_in_the_baselines_process_reaches_the_driver(tmp_path):

@@ -139,11 +139,13 @@ def run_baselines(work: BaselineWork) -> BaselineResults:
 class BesideProcess:
     """:func:`run_baselines` in a process of its own on this machine (spawned, a daemon: it ends with the job), for
     a job whose model trains in the driver with no Ray running: the baselines take the spare core without a Ray
-    started for them (its start and its idle processes cost the model's steps: ~10% on 2 cores).
+    started for them (its start and its idle processes cost the model's steps: ~10% on 2 cores); or, after a model
+    that held every core, the labels-only flow beside its evaluation (``work.share``).
 
         proc = BesideProcess(work)
         ...                                # the main model trains meanwhile
         done = proc.result()               # BaselineResults; a failure in the process raises here
+        proc.close()                       # ends it if it still runs (the job failed before its result)
     """
 
     def __init__(self, work: BaselineWork):
@@ -166,6 +168,12 @@ class BesideProcess:
             self._recv.close()
         self.proc.join(timeout=30)
         return out
+
+    def close(self) -> None:
+        if self.proc.is_alive():
+            self.proc.terminate()
+        self.proc.join(timeout=30)
+        self._recv.close()
 
 
 class CoreShare:
@@ -215,9 +223,9 @@ def _in_process(work: BaselineWork, send) -> None:
         import traceback
 
         out = BaselineResults(error=RuntimeError(f"the baselines failed in their process:\n{traceback.format_exc()}"))
+    sys.stdout.flush(), sys.stderr.flush()  # before the result: the job's console lines come after this one's
     send.send(out)
     send.close()
-    sys.stdout.flush(), sys.stderr.flush()
     os._exit(0)
 
 

@@ -76,6 +76,8 @@ def train_loop_per_worker(inp: LoopInputs) -> dict[str, int] | None:
         _quiet_ray_train()
     device = ray.train.torch.get_device()
     _torch_setup(t, local=ckpts.local)
+    if inp.cores is not None and ckpts.local:
+        use_cores(inp.cores(), t)  # from the start: the model's build and restore too
     engine = Engine(inp.spec, cfg, device, compile_cache=inp.compile_cache, rank=rank, world=world)
     run = _Run(inp, cfg, engine, ckpts, is_main)
     run.restore()
