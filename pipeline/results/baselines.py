@@ -179,7 +179,9 @@ class BesideProcess:
 class CoreShare:
     """The cores a process of the job's may use now, in memory both processes see; the driver raises it as its own
     work ends, the process's training loop reads it every step (``pipeline.train.loop.use_cores``). Handed to the
-    process when it is spawned (``BaselineWork.share``), never pickled otherwise.
+    process when it is spawned (``BaselineWork.share``), never pickled otherwise. When the threads change barely
+    changes the flow: one or two threads round a few reductions differently (the `mnist_cpu` flow's weights came
+    out bit for bit the same; moons' figures agree to ~1e-7, ``tests/test_baselines_beside.py``).
 
     >>> share = CoreShare(1)
     >>> share(), (share.set(2), share())[1]
