@@ -601,7 +601,7 @@ class Job:
         once it is trained, the labels-only flow starts in a process of its own on one core while the driver
         evaluates the model and fits the anchors on the others, and takes every core when the driver is done
         (``CoreShare``). Before, the three ran one after another in the driver, the evaluation and the anchors
-        mostly on one thread (``mnist_cpu`` on 2 cores: 197 s after its model, 124 s now; bench/RESULTS.md)."""
+        mostly on one thread (``mnist_cpu`` on 2 cores: 197 s after its model, 121-124 s now; bench/RESULTS.md)."""
         from pipeline.core.raycluster import expected_resources
         from pipeline.results.baselines import BesideProcess, CoreShare
         from pipeline.train.loop import driver_threads

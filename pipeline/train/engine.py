@@ -41,7 +41,7 @@ def build_optimizer(model: torch.nn.Module, t: TrainConfig, device: torch.device
     """AdamW with weight decay on the coupling nets' weight matrices only (not on biases, gains or the mixture);
     fused (one vectorised kernel over every tensor) on CUDA and CPU: on CPU, torch's default per-tensor update made
     the `mnist_cpu` flow's labels-only step (64 rows, 11.8M parameters, 2 threads) ~1.2x slower and its main step
-    ~1.1x (``bench/bench_overhead.py --optimizer``, bench/RESULTS.md)."""
+    ~1.05x (``bench/bench_overhead.py --optimizer``, bench/RESULTS.md)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.ndim <= 1 or "mixture" in name else decay).append(p)
